@@ -1,0 +1,94 @@
+//! Starting the relay: from a validated [`Config`] to running listeners.
+
+use crate::auth::accounts::Directory;
+use crate::auth::oauth;
+use crate::auth::tokens::TokenCache;
+use crate::config::{Config, ListenerConfig, LocalTls};
+use crate::net::{conn, listener, tls};
+use crate::session::{ListenerContext, Shared};
+use rustls::pki_types::ServerName;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A running relay: its bound addresses and the handle to stop it.
+pub struct Running {
+    pub addresses: Vec<(String, SocketAddr)>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    pub shared: Arc<Shared>,
+}
+
+impl Running {
+    /// Stops accepting and waits for the running sessions to end.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+fn listener_context(
+    config: &ListenerConfig,
+    shared: Arc<Shared>,
+) -> Result<ListenerContext, String> {
+    let where_ = |e: String| format!("listener.{}: {e}", config.name);
+    let acceptor = match (config.tls, &config.cert, &config.key) {
+        (LocalTls::None, _, _) => None,
+        (_, Some(cert), Some(key)) => Some(TlsAcceptor::from(
+            tls::server_config(cert, key).map_err(|e| where_(e.to_string()))?,
+        )),
+        _ => return Err(where_("local TLS needs cert and key".into())),
+    };
+    let client =
+        tls::client_config(config.upstream_ca.as_deref()).map_err(|e| where_(e.to_string()))?;
+    let upstream_name = ServerName::try_from(config.upstream_name.clone()).map_err(|_| {
+        where_(format!(
+            "{:?} is not a valid TLS server name",
+            config.upstream_name
+        ))
+    })?;
+    Ok(ListenerContext {
+        config: config.clone(),
+        acceptor,
+        connector: conn::connector(client),
+        upstream_name,
+        shared,
+    })
+}
+
+/// Binds every listener (all or nothing) and starts serving.
+pub async fn start(config: &Config) -> Result<Running, String> {
+    let tokens = TokenCache::new(
+        oauth::http_client(config.security.token_timeout),
+        config.security.refresh_margin,
+    );
+    tokens.seed(&config.accounts);
+    let directory = Directory::new(
+        &config.accounts,
+        config.security.hash_concurrency,
+        config.security.failure_delay,
+    );
+    let shared = Arc::new(Shared { directory, tokens });
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let ctx = Arc::new(listener_context(l, shared.clone())?);
+        bound.push(listener::bind(ctx).await?);
+    }
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let mut addresses = Vec::new();
+    for b in bound {
+        let addr = b.socket.local_addr().map_err(|e| e.to_string())?;
+        addresses.push((b.ctx.config.name.clone(), addr));
+        tasks.spawn(listener::serve(b, shutdown.clone(), tasks.clone()));
+    }
+    Ok(Running {
+        addresses,
+        shutdown,
+        tasks,
+        shared,
+    })
+}

@@ -1,0 +1,46 @@
+//! The credential a session presents upstream, whatever the account's mode.
+
+use crate::auth::oauth::TokenError;
+use crate::auth::tokens::{AccessToken, TokenCache};
+use crate::codec::sasl::Credentials;
+use crate::config::{AccountAuth, AccountConfig};
+use crate::secret::Secret;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub enum UpstreamCredential {
+    /// SASL XOAUTH2 with `user=mailbox` and a bearer token.
+    XOAuth2 {
+        user: String,
+        token: Arc<AccessToken>,
+    },
+    /// SASL PLAIN or LOGIN with a password (app password, or the client's own in pass-through).
+    Password { user: String, password: Secret },
+}
+
+/// Gets what the account needs upstream. For OAuth accounts `rejected` names a token that the
+/// server just refused, so that a fresh one is fetched.
+pub async fn credential(
+    account: &AccountConfig,
+    client: &Credentials,
+    tokens: &TokenCache,
+    rejected: Option<&Arc<AccessToken>>,
+) -> Result<UpstreamCredential, TokenError> {
+    match &account.auth {
+        AccountAuth::OAuth(oauth) => {
+            let token = tokens.access_token(&account.id, oauth, rejected).await?;
+            Ok(UpstreamCredential::XOAuth2 {
+                user: account.mailbox.clone(),
+                token,
+            })
+        }
+        AccountAuth::AppPassword(password) => Ok(UpstreamCredential::Password {
+            user: account.mailbox.clone(),
+            password: password.clone(),
+        }),
+        AccountAuth::Passthrough => Ok(UpstreamCredential::Password {
+            user: client.username.clone(),
+            password: client.password.clone(),
+        }),
+    }
+}

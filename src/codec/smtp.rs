@@ -1,0 +1,504 @@
+//! SMTP (RFC 5321, RFC 4954) pre-authentication codec.
+//!
+//! The relay parses only what it must before the login: client command lines (framed by
+//! [`crate::codec::line::next_line`]), the server's multi-line replies, and the EHLO keyword list
+//! that it rewrites. After authentication nothing is parsed (see `session::relay`).
+
+use crate::codec::line::{has_forbidden_controls, looks_like_http};
+use nom::bytes::complete::{tag, take_while1, take_while_m_n};
+use nom::character::complete::one_of;
+use nom::combinator::{opt, rest};
+use nom::sequence::preceded;
+use nom::{IResult, Parser};
+
+/// Longest command line accepted from a client before authentication, including CRLF. RFC 5321
+/// says 512; the relay is lenient because some devices send long EHLO names.
+pub const MAX_COMMAND_LINE: usize = 2048;
+/// Longest line inside an AUTH exchange (RFC 4954 §4: 12288 is sufficient).
+pub const MAX_AUTH_LINE: usize = 12288;
+/// Longest reply line accepted from upstream, and longest whole reply.
+pub const MAX_REPLY_LINE: usize = 8192;
+pub const MAX_REPLY: usize = 65536;
+
+/// One client command, as a view into the line it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    Ehlo(&'a [u8]),
+    Helo(&'a [u8]),
+    Auth {
+        mechanism: &'a [u8],
+        initial_response: Option<&'a [u8]>,
+    },
+    StartTls {
+        has_args: bool,
+    },
+    Quit,
+    Noop,
+    Rset,
+    /// MAIL, RCPT, DATA, BDAT, BURL, VRFY, EXPN, ETRN: all need an authenticated session.
+    NeedsAuth,
+    /// The first bytes of an HTTP request: the connection is closed without a reply.
+    Http,
+    /// NUL, a stray CR or another control character in the line.
+    Malformed,
+    /// A verb the relay does not handle before authentication.
+    Unknown,
+}
+
+fn verb(i: &[u8]) -> IResult<&[u8], &[u8]> {
+    take_while1(|b: u8| b.is_ascii_alphanumeric()).parse(i)
+}
+
+fn argument(i: &[u8]) -> IResult<&[u8], Option<&[u8]>> {
+    opt(preceded(take_while1(|b| b == b' '), rest)).parse(i)
+}
+
+/// Parses one command line (without its terminator).
+pub fn parse_command(line: &[u8]) -> Command<'_> {
+    if looks_like_http(line) {
+        return Command::Http;
+    }
+    if has_forbidden_controls(line) {
+        return Command::Malformed;
+    }
+    let Ok((after_verb, v)) = verb(line) else {
+        return Command::Unknown;
+    };
+    if !after_verb.is_empty() && after_verb[0] != b' ' {
+        return Command::Unknown;
+    }
+    let arg = argument(after_verb)
+        .map(|(_, a)| a)
+        .unwrap_or(None)
+        .map(<[u8]>::trim_ascii_end)
+        .filter(|a| !a.is_empty());
+    let is = |name: &[u8]| v.eq_ignore_ascii_case(name);
+    if is(b"EHLO") {
+        Command::Ehlo(arg.unwrap_or_default())
+    } else if is(b"HELO") {
+        Command::Helo(arg.unwrap_or_default())
+    } else if is(b"AUTH") {
+        let arg = arg.unwrap_or_default();
+        let mut parts = arg.splitn(2, |&b| b == b' ');
+        let mechanism = parts.next().unwrap_or_default();
+        let initial_response = parts
+            .next()
+            .map(<[u8]>::trim_ascii)
+            .filter(|r| !r.is_empty());
+        Command::Auth {
+            mechanism,
+            initial_response,
+        }
+    } else if is(b"STARTTLS") {
+        Command::StartTls {
+            has_args: arg.is_some(),
+        }
+    } else if is(b"QUIT") {
+        Command::Quit
+    } else if is(b"NOOP") {
+        Command::Noop
+    } else if is(b"RSET") {
+        Command::Rset
+    } else if [
+        &b"MAIL"[..],
+        b"RCPT",
+        b"DATA",
+        b"BDAT",
+        b"BURL",
+        b"VRFY",
+        b"EXPN",
+        b"ETRN",
+    ]
+    .iter()
+    .any(|n| is(n))
+    {
+        Command::NeedsAuth
+    } else {
+        Command::Unknown
+    }
+}
+
+/// A complete server reply: every line has the same code; `raw` is the whole reply with its
+/// CRLFs, ready to relay verbatim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply<'a> {
+    pub code: u16,
+    /// The text of each line, after the code and separator, without the terminator.
+    pub lines: Vec<&'a [u8]>,
+    pub raw: &'a [u8],
+}
+
+impl Reply<'_> {
+    pub fn is_positive_completion(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+
+    /// The text of the first line, lossily decoded for messages and logs.
+    pub fn first_text(&self) -> String {
+        String::from_utf8_lossy(self.lines.first().copied().unwrap_or_default()).into_owned()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("reply line is not `NNN[ -]text`")]
+    Syntax,
+    #[error("reply lines carry different codes")]
+    MixedCodes,
+    #[error("reply line or reply too long")]
+    TooLong,
+}
+
+fn reply_line(i: &[u8]) -> IResult<&[u8], (u16, bool, &[u8])> {
+    let (i, first) = one_of("2345").parse(i)?;
+    let (i, digits) = take_while_m_n(2, 2, |b: u8| b.is_ascii_digit()).parse(i)?;
+    let (i, sep) = opt(one_of(" -")).parse(i)?;
+    let (i, text) = match sep {
+        Some(_) => rest(i)?,
+        None => tag(&b""[..]).parse(i)?,
+    };
+    if sep.is_none() && !i.is_empty() {
+        return Err(nom::Err::Error(nom::error::Error::new(
+            i,
+            nom::error::ErrorKind::Verify,
+        )));
+    }
+    let code = (first as u16 - '0' as u16) * 100
+        + (digits[0] - b'0') as u16 * 10
+        + (digits[1] - b'0') as u16;
+    Ok((i, (code, sep == Some('-'), text)))
+}
+
+/// Cuts the first complete reply out of `buf`. A reply is complete at the first line whose fourth
+/// octet is not `-` (RFC 5321 §4.2.1); a code of one line that is missing its text is accepted.
+pub fn next_reply(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, ReplyError> {
+    let mut lines = Vec::new();
+    let mut pos = 0;
+    let mut code = None;
+    loop {
+        let rest_buf = &buf[pos..];
+        let Some(lf) = rest_buf
+            .iter()
+            .take(MAX_REPLY_LINE)
+            .position(|&b| b == b'\n')
+        else {
+            if rest_buf.len() >= MAX_REPLY_LINE || buf.len() >= MAX_REPLY {
+                return Err(ReplyError::TooLong);
+            }
+            return Ok(None);
+        };
+        let line = &rest_buf[..lf];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let (_, (c, more, text)) = reply_line(line).map_err(|_| ReplyError::Syntax)?;
+        if *code.get_or_insert(c) != c {
+            return Err(ReplyError::MixedCodes);
+        }
+        lines.push(text);
+        pos += lf + 1;
+        if pos > MAX_REPLY {
+            return Err(ReplyError::TooLong);
+        }
+        if !more {
+            let reply = Reply {
+                code: c,
+                lines,
+                raw: &buf[..pos],
+            };
+            return Ok(Some((reply, pos)));
+        }
+    }
+}
+
+/// The enhanced status code (RFC 3463) at the start of a reply text, e.g. `5.7.139`.
+pub fn enhanced_code(text: &[u8]) -> Option<&str> {
+    let end = text.iter().position(|&b| b == b' ').unwrap_or(text.len());
+    let code = std::str::from_utf8(&text[..end]).ok()?;
+    let mut parts = code.split('.');
+    let class = parts.next()?;
+    let (subject, detail) = (parts.next()?, parts.next()?);
+    let numeric = |s: &str, max: usize| {
+        !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())
+    };
+    (matches!(class, "2" | "4" | "5")
+        && numeric(subject, 3)
+        && numeric(detail, 3)
+        && parts.next().is_none())
+    .then_some(code)
+}
+
+/// What an EHLO reply says about the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub starttls: bool,
+    /// Mechanisms from the `AUTH` keyword (and the legacy `AUTH=` form), upper-cased.
+    pub auth: Vec<String>,
+}
+
+impl Capabilities {
+    pub fn from_ehlo(reply: &Reply<'_>) -> Self {
+        let mut caps = Capabilities::default();
+        for line in reply.lines.iter().skip(1) {
+            let (keyword, params) = split_keyword(line);
+            if keyword.eq_ignore_ascii_case(b"STARTTLS") {
+                caps.starttls = true;
+            } else if keyword.eq_ignore_ascii_case(b"AUTH")
+                || keyword.eq_ignore_ascii_case(b"AUTH=")
+            {
+                for mech in params.split(|&b| b == b' ').filter(|m| !m.is_empty()) {
+                    let mech = String::from_utf8_lossy(mech).to_ascii_uppercase();
+                    if !caps.auth.contains(&mech) {
+                        caps.auth.push(mech);
+                    }
+                }
+            }
+        }
+        caps
+    }
+
+    pub fn supports_auth(&self, mechanism: &str) -> bool {
+        self.auth.iter().any(|m| m == mechanism)
+    }
+}
+
+/// Splits an EHLO line into its keyword and its parameters. The legacy `AUTH=LOGIN PLAIN` form
+/// yields the keyword `AUTH=`.
+fn split_keyword(line: &[u8]) -> (&[u8], &[u8]) {
+    if line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"AUTH=") {
+        return (&line[..5], &line[5..]);
+    }
+    match line.iter().position(|&b| b == b' ') {
+        Some(sp) => (&line[..sp], &line[sp + 1..]),
+        None => (line, &[]),
+    }
+}
+
+/// How the relay presents itself in its EHLO reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EhloPolicy {
+    /// Offer `AUTH PLAIN LOGIN` (the local channel is acceptable for passwords).
+    pub offer_auth: bool,
+    /// Offer `STARTTLS` (a certificate is configured and the channel is not yet TLS).
+    pub offer_starttls: bool,
+}
+
+/// Rewrites an upstream EHLO reply for the local client (protocol.md §3.3): upstream AUTH and
+/// STARTTLS lines are dropped (the relay owns both), the relay's own are added, every other
+/// keyword (SIZE, PIPELINING, CHUNKING, 8BITMIME, SMTPUTF8, DSN, ENHANCEDSTATUSCODES, …) stays.
+pub fn rewrite_ehlo(reply: &Reply<'_>, policy: EhloPolicy) -> Vec<u8> {
+    let mut out_lines: Vec<&[u8]> = Vec::with_capacity(reply.lines.len() + 2);
+    let mut auth_slot = None;
+    for (i, line) in reply.lines.iter().enumerate() {
+        if i == 0 {
+            out_lines.push(line);
+            continue;
+        }
+        let (keyword, _) = split_keyword(line);
+        let is_auth =
+            keyword.eq_ignore_ascii_case(b"AUTH") || keyword.eq_ignore_ascii_case(b"AUTH=");
+        if is_auth {
+            auth_slot.get_or_insert(out_lines.len());
+            continue;
+        }
+        if keyword.eq_ignore_ascii_case(b"STARTTLS") {
+            continue;
+        }
+        out_lines.push(line);
+    }
+    if policy.offer_auth {
+        let at = auth_slot.unwrap_or(out_lines.len());
+        out_lines.insert(at, b"AUTH PLAIN LOGIN");
+    }
+    if policy.offer_starttls {
+        out_lines.push(b"STARTTLS");
+    }
+    if out_lines.is_empty() {
+        out_lines.push(b"localhost");
+    }
+    format_reply_bytes(250, &out_lines)
+}
+
+/// The single-line `250 <domain>` answer to HELO, from the upstream EHLO reply's first line.
+pub fn helo_reply(reply: &Reply<'_>) -> Vec<u8> {
+    let first = reply.lines.first().copied().unwrap_or_default();
+    let domain = first.split(|&b| b == b' ').next().unwrap_or_default();
+    let domain: &[u8] = if domain.is_empty() {
+        b"localhost"
+    } else {
+        domain
+    };
+    format_reply_bytes(250, &[domain])
+}
+
+/// Formats a reply: `code-line` on every line but the last, `code line` on the last.
+pub fn format_reply_bytes(code: u16, lines: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + 6).sum());
+    for (i, line) in lines.iter().enumerate() {
+        out.extend_from_slice(code.to_string().as_bytes());
+        out.push(if i + 1 == lines.len() { b' ' } else { b'-' });
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(
+            parse_command(b"EHLO client.example"),
+            Command::Ehlo(b"client.example")
+        );
+        assert_eq!(parse_command(b"ehlo   x  "), Command::Ehlo(b"x"));
+        assert_eq!(parse_command(b"HELO x"), Command::Helo(b"x"));
+        assert_eq!(parse_command(b"EHLO"), Command::Ehlo(b""));
+        assert_eq!(
+            parse_command(b"AUTH PLAIN AGFsaWNl"),
+            Command::Auth {
+                mechanism: b"PLAIN",
+                initial_response: Some(b"AGFsaWNl")
+            }
+        );
+        assert_eq!(
+            parse_command(b"auth login"),
+            Command::Auth {
+                mechanism: b"login",
+                initial_response: None
+            }
+        );
+        assert_eq!(
+            parse_command(b"AUTH"),
+            Command::Auth {
+                mechanism: b"",
+                initial_response: None
+            }
+        );
+        assert_eq!(
+            parse_command(b"STARTTLS"),
+            Command::StartTls { has_args: false }
+        );
+        assert_eq!(
+            parse_command(b"STARTTLS now"),
+            Command::StartTls { has_args: true }
+        );
+        assert_eq!(parse_command(b"MAIL FROM:<a@b>"), Command::NeedsAuth);
+        assert_eq!(parse_command(b"data"), Command::NeedsAuth);
+        assert_eq!(parse_command(b"QUIT"), Command::Quit);
+        assert_eq!(parse_command(b"NOOP"), Command::Noop);
+        assert_eq!(parse_command(b"RSET"), Command::Rset);
+        assert_eq!(parse_command(b"XYZZY"), Command::Unknown);
+        assert_eq!(parse_command(b""), Command::Unknown);
+        assert_eq!(parse_command(b"EHLO\x00x"), Command::Malformed);
+        assert_eq!(parse_command(b"EHLOX"), Command::Unknown);
+        assert_eq!(parse_command(b"MAIL:x"), Command::Unknown);
+        assert_eq!(parse_command(b"GET / HTTP/1.1"), Command::Http);
+    }
+
+    #[test]
+    fn frames_multiline_replies_across_reads() {
+        let full = b"250-mx.example Hello\r\n250-234 Text beginning with numbers\r\n250 AUTH=LOGIN PLAIN\r\nNEXT";
+        for cut in 0..full.len() - 4 {
+            let partial = &full[..cut];
+            assert_eq!(next_reply(partial), Ok(None), "cut at {cut}");
+        }
+        let (reply, used) = next_reply(full).unwrap().unwrap();
+        assert_eq!(reply.code, 250);
+        assert_eq!(reply.lines.len(), 3);
+        assert_eq!(reply.lines[1], b"234 Text beginning with numbers");
+        assert_eq!(&full[used..], b"NEXT");
+    }
+
+    #[test]
+    fn accepts_code_without_text_and_rejects_garbage() {
+        assert_eq!(next_reply(b"334\r\n").unwrap().unwrap().0.code, 334);
+        assert_eq!(
+            next_reply(b"334 \r\n").unwrap().unwrap().0.lines,
+            vec![&b""[..]]
+        );
+        assert_eq!(next_reply(b"hello\r\n"), Err(ReplyError::Syntax));
+        assert_eq!(next_reply(b"2500\r\n"), Err(ReplyError::Syntax));
+        assert_eq!(
+            next_reply(b"250-a\r\n251 b\r\n"),
+            Err(ReplyError::MixedCodes)
+        );
+        assert_eq!(
+            next_reply(&vec![b'2'; MAX_REPLY_LINE + 1]),
+            Err(ReplyError::TooLong)
+        );
+    }
+
+    #[test]
+    fn finds_enhanced_codes() {
+        assert_eq!(
+            enhanced_code(b"5.7.139 Authentication unsuccessful"),
+            Some("5.7.139")
+        );
+        assert_eq!(enhanced_code(b"2.7.0"), Some("2.7.0"));
+        assert_eq!(enhanced_code(b"Hello 5.7.1"), None);
+        assert_eq!(enhanced_code(b"5.7"), None);
+    }
+
+    fn o365() -> Vec<u8> {
+        b"250-BL1P221CA0016.outlook.office365.com Hello [127.0.0.1]\r\n250-SIZE 157286400\r\n250-PIPELINING\r\n250-DSN\r\n250-ENHANCEDSTATUSCODES\r\n250-AUTH LOGIN XOAUTH2\r\n250-8BITMIME\r\n250-BINARYMIME\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n".to_vec()
+    }
+
+    #[test]
+    fn rewrites_o365_ehlo_as_documented() {
+        let raw = o365();
+        let (reply, _) = next_reply(&raw).unwrap().unwrap();
+        let caps = Capabilities::from_ehlo(&reply);
+        assert_eq!(caps.auth, vec!["LOGIN", "XOAUTH2"]);
+        assert!(!caps.starttls);
+        let out = rewrite_ehlo(
+            &reply,
+            EhloPolicy {
+                offer_auth: true,
+                offer_starttls: false,
+            },
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "250-BL1P221CA0016.outlook.office365.com Hello [127.0.0.1]\r\n250-SIZE 157286400\r\n250-PIPELINING\r\n250-DSN\r\n250-ENHANCEDSTATUSCODES\r\n250-AUTH PLAIN LOGIN\r\n250-8BITMIME\r\n250-BINARYMIME\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n"
+        );
+    }
+
+    #[test]
+    fn rewrite_drops_legacy_auth_and_starttls_and_fixes_last_line() {
+        let raw = b"250-mx Hello\r\n250-STARTTLS\r\n250-AUTH=XOAUTH2 LOGIN\r\n250-AUTH XOAUTH2 OAUTHBEARER\r\n250 AUTH=PLAIN\r\n";
+        let (reply, _) = next_reply(raw).unwrap().unwrap();
+        let caps = Capabilities::from_ehlo(&reply);
+        assert!(caps.starttls);
+        assert!(caps.supports_auth("XOAUTH2") && caps.supports_auth("OAUTHBEARER"));
+        let out = rewrite_ehlo(
+            &reply,
+            EhloPolicy {
+                offer_auth: true,
+                offer_starttls: true,
+            },
+        );
+        assert_eq!(
+            out,
+            b"250-mx Hello\r\n250-AUTH PLAIN LOGIN\r\n250 STARTTLS\r\n"
+        );
+        let out = rewrite_ehlo(
+            &reply,
+            EhloPolicy {
+                offer_auth: false,
+                offer_starttls: false,
+            },
+        );
+        assert_eq!(out, b"250 mx Hello\r\n");
+    }
+
+    #[test]
+    fn helo_reply_is_single_line() {
+        let raw = o365();
+        let (reply, _) = next_reply(&raw).unwrap().unwrap();
+        assert_eq!(
+            helo_reply(&reply),
+            b"250 BL1P221CA0016.outlook.office365.com\r\n"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+use super::*;
+
+fn parse(toml: &str) -> Result<Config, Vec<Problem>> {
+    let value = config::Config::builder()
+        .add_source(File::from_str(toml, FileFormat::Toml))
+        .build()
+        .unwrap()
+        .try_deserialize::<Value>()
+        .unwrap();
+    from_value(value)
+}
+
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$9sTbSlTio3Biev89thdrlKKiCaYsjjYVJxGAL3swxpQ";
+
+fn minimal() -> String {
+    format!(
+        r#"
+[listener.smtp]
+protocol = "smtp"
+listen = "127.0.0.1:2525"
+upstream = "smtp.office365.com:587"
+upstream_tls = "starttls"
+
+[account.scanner]
+login = "scanner@contoso.com"
+password_hash = "{HASH}"
+provider = "microsoft"
+tenant = "contoso.onmicrosoft.com"
+client_id = "11111111-2222-3333-4444-555555555555"
+refresh_token = "rt"
+"#
+    )
+}
+
+#[test]
+fn minimal_config_has_sensible_defaults() {
+    let c = parse(&minimal()).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(
+        (l.name.as_str(), l.tls, l.upstream_port),
+        ("smtp", LocalTls::None, 587)
+    );
+    assert_eq!(l.upstream_name, "smtp.office365.com");
+    let a = &c.accounts[0];
+    assert_eq!(a.mailbox, "scanner@contoso.com");
+    let AccountAuth::OAuth(o) = &a.auth else {
+        panic!("oauth expected")
+    };
+    assert_eq!(
+        o.token_url,
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    assert_eq!(o.scopes.len(), 4);
+    assert!(format!("{c:?}").contains("[REDACTED]"));
+    assert!(!format!("{c:?}").contains("argon2id"));
+}
+
+#[test]
+fn reports_every_problem_with_its_path() {
+    let toml = minimal()
+        .replace(
+            "upstream_tls = \"starttls\"",
+            "upstream_tls = \"startls\"\ncolour = \"blue\"",
+        )
+        .replace("tenant = \"contoso.onmicrosoft.com\"\n", "");
+    let problems = parse(&toml).unwrap_err();
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(paths.contains(&"listener.smtp.upstream_tls"));
+    assert!(paths.contains(&"listener.smtp.colour"));
+    assert!(paths.contains(&"account.scanner.tenant"));
+}
+
+#[test]
+fn refuses_remote_bind_and_plaintext_remote_upstream() {
+    let toml = minimal()
+        .replace("127.0.0.1:2525", "0.0.0.0:2525")
+        .replace("upstream_tls = \"starttls\"", "upstream_tls = \"none\"");
+    let problems = parse(&toml).unwrap_err();
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("listener.smtp.listen: 0.0.0.0:2525 is not a loopback")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("listener.smtp.upstream_tls:")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn secrets_from_files_and_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("secret");
+    std::fs::write(&f, "s3cret\n").unwrap();
+    let toml = minimal().replace(
+        "refresh_token = \"rt\"",
+        &format!(
+            "refresh_token = \"rt\"\nclient_secret_file = \"{}\"",
+            f.display()
+        ),
+    );
+    let c = parse(&toml).unwrap();
+    let AccountAuth::OAuth(o) = &c.accounts[0].auth else {
+        panic!()
+    };
+    assert_eq!(o.client_secret.as_ref().unwrap().expose(), "s3cret");
+
+    let both = toml.replace(
+        "client_secret_file",
+        "client_secret = \"x\"\nclient_secret_file",
+    );
+    let problems = parse(&both).unwrap_err();
+    assert_eq!(problems[0].path, "account.scanner.client_secret");
+}
+
+#[test]
+fn duplicate_logins_and_bad_hash() {
+    let toml = format!(
+        "{}\n[account.other]\nlogin = \"SCANNER@contoso.com\"\npassword_hash = \"plain\"\nauth = \"passthrough\"\n",
+        minimal()
+    );
+    let problems = parse(&toml).unwrap_err();
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert!(paths.contains(&"account.scanner.login"), "{paths:?}");
+    assert!(paths.contains(&"account.other.password_hash"), "{paths:?}");
+}
+
+#[test]
+fn host_port_parsing() {
+    assert_eq!(
+        split_host_port("smtp.office365.com:587"),
+        Some(("smtp.office365.com".into(), 587))
+    );
+    assert_eq!(split_host_port("[::1]:25"), Some(("::1".into(), 25)));
+    assert_eq!(split_host_port("host"), None);
+    assert_eq!(split_host_port("host:0"), None);
+    assert!(
+        is_loopback_host("127.0.0.2") && is_loopback_host("::1") && is_loopback_host("LOCALHOST")
+    );
+    assert!(!is_loopback_host("10.0.0.1"));
+}

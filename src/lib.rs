@@ -1,0 +1,18 @@
+//! authrelay: a local SMTP/IMAP/POP3 relay that accepts legacy username/password logins and
+//! logs in upstream with OAuth 2.0 (SASL XOAUTH2), then relays the session byte for byte.
+//!
+//! The parts, in the order a session meets them (see docs/ARCHITECTURE.md):
+//! - [`net`]: listeners, TLS, and the connection type;
+//! - [`session`]: one pre-authentication state machine per protocol, then the byte pipe;
+//! - [`codec`]: sans-I/O, zero-copy protocol parsers the sessions drive;
+//! - [`auth`]: accounts, local password checks, access tokens and OAuth grants;
+//! - [`config`]: the typed configuration and its validation;
+//! - [`secret`]: types that keep secrets out of logs.
+
+pub mod app;
+pub mod auth;
+pub mod codec;
+pub mod config;
+pub mod net;
+pub mod secret;
+pub mod session;

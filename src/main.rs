@@ -1,0 +1,211 @@
+//! The `authrelay` command line.
+
+use authrelay::config::{self, LogFormat};
+use authrelay::secret::Secret;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const AFTER_HELP: &str = "\
+Configuration: a TOML file (default config/authrelay.toml, or $AUTHRELAY_CONFIG), overridden by
+environment variables AUTHRELAY__SECTION__NAME__KEY, e.g. AUTHRELAY__ACCOUNT__SCANNER__TENANT.
+Every secret KEY may instead be given as KEY_file, the path of a file that holds it.
+See config/authrelay.example.toml for every key, and README.md for a walk-through.
+
+Examples:
+  authrelay check --config config/authrelay.toml
+  printf '%s' 'the-local-password' | authrelay hash-password
+  authrelay run --config config/authrelay.toml --log-format json";
+
+#[derive(Parser)]
+#[command(name = "authrelay", version, about = "Local SMTP relay that turns legacy username/password logins into OAuth 2.0 (XOAUTH2) logins upstream", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay until SIGINT or SIGTERM.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log format: human-readable text, or one JSON object per line for collectors.
+        #[arg(long, value_enum)]
+        log_format: Option<CliLogFormat>,
+        /// Log level or filter (error, warn, info, debug, trace); overrides [log] level and RUST_LOG.
+        #[arg(long)]
+        log_level: Option<String>,
+    },
+    /// Validate the configuration: print every problem with its key path, exit 1 if any.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Read a password on standard input and print its Argon2id hash (for password_hash).
+    HashPassword,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, short, env = "AUTHRELAY_CONFIG", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CliLogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config.config),
+        Command::HashPassword => hash_password(),
+        Command::Run {
+            config,
+            log_format,
+            log_level,
+        } => run(&config.config, log_format, log_level),
+    }
+}
+
+fn print_problems(problems: &[config::Problem]) {
+    for p in problems {
+        eprintln!("error: {p}");
+    }
+    eprintln!(
+        "{} problem{} found",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(cfg) => {
+            for a in &cfg.accounts {
+                if let config::AccountAuth::OAuth(o) = &a.auth {
+                    if o.refresh_token.is_none() {
+                        eprintln!("warning: account.{}: no refresh token yet; logins will fail until the account is authorized", a.id);
+                    }
+                }
+            }
+            println!(
+                "{}: OK ({} listener(s), {} account(s))",
+                path.display(),
+                cfg.listeners.len(),
+                cfg.accounts.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            print_problems(&problems);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash_password() -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("error: cannot read standard input: {e}");
+        return ExitCode::FAILURE;
+    }
+    let trimmed = input.strip_suffix('\n').unwrap_or(&input);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    let password = Secret::new(trimmed);
+    drop(zeroize::Zeroizing::new(input));
+    if password.is_empty() {
+        eprintln!("error: the password is empty (pipe it in: printf '%s' 'password' | authrelay hash-password)");
+        return ExitCode::FAILURE;
+    }
+    match authrelay::auth::password::hash(&password) {
+        Ok(phc) => {
+            println!("{phc}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(
+    path: &std::path::Path,
+    log_format: Option<CliLogFormat>,
+    log_level: Option<String>,
+) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(problems) => {
+            print_problems(&problems);
+            return ExitCode::FAILURE;
+        }
+    };
+    let level = log_level
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| cfg.log.level.clone());
+    let format = match log_format {
+        Some(CliLogFormat::Json) => LogFormat::Json,
+        Some(CliLogFormat::Text) => LogFormat::Text,
+        None => cfg.log.format,
+    };
+    init_logging(&level, format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let running = match authrelay::app::start(&cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for (name, addr) in &running.addresses {
+            tracing::info!(listener = %name, address = %addr, "ready");
+        }
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections; waiting for running sessions");
+        running.stop().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,216 @@
+//! A connection with its receive buffer, upgradable to TLS in place.
+//!
+//! The sessions read through [`Conn::fill`] into one buffer and let the codecs cut units out of
+//! it. Owning the buffer (rather than a `BufReader`) is what makes the STARTTLS injection
+//! defence possible: before a TLS handshake the buffer must be empty, or the plaintext that was
+//! pipelined behind STARTTLS would be treated as if it had come through TLS (CVE-2011-0411).
+
+use bytes::{Buf, BytesMut};
+use rustls::pki_types::ServerName;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
+
+/// Initial receive buffer capacity: pre-authentication lines are short.
+const INITIAL_BUFFER: usize = 4096;
+
+/// A TCP stream, possibly inside TLS (as server towards clients, as client towards upstream).
+pub enum Stream {
+    Plain(TcpStream),
+    ServerTls(Box<server::TlsStream<TcpStream>>),
+    ClientTls(Box<client::TlsStream<TcpStream>>),
+    /// Only while a handshake is in progress.
+    Detached,
+}
+
+impl Stream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::ServerTls(_) | Stream::ClientTls(_))
+    }
+}
+
+fn detached() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection lost during a TLS handshake",
+    )
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::ClientTls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::ClientTls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::ServerTls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::ClientTls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::ServerTls(s) => s.is_write_vectored(),
+            Stream::ClientTls(s) => s.is_write_vectored(),
+            Stream::Detached => false,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::ServerTls(s) => Pin::new(s).poll_flush(cx),
+            Stream::ClientTls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::ServerTls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::ClientTls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Detached => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// A stream and the bytes received on it that no one has consumed yet.
+pub struct Conn {
+    stream: Stream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(tcp: TcpStream) -> Self {
+        Conn {
+            stream: Stream::Plain(tcp),
+            buf: BytesMut::with_capacity(INITIAL_BUFFER),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    /// Bytes received and not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.buf.advance(n);
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` is end of stream.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(INITIAL_BUFFER);
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.stream.write_all(data).await?;
+        self.stream.flush().await
+    }
+
+    /// Sends several pieces as one write where the stream allows it (a command and its CRLF).
+    pub async fn send_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut joined = zeroize::Zeroizing::new(Vec::with_capacity(total));
+        for p in parts {
+            joined.extend_from_slice(p);
+        }
+        self.send(&joined).await
+    }
+
+    /// Runs the server side of a TLS handshake (implicit TLS, or after STARTTLS). The receive
+    /// buffer must be empty: bytes that arrived before the handshake are never carried into TLS.
+    pub async fn accept_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+        let tcp = self.take_plain()?;
+        let tls = acceptor.accept(tcp).await?;
+        self.stream = Stream::ServerTls(Box::new(tls));
+        Ok(())
+    }
+
+    /// Runs the client side of a TLS handshake towards upstream, verifying `name`.
+    pub async fn connect_tls(
+        &mut self,
+        connector: &TlsConnector,
+        name: ServerName<'static>,
+    ) -> io::Result<()> {
+        let tcp = self.take_plain()?;
+        let tls = connector.connect(name, tcp).await?;
+        self.stream = Stream::ClientTls(Box::new(tls));
+        Ok(())
+    }
+
+    fn take_plain(&mut self) -> io::Result<TcpStream> {
+        if !self.buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "plaintext received before the TLS handshake (STARTTLS injection)",
+            ));
+        }
+        match std::mem::replace(&mut self.stream, Stream::Detached) {
+            Stream::Plain(tcp) => Ok(tcp),
+            other => {
+                self.stream = other;
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS is already active",
+                ))
+            }
+        }
+    }
+
+    /// The stream and the unconsumed bytes, for the post-authentication pipe.
+    pub fn into_parts(self) -> (Stream, BytesMut) {
+        (self.stream, self.buf)
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// A TLS connector for one upstream.
+pub fn connector(config: Arc<rustls::ClientConfig>) -> TlsConnector {
+    TlsConnector::from(config)
+}

@@ -1,0 +1,566 @@
+//! The SMTP session (protocol.md §3): the relay is an SMTP server to the legacy client and an
+//! SMTP client of the upstream server until the login succeeds, then a byte pipe.
+//!
+//! Order of events: accept (and local implicit TLS) → connect upstream and finish upstream TLS →
+//! relay the greeting → answer the client's commands one at a time (EHLO relayed and rewritten,
+//! AUTH intercepted, STARTTLS local, mail commands refused until login) → on `235`, relay it,
+//! forward whatever the client pipelined behind its AUTH, and hand over to [`relay::pipe`].
+
+pub mod upstream;
+
+use crate::auth::accounts::LocalAuth;
+use crate::auth::oauth::{ErrorClass, TokenError};
+use crate::auth::upstream::{credential, UpstreamCredential};
+use crate::codec::line::{next_line, sanitize_for_reply, LineTooLong};
+use crate::codec::sasl::{self, Credentials, Mechanism, SaslError};
+use crate::codec::smtp::{
+    self, enhanced_code, Command, EhloPolicy, MAX_AUTH_LINE, MAX_COMMAND_LINE,
+};
+use crate::config::LocalTls;
+use crate::net::conn::Conn;
+use crate::session::relay;
+use crate::session::{ListenerContext, Outcome};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
+use upstream::{AuthResult, SmtpUpstream};
+
+/// Most bytes a client may send before it has logged in.
+pub const MAX_PRE_AUTH_BYTES: usize = 256 * 1024;
+/// Failed logins allowed on one connection before it is closed (RFC 4954 §9: at least 3).
+pub const MAX_AUTH_FAILURES: u32 = 3;
+/// A token older than this that upstream refuses is refreshed and tried once more, even without
+/// an XOAUTH2 error challenge (Microsoft answers `535 5.7.3` directly).
+const STALE_TOKEN_AGE: Duration = Duration::from_secs(300);
+
+pub const REPLY_UPSTREAM_UNREACHABLE: &[u8] =
+    b"421 4.4.1 Upstream unreachable, closing connection\r\n";
+const REPLY_TIMEOUT: &[u8] = b"421 4.4.2 Timeout before authentication, closing connection\r\n";
+const REPLY_UPSTREAM_LOST: &[u8] = b"421 4.4.2 Upstream connection lost, closing connection\r\n";
+const REPLY_TOO_MUCH: &[u8] =
+    b"421 4.7.0 Too much data before authentication, closing connection\r\n";
+const REPLY_TOO_MANY_FAILURES: &[u8] = b"421 4.7.0 Too many failed logins, closing connection\r\n";
+const REPLY_LINE_TOO_LONG: &[u8] = b"500 5.5.2 Line too long, closing connection\r\n";
+const REPLY_AUTH_LINE_TOO_LONG: &[u8] = b"500 5.5.6 Authentication Exchange line is too long\r\n";
+const REPLY_BAD_CHARACTERS: &[u8] = b"500 5.5.2 Error: command contains invalid characters\r\n";
+const REPLY_UNRECOGNIZED: &[u8] = b"500 5.5.2 Error: command not recognized\r\n";
+const REPLY_EHLO_SYNTAX: &[u8] = b"501 5.5.4 Syntax: EHLO hostname\r\n";
+const REPLY_HELO_SYNTAX: &[u8] = b"501 5.5.4 Syntax: HELO hostname\r\n";
+const REPLY_HELO_FIRST: &[u8] = b"503 5.5.1 Error: send HELO/EHLO first\r\n";
+const REPLY_AUTH_REQUIRED: &[u8] = b"530 5.7.0 Authentication required\r\n";
+const REPLY_ENCRYPTION_REQUIRED: &[u8] =
+    b"538 5.7.11 Encryption required for requested authentication mechanism\r\n";
+const REPLY_UNKNOWN_MECHANISM: &[u8] = b"504 5.5.4 Unrecognized authentication type\r\n";
+const REPLY_CANCELLED: &[u8] = b"501 5.7.0 Authentication cancelled\r\n";
+const REPLY_BAD_BASE64: &[u8] = b"501 5.5.2 Cannot decode base64\r\n";
+const REPLY_MALFORMED_SASL: &[u8] = b"501 5.5.2 Malformed authentication response\r\n";
+pub const REPLY_INVALID_CREDENTIALS: &[u8] = b"535 5.7.8 Authentication credentials invalid\r\n";
+const REPLY_OK: &[u8] = b"250 2.0.0 OK\r\n";
+const REPLY_BYE: &[u8] = b"221 2.0.0 Bye\r\n";
+const REPLY_TLS_READY: &[u8] = b"220 2.0.0 Ready to start TLS\r\n";
+const REPLY_TLS_UNAVAILABLE: &[u8] = b"454 4.7.0 TLS not available due to temporary reason\r\n";
+const REPLY_TLS_ACTIVE: &[u8] = b"503 5.5.1 Error: TLS already active\r\n";
+const REPLY_STARTTLS_SYNTAX: &[u8] = b"501 5.5.4 Syntax: STARTTLS takes no parameters\r\n";
+
+/// Runs one SMTP session to its end.
+pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) -> Outcome {
+    let deadline = tokio::time::Instant::now() + ctx.config.pre_auth_timeout;
+    let mut client = Conn::new(tcp);
+    if ctx.config.tls == LocalTls::Implicit {
+        let Some(acceptor) = &ctx.acceptor else {
+            return Outcome::Refused;
+        };
+        match timeout_at(deadline, client.accept_tls(acceptor)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "client TLS handshake failed");
+                return Outcome::Refused;
+            }
+            Err(_) => return Outcome::Refused,
+        }
+    }
+    let upstream = match SmtpUpstream::connect(&ctx).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(upstream = %format!("{}:{}", ctx.config.upstream_host, ctx.config.upstream_port), error = %e, "upstream unavailable");
+            let reason = sanitize_for_reply(&e.to_string(), 300);
+            let line = format!("421 4.4.1 Upstream unreachable ({reason}), closing connection\r\n");
+            let _ = client.send(line.as_bytes()).await;
+            client.shutdown().await;
+            return Outcome::UpstreamFailed;
+        }
+    };
+    let mut session = Session {
+        ctx,
+        peer,
+        client,
+        upstream,
+        helo: None,
+        failures: 0,
+        pre_auth_bytes: 0,
+    };
+    if session
+        .client
+        .send(&session.upstream.greeting.clone())
+        .await
+        .is_err()
+    {
+        return Outcome::ClientLeft;
+    }
+    let result = timeout_at(deadline, session.dialogue()).await;
+    match result {
+        Ok(Step::Authenticated { account }) => session.relay(account).await,
+        Ok(Step::Close(outcome)) => {
+            session.close().await;
+            outcome
+        }
+        Err(_) => {
+            tracing::info!("pre-authentication timeout");
+            let _ = session.client.send(REPLY_TIMEOUT).await;
+            session.close().await;
+            Outcome::Refused
+        }
+    }
+}
+
+/// What the dialogue loop decided.
+enum Step {
+    Authenticated { account: String },
+    Close(Outcome),
+}
+
+/// What one command handler decided.
+enum Next {
+    Continue,
+    Done(Step),
+}
+
+struct Session {
+    ctx: Arc<ListenerContext>,
+    peer: SocketAddr,
+    client: Conn,
+    upstream: SmtpUpstream,
+    /// The client's EHLO/HELO domain, once it has sent one.
+    helo: Option<Vec<u8>>,
+    failures: u32,
+    pre_auth_bytes: usize,
+}
+
+/// A line read from the client, or why there is none.
+enum Read {
+    Line(Vec<u8>),
+    TooLong,
+    Eof,
+}
+
+impl Session {
+    async fn dialogue(&mut self) -> Step {
+        loop {
+            let line = match self.read_line(MAX_COMMAND_LINE).await {
+                Read::Line(l) => l,
+                Read::TooLong => {
+                    let _ = self.client.send(REPLY_LINE_TOO_LONG).await;
+                    return Step::Close(Outcome::Refused);
+                }
+                Read::Eof => return Step::Close(Outcome::ClientLeft),
+            };
+            if self.pre_auth_bytes > MAX_PRE_AUTH_BYTES {
+                let _ = self.client.send(REPLY_TOO_MUCH).await;
+                return Step::Close(Outcome::Refused);
+            }
+            match self.handle(&line).await {
+                Next::Continue => {}
+                Next::Done(step) => return step,
+            }
+        }
+    }
+
+    async fn handle(&mut self, line: &[u8]) -> Next {
+        let command = smtp::parse_command(line);
+        let reply: &[u8] = match command {
+            Command::Ehlo(domain) | Command::Helo(domain) if domain.is_empty() => {
+                if matches!(command, Command::Ehlo(_)) {
+                    REPLY_EHLO_SYNTAX
+                } else {
+                    REPLY_HELO_SYNTAX
+                }
+            }
+            Command::Ehlo(domain) => return self.ehlo(domain, true).await,
+            Command::Helo(domain) => return self.ehlo(domain, false).await,
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                let mechanism = mechanism.to_vec();
+                let initial_response = initial_response.map(<[u8]>::to_vec);
+                return self.auth(&mechanism, initial_response.as_deref()).await;
+            }
+            Command::StartTls { has_args } => return self.starttls(has_args).await,
+            Command::Quit => {
+                let reply = self
+                    .upstream
+                    .quit()
+                    .await
+                    .map(|r| r.raw)
+                    .unwrap_or_else(|| REPLY_BYE.to_vec());
+                let _ = self.client.send(&reply).await;
+                return Next::Done(Step::Close(Outcome::ClientLeft));
+            }
+            Command::Noop | Command::Rset => REPLY_OK,
+            Command::NeedsAuth => REPLY_AUTH_REQUIRED,
+            Command::Http => {
+                tracing::info!("HTTP request on the SMTP port; closing");
+                return Next::Done(Step::Close(Outcome::Refused));
+            }
+            Command::Malformed => REPLY_BAD_CHARACTERS,
+            Command::Unknown => REPLY_UNRECOGNIZED,
+        };
+        self.reply(reply).await
+    }
+
+    async fn reply(&mut self, bytes: &[u8]) -> Next {
+        match self.client.send(bytes).await {
+            Ok(()) => Next::Continue,
+            Err(_) => Next::Done(Step::Close(Outcome::ClientLeft)),
+        }
+    }
+
+    /// Reads one line of at most `max` bytes, counting it against the pre-auth budget.
+    async fn read_line(&mut self, max: usize) -> Read {
+        loop {
+            match next_line(self.client.buffered(), max) {
+                Ok(Some((line, used))) => {
+                    let line = line.to_vec();
+                    self.client.consume(used);
+                    self.pre_auth_bytes += used;
+                    return Read::Line(line);
+                }
+                Ok(None) => {}
+                Err(LineTooLong) => return Read::TooLong,
+            }
+            match self.client.fill().await {
+                Ok(0) | Err(_) => return Read::Eof,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn local_channel_acceptable(&self) -> bool {
+        self.client.is_tls() || self.peer.ip().is_loopback()
+    }
+
+    async fn ehlo(&mut self, domain: &[u8], extended: bool) -> Next {
+        let reply = match self.upstream.ehlo(domain).await {
+            Ok(r) => r,
+            Err(e) => return self.upstream_lost(&e.to_string()).await,
+        };
+        if reply.code != 250 {
+            return self.reply(&reply.raw.clone()).await;
+        }
+        self.helo = Some(domain.to_vec());
+        let answer = if extended {
+            let policy = EhloPolicy {
+                offer_auth: self.local_channel_acceptable(),
+                offer_starttls: self.ctx.config.tls == LocalTls::Starttls && !self.client.is_tls(),
+            };
+            smtp::rewrite_ehlo(&reply.as_reply(), policy)
+        } else {
+            smtp::helo_reply(&reply.as_reply())
+        };
+        self.reply(&answer).await
+    }
+
+    async fn starttls(&mut self, has_args: bool) -> Next {
+        if has_args {
+            return self.reply(REPLY_STARTTLS_SYNTAX).await;
+        }
+        if self.client.is_tls() {
+            return self.reply(REPLY_TLS_ACTIVE).await;
+        }
+        let acceptor = match (&self.ctx.acceptor, self.ctx.config.tls) {
+            (Some(a), LocalTls::Starttls) => a.clone(),
+            _ => return self.reply(REPLY_TLS_UNAVAILABLE).await,
+        };
+        if let Next::Done(step) = self.reply(REPLY_TLS_READY).await {
+            return Next::Done(step);
+        }
+        if !self.client.buffered().is_empty() {
+            tracing::warn!("client pipelined data after STARTTLS (injection attempt); closing");
+            return Next::Done(Step::Close(Outcome::Refused));
+        }
+        if let Err(e) = self.client.accept_tls(&acceptor).await {
+            tracing::info!(error = %e, "client STARTTLS handshake failed");
+            return Next::Done(Step::Close(Outcome::Refused));
+        }
+        // RFC 3207 §4.2: forget everything learned before TLS; the client must EHLO again.
+        self.helo = None;
+        Next::Continue
+    }
+
+    async fn auth(&mut self, mechanism: &[u8], initial_response: Option<&[u8]>) -> Next {
+        if self.helo.is_none() {
+            return self.reply(REPLY_HELO_FIRST).await;
+        }
+        if !self.local_channel_acceptable() {
+            return self.reply(REPLY_ENCRYPTION_REQUIRED).await;
+        }
+        let Some(mechanism) = Mechanism::parse(mechanism) else {
+            return self.reply(REPLY_UNKNOWN_MECHANISM).await;
+        };
+        let credentials = match self.read_credentials(mechanism, initial_response).await {
+            Ok(c) => c,
+            Err(next) => return next,
+        };
+        self.login(credentials).await
+    }
+
+    /// Runs the local SASL exchange. `Err` carries what to do when it did not yield credentials
+    /// (the error reply has been sent).
+    async fn read_credentials(
+        &mut self,
+        mechanism: Mechanism,
+        initial_response: Option<&[u8]>,
+    ) -> Result<Credentials, Next> {
+        match mechanism {
+            Mechanism::Plain => {
+                let response = match initial_response {
+                    Some(ir) => ir.to_vec(),
+                    None => self.challenge(b"334 \r\n").await?,
+                };
+                if response == b"=" {
+                    return Err(self.fail_login(None, "empty PLAIN response").await);
+                }
+                let decoded = self.decode(&response).await?;
+                match sasl::parse_plain(decoded.expose()) {
+                    Ok(c) => Ok(c),
+                    Err(SaslError::MalformedPlain) => Err(self.reply(REPLY_MALFORMED_SASL).await),
+                    Err(e) => Err(self.fail_login(None, &e.to_string()).await),
+                }
+            }
+            Mechanism::Login => {
+                let user = match initial_response {
+                    Some(ir) => ir.to_vec(),
+                    None => {
+                        self.challenge(
+                            format!("334 {}\r\n", sasl::LOGIN_USERNAME_CHALLENGE).as_bytes(),
+                        )
+                        .await?
+                    }
+                };
+                let user = self.decode(&user).await?;
+                let password = self
+                    .challenge(format!("334 {}\r\n", sasl::LOGIN_PASSWORD_CHALLENGE).as_bytes())
+                    .await?;
+                let password = self.decode(&password).await?;
+                let username = match sasl::parse_username(user.expose()) {
+                    Ok(u) => u,
+                    Err(e) => return Err(self.fail_login(None, &e.to_string()).await),
+                };
+                match sasl::parse_password(password.expose()) {
+                    Ok(password) => Ok(Credentials { username, password }),
+                    Err(e) => Err(self.fail_login(None, &e.to_string()).await),
+                }
+            }
+        }
+    }
+
+    /// Sends a `334` challenge and reads the client's response line (a credential: never
+    /// logged). `*` cancels the exchange.
+    async fn challenge(&mut self, challenge: &[u8]) -> Result<Vec<u8>, Next> {
+        if let Next::Done(step) = self.reply(challenge).await {
+            return Err(Next::Done(step));
+        }
+        match self.read_line(MAX_AUTH_LINE).await {
+            Read::Line(l) if l == b"*" => Err(self.reply(REPLY_CANCELLED).await),
+            Read::Line(l) => Ok(l),
+            Read::TooLong => {
+                let _ = self.client.send(REPLY_AUTH_LINE_TOO_LONG).await;
+                Err(Next::Done(Step::Close(Outcome::Refused)))
+            }
+            Read::Eof => Err(Next::Done(Step::Close(Outcome::ClientLeft))),
+        }
+    }
+
+    async fn decode(&mut self, b64: &[u8]) -> Result<crate::secret::SecretBytes, Next> {
+        match sasl::decode_base64(b64) {
+            Ok(d) => Ok(d),
+            Err(_) => Err(self.reply(REPLY_BAD_BASE64).await),
+        }
+    }
+
+    /// Counts a failed login, answers it, and closes the connection after too many.
+    async fn fail_login(&mut self, reply: Option<&[u8]>, reason: &str) -> Next {
+        self.failures += 1;
+        tracing::info!(reason, failures = self.failures, "login failed");
+        if let Next::Done(step) = self.reply(reply.unwrap_or(REPLY_INVALID_CREDENTIALS)).await {
+            return Next::Done(step);
+        }
+        if self.failures >= MAX_AUTH_FAILURES {
+            let _ = self.client.send(REPLY_TOO_MANY_FAILURES).await;
+            return Next::Done(Step::Close(Outcome::Refused));
+        }
+        Next::Continue
+    }
+
+    /// Verifies the local credential, gets the upstream credential, logs in upstream.
+    async fn login(&mut self, credentials: Credentials) -> Next {
+        let started = Instant::now();
+        let user = sanitize_for_reply(&credentials.username, 120);
+        let shared = self.ctx.shared.clone();
+        let account = match shared
+            .directory
+            .verify(&credentials.username, &credentials.password)
+            .await
+        {
+            LocalAuth::Accepted(a) => a,
+            LocalAuth::Rejected => {
+                return self
+                    .fail_login(
+                        None,
+                        &format!("unknown user or wrong local password for {user:?}"),
+                    )
+                    .await;
+            }
+        };
+        tracing::Span::current().record("account", account.id.as_str());
+        let mut rejected_token = None;
+        for attempt in 0..2 {
+            let cred = match credential(
+                &account,
+                &credentials,
+                &shared.tokens,
+                rejected_token.as_ref(),
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    return self.token_failure(&account.id, &account.mailbox, &e).await;
+                }
+            };
+            let result = match self.upstream.authenticate(&cred).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return self.upstream_lost(&e.to_string()).await;
+                }
+            };
+            match result {
+                AuthResult::Accepted(reply) => {
+                    tracing::info!(
+                        latency_ms = started.elapsed().as_millis() as u64,
+                        "upstream login accepted"
+                    );
+                    if self.client.send(&reply.raw).await.is_err() {
+                        return Next::Done(Step::Close(Outcome::ClientLeft));
+                    }
+                    return Next::Done(Step::Authenticated {
+                        account: account.id.clone(),
+                    });
+                }
+                AuthResult::Rejected {
+                    reply,
+                    token_rejected,
+                } => {
+                    let stale = matches!(&cred, UpstreamCredential::XOAuth2 { token, .. } if token.obtained_at.elapsed() > STALE_TOKEN_AGE);
+                    let retry = attempt == 0
+                        && matches!(cred, UpstreamCredential::XOAuth2 { .. })
+                        && (token_rejected || stale);
+                    if retry {
+                        tracing::info!(
+                            code = reply.code,
+                            "upstream refused the token; refreshing it and trying once more"
+                        );
+                        if let UpstreamCredential::XOAuth2 { token, .. } = cred {
+                            rejected_token = Some(token);
+                        }
+                        continue;
+                    }
+                    return self.upstream_refused(&reply).await;
+                }
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// Answers a failed token request (protocol.md §1.7, §3.5).
+    async fn token_failure(&mut self, account_id: &str, mailbox: &str, e: &TokenError) -> Next {
+        tracing::warn!(account = account_id, error = %e.error, code = %e.code(), class = ?e.class, description = %e.description, "token request failed");
+        let mailbox = sanitize_for_reply(mailbox, 120);
+        let code = e.code();
+        let line = match e.class {
+            ErrorClass::Temporary => {
+                // A temporary failure: the client should retry later and keep its password.
+                let line = format!("454 4.7.0 Temporary authentication failure ({}; {code})\r\n", sanitize_for_reply(&e.description, 200));
+                return self.reply(line.as_bytes()).await;
+            }
+            ErrorClass::Reauthorize => format!(
+                "535 5.7.8 Sign-in for {mailbox} must be renewed ({code}): run `authrelay login {account_id}` on the relay host\r\n"
+            ),
+            ErrorClass::Configuration => format!(
+                "535 5.7.8 The relay cannot get a token for {mailbox} ({code}: {}); contact the administrator\r\n",
+                sanitize_for_reply(&e.description, 160)
+            ),
+        };
+        self.fail_login(
+            Some(line.as_bytes()),
+            &format!("token request failed: {code}"),
+        )
+        .await
+    }
+
+    /// Answers an upstream refusal: 4xx stays temporary, 5xx becomes `535 5.7.8` with upstream's
+    /// own code and text so that e.g. `5.7.139` (SMTP AUTH disabled) reaches the user.
+    async fn upstream_refused(&mut self, reply: &upstream::OwnedReply) -> Next {
+        let text = reply.first_text();
+        let detail = sanitize_for_reply(&text, 300);
+        tracing::warn!(code = reply.code, enhanced = enhanced_code(text.as_bytes()).unwrap_or(""), upstream_reply = %detail, "upstream refused the login");
+        if (400..500).contains(&reply.code) {
+            let line = format!(
+                "454 4.7.0 Temporary authentication failure (upstream said: {} {detail})\r\n",
+                reply.code
+            );
+            return self.reply(line.as_bytes()).await;
+        }
+        let line = format!(
+            "535 5.7.8 Upstream server refused the login ({} {detail})\r\n",
+            reply.code
+        );
+        self.fail_login(Some(line.as_bytes()), "upstream refused")
+            .await
+    }
+
+    async fn upstream_lost(&mut self, reason: &str) -> Next {
+        tracing::warn!(error = reason, "upstream failed during the dialogue");
+        let _ = self.client.send(REPLY_UPSTREAM_LOST).await;
+        Next::Done(Step::Close(Outcome::UpstreamFailed))
+    }
+
+    async fn close(&mut self) {
+        self.upstream.conn.shutdown().await;
+        self.client.shutdown().await;
+    }
+
+    async fn relay(self, account: String) -> Outcome {
+        let idle = self.ctx.config.idle_timeout;
+        let Session {
+            client, upstream, ..
+        } = self;
+        match relay::pipe(client, upstream.conn, idle).await {
+            Ok(t) => {
+                tracing::info!(
+                    account,
+                    bytes_up = t.client_to_upstream,
+                    bytes_down = t.upstream_to_client,
+                    "session relayed"
+                );
+                Outcome::Relayed
+            }
+            Err(e) => {
+                tracing::info!(account, error = %e, "relay ended");
+                Outcome::Relayed
+            }
+        }
+    }
+}
