@@ -189,6 +189,21 @@ fn read_sources(path: &Path) -> Result<Value, String> {
     built.try_deserialize::<Value>().map_err(|e| e.to_string())
 }
 
+/// Loads a configuration from TOML text, without environment overrides (tests, tools).
+pub fn from_toml_str(toml: &str) -> Result<Config, Vec<Problem>> {
+    let value = config::Config::builder()
+        .add_source(File::from_str(toml, FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize::<Value>())
+        .map_err(|e| {
+            vec![Problem {
+                path: "(toml)".into(),
+                message: e.to_string(),
+            }]
+        })?;
+    from_value(value)
+}
+
 /// Validates an already merged configuration tree.
 pub fn from_value(root: Value) -> Result<Config, Vec<Problem>> {
     let mut problems = Problems::default();
