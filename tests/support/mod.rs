@@ -659,3 +659,4 @@ pub fn b64(s: &[u8]) -> String {
 pub fn plain(user: &str, pass: &str) -> String {
     b64(format!("\0{user}\0{pass}").as_bytes())
 }
+pub mod interop;

@@ -1,0 +1,405 @@
+//! SMTP through authrelay against real servers on loopback: legacy clients (swaks, msmtp, curl,
+//! Python smtplib) log in with a username and password; Dovecot submission accepts only XOAUTH2
+//! tokens (checked by introspection at the fake identity provider) and relays to Postfix, which
+//! delivers into a maildir. The maildir must hold exactly the bytes that were sent.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use support::interop::*;
+
+const MAILBOX: &str = "alice@example.com";
+
+fn relay() -> RelayProcess {
+    stack();
+    let rt = new_refresh_token(MAILBOX);
+    RelayProcess::start(
+        AccountSpec {
+            mailbox: MAILBOX,
+            refresh_token: Some(&rt),
+            token_url: format!("http://{IDP}/token"),
+        },
+        SUBMISSION,
+        "starttls",
+    )
+}
+
+fn marker(client: &str, mode: &str, mech: &str) -> String {
+    format!(
+        "{client}-{mode}-{mech}-{}-{}",
+        std::process::id(),
+        free_port()
+    )
+}
+
+fn write_message(dir: &Path, marker: &str, attachment: usize) -> (std::path::PathBuf, Vec<u8>) {
+    let msg = message(marker, attachment);
+    let path = dir.join(format!("{marker}.eml"));
+    std::fs::write(&path, &msg).unwrap();
+    (path, msg)
+}
+
+fn expect_delivered(marker: &str, sent: &[u8]) {
+    let stored = delivered(MAILBOX, marker, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("{marker} was not delivered"));
+    assert_delivered_exactly(&stored, sent);
+}
+
+const MODES: [&str; 3] = ["plain", "starttls", "implicit"];
+const MECHS: [&str; 2] = ["PLAIN", "LOGIN"];
+
+fn port(r: &RelayProcess, mode: &str) -> u16 {
+    match mode {
+        "plain" => r.plain,
+        "starttls" => r.starttls,
+        _ => r.implicit,
+    }
+}
+
+#[test]
+fn swaks_in_every_mode_and_mechanism() {
+    let r = relay();
+    let dir = tempfile::tempdir().unwrap();
+    for mode in MODES {
+        for mech in MECHS {
+            let m = marker("swaks", mode, mech);
+            let (file, sent) = write_message(dir.path(), &m, 0);
+            let mut cmd = Command::new("swaks");
+            cmd.args([
+                "--server",
+                "127.0.0.1",
+                "--port",
+                &port(&r, mode).to_string(),
+                "--auth",
+                mech,
+            ])
+            .args([
+                "--auth-user",
+                "scanner@example.com",
+                "--auth-password",
+                LOCAL_PASSWORD,
+            ])
+            .args(["--from", MAILBOX, "--to", MAILBOX, "--data"])
+            .arg(format!("@{}", file.display()));
+            match mode {
+                "starttls" => {
+                    cmd.arg("--tls");
+                }
+                "implicit" => {
+                    cmd.arg("--tls-on-connect");
+                }
+                _ => {}
+            }
+            let out = run(&mut cmd);
+            assert!(out.status.success(), "swaks {mode} {mech}: {}", text(&out));
+            // swaks ends DATA with its own CRLF before the final dot, after the file's content.
+            let mut on_the_wire = sent.clone();
+            on_the_wire.extend_from_slice(b"\r\n");
+            expect_delivered(&m, &on_the_wire);
+        }
+    }
+    r.assert_no_secrets();
+}
+
+#[test]
+fn msmtp_in_every_mode_and_mechanism() {
+    let r = relay();
+    let dir = tempfile::tempdir().unwrap();
+    let pwfile = dir.path().join("pw");
+    std::fs::write(&pwfile, LOCAL_PASSWORD).unwrap();
+    for mode in MODES {
+        for mech in MECHS {
+            let m = marker("msmtp", mode, mech);
+            let (file, sent) = write_message(dir.path(), &m, 0);
+            let (tls, starttls) = match mode {
+                "plain" => ("off", "on"),
+                "starttls" => ("on", "on"),
+                _ => ("on", "off"),
+            };
+            let script = format!(
+                "msmtp --host=127.0.0.1 --port={} --auth={} --user=scanner@example.com --passwordeval='cat {}' --tls={tls} --tls-starttls={starttls} --tls-trust-file={} --from={MAILBOX} {MAILBOX} < {}",
+                port(&r, mode),
+                mech.to_lowercase(),
+                pwfile.display(),
+                r.cert.cert.display(),
+                file.display()
+            );
+            let out = run(Command::new("sh").args(["-c", &script]));
+            assert!(out.status.success(), "msmtp {mode} {mech}: {}", text(&out));
+            expect_delivered(&m, &sent);
+        }
+    }
+    r.assert_no_secrets();
+}
+
+#[test]
+fn curl_in_every_mode_and_mechanism() {
+    let r = relay();
+    let dir = tempfile::tempdir().unwrap();
+    for mode in MODES {
+        for mech in MECHS {
+            let m = marker("curl", mode, mech);
+            let (file, sent) = write_message(dir.path(), &m, 0);
+            let p = port(&r, mode);
+            let url = match mode {
+                "implicit" => format!("smtps://127.0.0.1:{p}"),
+                _ => format!("smtp://127.0.0.1:{p}"),
+            };
+            let mut cmd = Command::new("curl");
+            cmd.args(["-sS", "--login-options", &format!("AUTH={mech}")])
+                .args(["-u", &format!("scanner@example.com:{LOCAL_PASSWORD}")])
+                .args(["--mail-from", MAILBOX, "--mail-rcpt", MAILBOX, "--cacert"])
+                .arg(&r.cert.cert)
+                .arg("-T")
+                .arg(&file)
+                .arg(&url);
+            if mode == "starttls" {
+                cmd.arg("--ssl-reqd");
+            }
+            let out = run(&mut cmd);
+            assert!(out.status.success(), "curl {mode} {mech}: {}", text(&out));
+            expect_delivered(&m, &sent);
+        }
+    }
+    r.assert_no_secrets();
+}
+
+fn smtplib(
+    r: &RelayProcess,
+    mode: &str,
+    mech: &str,
+    user: &str,
+    password: &str,
+    file: &Path,
+) -> std::process::Output {
+    run(Command::new("python3")
+        .arg(root().join("tests/interop/smtp_client.py"))
+        .args([
+            &port(r, mode).to_string(),
+            mode,
+            mech,
+            user,
+            password,
+            MAILBOX,
+            MAILBOX,
+        ])
+        .arg(file)
+        .arg(&r.cert.cert))
+}
+
+#[test]
+fn python_smtplib_in_every_mode_and_mechanism() {
+    let r = relay();
+    let dir = tempfile::tempdir().unwrap();
+    for mode in MODES {
+        for mech in MECHS {
+            let m = marker("smtplib", mode, mech);
+            let (file, sent) = write_message(dir.path(), &m, 0);
+            let out = smtplib(&r, mode, mech, "scanner@example.com", LOCAL_PASSWORD, &file);
+            assert_eq!(text(&out).trim(), "OK", "smtplib {mode} {mech}");
+            expect_delivered(&m, &sent);
+        }
+    }
+    r.assert_no_secrets();
+}
+
+#[test]
+fn thirty_megabyte_attachment_over_tls_both_sides_arrives_intact() {
+    stack();
+    let rt = new_refresh_token(MAILBOX);
+    // Implicit TLS upstream this time (Dovecot submissions), STARTTLS towards the client.
+    let r = RelayProcess::start(
+        AccountSpec {
+            mailbox: MAILBOX,
+            refresh_token: Some(&rt),
+            token_url: format!("http://{IDP}/token"),
+        },
+        SUBMISSIONS,
+        "implicit",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let m = marker("smtplib", "starttls", "30MB");
+    let (file, sent) = write_message(dir.path(), &m, 30 * 1024 * 1024);
+    let out = smtplib(
+        &r,
+        "starttls",
+        "PLAIN",
+        "scanner@example.com",
+        LOCAL_PASSWORD,
+        &file,
+    );
+    assert_eq!(text(&out).trim(), "OK");
+    let stored = delivered(MAILBOX, &m, Duration::from_secs(60)).expect("delivered");
+    // CRLF became LF in the maildir, so the file is a little smaller than what was sent.
+    assert!(
+        stored.len() > 29 * 1024 * 1024,
+        "{} bytes stored",
+        stored.len()
+    );
+    assert_delivered_exactly(&stored, &sent);
+    r.assert_no_secrets();
+}
+
+#[test]
+fn refused_logins_get_their_exact_reply_and_deliver_nothing() {
+    stack();
+    let user = "bob@example.com";
+    let dir = tempfile::tempdir().unwrap();
+    let rt = new_refresh_token(user);
+    let r = RelayProcess::start(
+        AccountSpec {
+            mailbox: user,
+            refresh_token: Some(&rt),
+            token_url: format!("http://{IDP}/token"),
+        },
+        SUBMISSION,
+        "starttls",
+    );
+    let cases = [
+        (
+            "wrong-password",
+            "scanner@example.com",
+            "not the password",
+            "ERR 535 5.7.8 Authentication credentials invalid",
+        ),
+        (
+            "unknown-user",
+            "nobody@example.com",
+            LOCAL_PASSWORD,
+            "ERR 535 5.7.8 Authentication credentials invalid",
+        ),
+    ];
+    for (name, login, password, expected) in cases {
+        let m = marker("negative", name, "PLAIN");
+        let (file, _) = write_message(dir.path(), &m, 0);
+        let out = smtplib(&r, "plain", "PLAIN", login, password, &file);
+        assert_eq!(text(&out).trim(), expected, "{name}");
+        assert!(delivered(MAILBOX, &m, Duration::from_secs(2)).is_none());
+    }
+    // swaks sees the same refusal.
+    let out = run(Command::new("swaks").args([
+        "--server",
+        "127.0.0.1",
+        "--port",
+        &r.plain.to_string(),
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        "scanner@example.com",
+        "--auth-password",
+        "wrong",
+        "--from",
+        MAILBOX,
+        "--to",
+        MAILBOX,
+    ]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("<~* 535 5.7.8 Authentication credentials invalid")
+            || text(&out).contains("<** 535 5.7.8 Authentication credentials invalid"),
+        "{}",
+        text(&out)
+    );
+
+    // The user revoked every grant: the refresh fails with invalid_grant.
+    idp_post("/admin/revoke", &format!(r#"{{"user":"{user}"}}"#));
+    let m = marker("negative", "revoked", "PLAIN");
+    let (file, _) = write_message(dir.path(), &m, 0);
+    let out = smtplib(
+        &r,
+        "plain",
+        "PLAIN",
+        "scanner@example.com",
+        LOCAL_PASSWORD,
+        &file,
+    );
+    assert_eq!(
+        text(&out).trim(),
+        "ERR 535 5.7.8 Sign-in for bob@example.com must be renewed (AADSTS70000): run `authrelay login scanner` on the relay host"
+    );
+    assert!(
+        r.log_text().contains("AADSTS70000"),
+        "the log names the cause"
+    );
+    r.assert_no_secrets();
+    drop(r);
+
+    // The token endpoint is down.
+    let down = RelayProcess::start(
+        AccountSpec {
+            mailbox: user,
+            refresh_token: Some("rt-never-used"),
+            token_url: format!("http://127.0.0.1:{}/token", free_port()),
+        },
+        SUBMISSION,
+        "starttls",
+    );
+    let m = marker("negative", "idp-down", "PLAIN");
+    let (file, _) = write_message(dir.path(), &m, 0);
+    let out = smtplib(
+        &down,
+        "plain",
+        "PLAIN",
+        "scanner@example.com",
+        LOCAL_PASSWORD,
+        &file,
+    );
+    assert_eq!(text(&out).trim(), "ERR 454 4.7.0 Temporary authentication failure (the identity provider is unreachable; network)");
+    down.assert_no_secrets();
+}
+
+#[test]
+fn a_revoked_access_token_is_replaced_transparently() {
+    stack();
+    let user = "carol@example.com";
+    let rt = new_refresh_token(user);
+    let r = RelayProcess::start(
+        AccountSpec {
+            mailbox: user,
+            refresh_token: Some(&rt),
+            token_url: format!("http://{IDP}/token"),
+        },
+        SUBMISSION,
+        "starttls",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let send = |tag: &str| {
+        let m = marker("revoke", tag, "PLAIN");
+        let (file, sent) = write_message(dir.path(), &m, 0);
+        let out = smtplib(
+            &r,
+            "plain",
+            "PLAIN",
+            "scanner@example.com",
+            LOCAL_PASSWORD,
+            &file,
+        );
+        assert_eq!(text(&out).trim(), "OK", "{tag}");
+        let stored = delivered(MAILBOX, &m, Duration::from_secs(30));
+        // The message goes to alice (the To: address), sent by carol's mailbox.
+        assert_delivered_exactly(&stored.expect("delivered"), &sent);
+    };
+    send("first");
+    idp_post("/admin/revoke-access", &format!(r#"{{"user":"{user}"}}"#));
+    send("after-revocation");
+    assert!(r.log_text().contains("refreshing it and trying once more"));
+    r.assert_no_secrets();
+}
+
+#[test]
+fn the_secret_scan_finds_each_kind_of_secret() {
+    let canaries = vec![LOCAL_PASSWORD.to_string()];
+    let clean = "INFO session{id=1}: upstream login accepted latency_ms=12 rt-canary is not hex";
+    assert_eq!(find_secret(clean, &canaries), None);
+    for leak in [
+        format!("DEBUG password={LOCAL_PASSWORD}"),
+        "TRACE body=grant_type=refresh_token&refresh_token=rt-0123456789abcdef0123456789abcdef"
+            .to_string(),
+        "TRACE access_token=at-0123456789abcdef0123456789abcdef".to_string(),
+        "DEBUG sent dXNlcj1hbGljZUBleGFtcGxlLmNvbQFhdXRo".to_string(),
+    ] {
+        assert!(find_secret(&leak, &canaries).is_some(), "missed: {leak}");
+    }
+}

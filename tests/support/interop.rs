@@ -1,0 +1,324 @@
+//! The real-server interop stack (tests/harness) and the authrelay binary run against it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const IDP: &str = "127.0.0.1:11080";
+pub const SUBMISSION: &str = "127.0.0.1:11587";
+pub const SUBMISSIONS: &str = "127.0.0.1:11465";
+pub const LOCAL_PASSWORD: &str = "Local-Canary-Pass-3141 with spaces";
+pub const CLIENT_SECRET: &str = "client-secret-canary-2718";
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("HARNESS_RUN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("tests/harness/run"))
+}
+
+/// Starts the stack once per test binary (start.sh is idempotent and locked across binaries).
+pub fn stack() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let out = Command::new("bash").arg(root().join("tests/harness/start.sh")).output().expect("bash");
+        assert!(
+            out.status.success(),
+            "the interop stack did not start (Dovecot/Postfix from Debian are needed; run tests/run-all.sh):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+pub fn upstream_ca() -> PathBuf {
+    run_dir().join("tls/ca.pem")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A raw HTTP/1.1 POST to the fake identity provider.
+pub fn idp_post(path: &str, json: &str) {
+    let mut s = TcpStream::connect(IDP).unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nHost: idp\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}", json.len()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
+
+/// Registers a fresh refresh token for `user` and returns it.
+pub fn new_refresh_token(user: &str) -> String {
+    let rt = format!("rt-canary-{}-{}", std::process::id(), free_port());
+    idp_post(
+        "/admin/refresh",
+        &format!(r#"{{"token":"{rt}","user":"{user}"}}"#),
+    );
+    rt
+}
+
+pub struct RelayProcess {
+    child: Child,
+    pub plain: u16,
+    pub starttls: u16,
+    pub implicit: u16,
+    pub log: PathBuf,
+    pub cert: super::TestCert,
+    /// Values that must never appear in the log.
+    pub canaries: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct AccountSpec<'a> {
+    pub mailbox: &'a str,
+    pub refresh_token: Option<&'a str>,
+    pub token_url: String,
+}
+
+impl RelayProcess {
+    /// Runs `authrelay run` with three SMTP listeners (plaintext, STARTTLS, implicit TLS) in
+    /// front of Dovecot submission, and one account `scanner@example.com`.
+    pub fn start(account: AccountSpec<'_>, upstream: &str, upstream_tls: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = super::TestCert::new();
+        let (plain, starttls, implicit) = (free_port(), free_port(), free_port());
+        let hash = hash_password(LOCAL_PASSWORD);
+        let rt_line = account
+            .refresh_token
+            .map(|rt| format!("refresh_token = \"{rt}\""))
+            .unwrap_or_default();
+        let listener = |name: &str, port: u16, tls: &str| {
+            format!(
+                "[listener.{name}]\nprotocol = \"smtp\"\nlisten = \"127.0.0.1:{port}\"\ntls = \"{tls}\"\ncert = \"{}\"\nkey = \"{}\"\nupstream = \"{upstream}\"\nupstream_tls = \"{upstream_tls}\"\nupstream_ca = \"{}\"\nupstream_name = \"localhost\"\n\n",
+                cert.cert.display(),
+                cert.key.display(),
+                upstream_ca().display()
+            )
+        };
+        let config = format!(
+            "{}{}{}[security]\nfailure_delay_ms = 200\n\n[account.scanner]\nlogin = \"scanner@example.com\"\npassword_hash = \"{hash}\"\nmailbox = \"{}\"\nprovider = \"custom\"\nclient_id = \"interop-client\"\nclient_secret = \"{CLIENT_SECRET}\"\ntoken_url = \"{}\"\n{rt_line}\n",
+            listener("plain", plain, "none"),
+            listener("starttls", starttls, "starttls"),
+            listener("implicit", implicit, "implicit"),
+            account.mailbox,
+            account.token_url,
+        );
+        let config_path = dir.path().join("authrelay.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("authrelay.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .args(["--log-level", "trace"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let relay = RelayProcess {
+            child,
+            plain,
+            starttls,
+            implicit,
+            log,
+            cert,
+            canaries: vec![
+                LOCAL_PASSWORD.into(),
+                CLIENT_SECRET.into(),
+                account.refresh_token.unwrap_or("rt-canary").into(),
+                hash,
+            ],
+            _dir: dir,
+        };
+        for port in [plain, starttls, implicit] {
+            wait_for_port(port, &relay.log);
+        }
+        relay
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails when the log holds any secret (see [`find_secret`]).
+    pub fn assert_no_secrets(&self) {
+        let log = self.log_text();
+        assert!(log.len() > 200, "the relay logged almost nothing: {log}");
+        if let Some(found) = find_secret(&log, &self.canaries) {
+            panic!("{found} is in the relay log");
+        }
+    }
+}
+
+/// Looks for a secret in `log`: one of the `canaries`, a token the fake identity provider issued
+/// (`at-`/`rt-` and 32 hex digits), or a SASL blob (base64 of `user=`, which starts every
+/// XOAUTH2 blob, or the start of the test's PLAIN and password responses).
+pub fn find_secret(log: &str, canaries: &[String]) -> Option<String> {
+    if let Some(c) = canaries.iter().find(|c| log.contains(c.as_str())) {
+        return Some(format!("the canary {c:?}"));
+    }
+    for prefix in ["at-", "rt-"] {
+        if let Some(token) = issued_token(log, prefix) {
+            return Some(format!("an issued token ({token}…)"));
+        }
+    }
+    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+    let blobs = [
+        "dXNlcj1".to_string(),
+        b64(LOCAL_PASSWORD)[..16].to_string(),
+        b64("\0scanner@example.com\0")[..16].to_string(),
+    ];
+    blobs
+        .into_iter()
+        .find(|b| log.contains(b.as_str()))
+        .map(|b| format!("a SASL blob ({b}…)"))
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first `prefix` + 32 hex digits in `log` (the shape of the fake provider's tokens).
+fn issued_token<'a>(log: &'a str, prefix: &str) -> Option<&'a str> {
+    log.match_indices(prefix)
+        .map(|(i, _)| &log[i..])
+        .find_map(|rest| {
+            let hex = rest.get(prefix.len()..prefix.len() + 32)?;
+            hex.bytes()
+                .all(|b| b.is_ascii_hexdigit())
+                .then(|| &rest[..prefix.len() + 6])
+        })
+}
+
+fn wait_for_port(port: u16, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "authrelay did not listen on {port}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+pub fn hash_password(password: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs a command with a time limit; returns its output.
+pub fn run(cmd: &mut Command) -> Output {
+    let mut timed = Command::new("timeout");
+    timed.arg("180").arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            timed.env(k, v);
+        }
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        timed.current_dir(d);
+    }
+    timed.stdin(Stdio::null()).output().expect("spawn")
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Waits for a delivered message that contains `marker` in `user`'s maildir.
+pub fn delivered(user: &str, marker: &str, wait: Duration) -> Option<Vec<u8>> {
+    let (local, domain) = user.split_once('@').unwrap();
+    let maildir = run_dir()
+        .join("mail")
+        .join(domain)
+        .join(local)
+        .join("Maildir");
+    let deadline = Instant::now() + wait;
+    loop {
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(maildir.join(sub)) {
+                for e in entries.flatten() {
+                    if let Ok(bytes) = std::fs::read(e.path()) {
+                        if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                            return Some(bytes);
+                        }
+                    }
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A test message with a unique marker: dot-stuffing bait, 8-bit text, optional padding.
+pub fn message(marker: &str, attachment_bytes: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: alice@example.com\r\nTo: alice@example.com\r\nSubject: interop {marker}\r\nMessage-ID: <{marker}@authrelay.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nHello from {marker}.\r\n.a line that starts with a dot\r\n..two dots\r\n.\r\n8-bit: h\u{e9}llo w\u{f6}rld \u{65e5}\u{672c}\u{8a9e}\r\n"
+    )
+    .into_bytes();
+    if attachment_bytes > 0 {
+        // Base64-like lines of 76 characters, as a mail client encodes an attachment.
+        let line =
+            b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n";
+        let mut written = 0;
+        let mut i = 0u64;
+        while written < attachment_bytes {
+            let mut l = line.to_vec();
+            let tag = format!("{i:08}");
+            l[..8].copy_from_slice(tag.as_bytes());
+            m.extend_from_slice(&l);
+            written += l.len();
+            i += 1;
+        }
+    }
+    m.extend_from_slice(b"end of message\r\n");
+    m
+}
+
+/// The maildir holds the message as sent with LF line ends, after the trace headers.
+pub fn assert_delivered_exactly(stored: &[u8], sent: &[u8]) {
+    let sent_lf: Vec<u8> = String::from_utf8_lossy(sent)
+        .replace("\r\n", "\n")
+        .into_bytes();
+    assert!(
+        stored.ends_with(&sent_lf),
+        "maildir bytes differ from what was sent (stored {} bytes, sent {} bytes)",
+        stored.len(),
+        sent_lf.len()
+    );
+}
