@@ -76,6 +76,8 @@ pub struct ListenerConfig {
     /// The name the relay gives in its own EHLO before upstream STARTTLS.
     pub ehlo_name: String,
     pub max_connections: usize,
+    /// Accept passwords over plaintext from non-loopback clients (a trusted container network).
+    pub remote_plaintext_auth: bool,
     pub connect_timeout: Duration,
     /// How long to wait for any one upstream reply before authentication.
     pub upstream_timeout: Duration,
@@ -327,6 +329,7 @@ fn read_listener(
     let upstream_name: Option<String> = t.optional("upstream_name");
     let upstream_ca: Option<PathBuf> = t.optional("upstream_ca");
     let allow_remote: bool = t.optional("allow_remote").unwrap_or(false);
+    let remote_plaintext_auth: bool = t.optional("remote_plaintext_auth").unwrap_or(false);
     let ehlo_name: String = t
         .optional("ehlo_name")
         .unwrap_or_else(|| "localhost".into());
@@ -354,10 +357,14 @@ fn read_listener(
                 format!("{addr} is not a loopback address; set allow_remote = true to serve other hosts"),
             );
         }
-        if !addr.ip().is_loopback() && allow_remote && tls == LocalTls::None {
+        if !addr.ip().is_loopback()
+            && allow_remote
+            && tls == LocalTls::None
+            && !remote_plaintext_auth
+        {
             t.problem(
                 "tls",
-                "a listener that serves other hosts must use tls = \"starttls\" or \"implicit\"",
+                "a listener that serves other hosts needs tls = \"starttls\" or \"implicit\", or remote_plaintext_auth = true for a trusted network (passwords then cross it in clear)",
             );
         }
     }
@@ -422,6 +429,7 @@ fn read_listener(
         upstream_ca,
         ehlo_name,
         max_connections,
+        remote_plaintext_auth,
         connect_timeout,
         upstream_timeout,
         pre_auth_timeout,

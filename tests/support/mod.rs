@@ -381,12 +381,12 @@ async fn serve_smtp(
             let tls = acceptor.as_ref().unwrap().accept(inner).await?;
             tls_active = true;
             reader = BufReader::new(Box::new(tls) as Box<dyn Io>);
-        } else if upper.starts_with("AUTH ") {
+        } else if let Some(args) = upper.strip_prefix("AUTH ") {
             if authed {
                 w.write_all(b"503 5.5.1 Already authenticated\r\n").await?;
                 continue;
             }
-            let mech = upper[5..].split(' ').next().unwrap_or("").to_string();
+            let mech = args.split(' ').next().unwrap_or("").to_string();
             if cmd.len() > 5 + mech.len() {
                 w.write_all(b"501 5.5.2 test server: initial response not expected\r\n")
                     .await?;

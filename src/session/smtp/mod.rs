@@ -248,7 +248,9 @@ impl Session {
     }
 
     fn local_channel_acceptable(&self) -> bool {
-        self.client.is_tls() || self.peer.ip().is_loopback()
+        self.client.is_tls()
+            || self.peer.ip().is_loopback()
+            || self.ctx.config.remote_plaintext_auth
     }
 
     async fn ehlo(&mut self, domain: &[u8], extended: bool) -> Next {

@@ -1,0 +1,182 @@
+//! The command line, run as a user would run it.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn authrelay(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authrelay"));
+    cmd.args(args)
+        .env_remove("AUTHRELAY_CONFIG")
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const EXAMPLE: &str = "config/authrelay.example.toml";
+
+#[test]
+fn the_example_config_is_valid() {
+    let out = authrelay(&["check", "--config", EXAMPLE], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 listener(s), 1 account(s))"));
+}
+
+#[test]
+fn check_lists_three_mistakes_with_their_key_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::fs::read_to_string(format!("{}/{EXAMPLE}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let broken = example
+        .replace("upstream_tls = \"starttls\"", "upstream_tls = \"startls\"")
+        .replace(
+            "listen = \"127.0.0.1:2525\"",
+            "listen = \"127.0.0.1:2525\"\nlisten_backlog = 5",
+        )
+        .replace("tenant = \"contoso.onmicrosoft.com\"", "");
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, broken).unwrap();
+    let out = authrelay(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 3, "{err}");
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.starts_with("error: listener.smtp.upstream_tls: ") && l.contains("startls")),
+        "{err}"
+    );
+    assert!(
+        errors.contains(&"error: listener.smtp.listen_backlog: unknown key"),
+        "{err}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.starts_with("error: account.scanner.tenant: missing")),
+        "{err}"
+    );
+    assert!(err.contains("3 problems found"));
+}
+
+#[test]
+fn environment_and_secret_files_override_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client_secret");
+    std::fs::write(&secret, "value-from-a-file\n").unwrap();
+    let out = authrelay(
+        &["check", "--config", EXAMPLE],
+        &[
+            ("AUTHRELAY__ACCOUNT__SCANNER__TENANT", "not a tenant"),
+            (
+                "AUTHRELAY__ACCOUNT__SCANNER__CLIENT_SECRET_FILE",
+                "/nonexistent/secret",
+            ),
+        ],
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("error: account.scanner.tenant: must be a tenant ID"),
+        "{err}"
+    );
+    assert!(
+        err.contains("error: account.scanner.client_secret_file: cannot read /nonexistent/secret"),
+        "{err}"
+    );
+    let out = authrelay(
+        &["check", "--config", EXAMPLE],
+        &[(
+            "AUTHRELAY__ACCOUNT__SCANNER__CLIENT_SECRET_FILE",
+            secret.to_str().unwrap(),
+        )],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("value-from-a-file"));
+    // The config path can come from AUTHRELAY_CONFIG.
+    let out = authrelay(&["check"], &[("AUTHRELAY_CONFIG", EXAMPLE)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = authrelay(&["check", "--config", "/nonexistent.toml"], &[]);
+    assert!(
+        stderr(&out).contains("error: /nonexistent.toml: file not found"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn hash_password_prints_a_verifiable_argon2id_hash() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"pass word\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let phc = String::from_utf8(out.stdout).unwrap();
+    assert!(phc.starts_with("$argon2id$"), "{phc}");
+    let phc = authrelay::secret::Secret::new(phc.trim());
+    assert!(authrelay::auth::password::verify(&"pass word".into(), &phc));
+    assert!(!authrelay::auth::password::verify(
+        &"pass word\n".into(),
+        &phc
+    ));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_authrelay"))
+        .arg("hash-password")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("the password is empty"));
+}
+
+#[test]
+fn help_answers_the_first_questions() {
+    let out = authrelay(&["--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "run",
+        "check",
+        "hash-password",
+        "AUTHRELAY__",
+        "_file",
+        "config/authrelay.toml",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}: {help}");
+    }
+    let out = authrelay(&["--version"], &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("authrelay "));
+}
+
+#[test]
+fn run_refuses_a_port_in_use_with_the_listener_name() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let out = authrelay(
+        &["run", "--config", EXAMPLE],
+        &[(
+            "AUTHRELAY__LISTENER__SMTP__LISTEN",
+            &format!("127.0.0.1:{port}"),
+        )],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("listener.smtp: cannot listen on 127.0.0.1:{port}")),
+        "{}",
+        stderr(&out)
+    );
+}
