@@ -46,6 +46,12 @@ if [ -z "${HARNESS_SKIP_INSTALL:-}" ]; then
 fi
 
 "$HERE/stop.sh" >/dev/null 2>&1 || true
+for p in $IDP_PORT $IMAP_PORT $IMAPS_PORT $POP3_PORT $POP3S_PORT $SUBMISSION_PORT $SUBMISSIONS_PORT $LMTP_PORT $POSTFIX_PORT; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    log "127.0.0.1:$p is already in use (another copy of this stack? stop it with its tests/harness/stop.sh)"
+    exit 1
+  fi
+done
 id vmail >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin vmail
 mkdir -p "$RUN"/{log,pids,tls,mail,dovecot,dovecot-state,postfix-conf,postfix/queue,postfix/data}
 chmod 755 "$RUN"
