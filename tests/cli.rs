@@ -180,3 +180,43 @@ fn run_refuses_a_port_in_use_with_the_listener_name() {
         stderr(&out)
     );
 }
+
+#[test]
+fn run_starts_with_the_example_config_and_stops_on_sigterm() {
+    // No client connects: with the example config a session would contact the real provider.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
+        .args(["run", "--config", EXAMPLE])
+        .env(
+            "AUTHRELAY__LISTENER__SMTP__LISTEN",
+            format!("127.0.0.1:{port}"),
+        )
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !seen.contains("ready") && std::time::Instant::now() < deadline {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    assert!(seen.contains(&format!("127.0.0.1:{port}")), "{seen}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "{seen}{rest}");
+    assert!(rest.contains("shutting down"), "{rest}");
+}

@@ -632,3 +632,41 @@ async fn hostile_lines_are_bounded() {
         "500 5.5.6 Authentication Exchange line is too long\r\n"
     );
 }
+
+#[tokio::test]
+async fn app_password_uses_login_when_upstream_offers_only_login_and_xoauth2() {
+    // Office 365 advertises `AUTH LOGIN XOAUTH2` only.
+    let extra = format!(
+        "[account.app]\nlogin = \"app@example.com\"\npassword_hash = \"{HASH_OF_PASSWORD}\"\nmailbox = \"shared@example.com\"\nauth = \"app_password\"\napp_password = \"app pass with spaces\"\n"
+    );
+    let w = world_with(
+        UpstreamOptions {
+            mechanisms: "LOGIN XOAUTH2",
+            ..Default::default()
+        },
+        "none",
+        "",
+        &extra,
+        None,
+    )
+    .await;
+    w.upstream
+        .accept_token("app pass with spaces", "shared@example.com");
+    let mut c = ehloed(&w).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("app@example.com", PASSWORD)
+    ))
+    .await;
+    assert_eq!(c.reply().await, "235 2.7.0 Authentication successful\r\n");
+    let log = w.upstream.log.lock().unwrap();
+    assert!(
+        log.commands.contains(&"AUTH LOGIN".to_string()),
+        "{:?}",
+        log.commands
+    );
+    assert_eq!(
+        log.sasl,
+        vec![b64(b"shared@example.com"), b64(b"app pass with spaces")]
+    );
+}

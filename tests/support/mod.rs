@@ -392,6 +392,35 @@ async fn serve_smtp(
                     .await?;
                 continue;
             }
+            if mech == "LOGIN" {
+                // Username and password in two steps, as RFC-less LOGIN does; stored as PLAIN.
+                let mut parts = Vec::new();
+                for challenge in ["334 VXNlcm5hbWU6\r\n", "334 UGFzc3dvcmQ6\r\n"] {
+                    reader.get_mut().write_all(challenge.as_bytes()).await?;
+                    let mut resp = String::new();
+                    reader.read_line(&mut resp).await?;
+                    log.lock().unwrap().sasl.push(resp.trim_end().to_string());
+                    parts.push(
+                        String::from_utf8(STANDARD.decode(resp.trim_end()).unwrap_or_default())
+                            .unwrap_or_default(),
+                    );
+                }
+                let ok = accepted
+                    .lock()
+                    .unwrap()
+                    .get(&parts[1])
+                    .is_some_and(|u| *u == parts[0]);
+                let w = reader.get_mut();
+                if ok {
+                    authed = true;
+                    w.write_all(b"235 2.7.0 Authentication successful\r\n")
+                        .await?;
+                } else {
+                    w.write_all(b"535 5.7.3 Authentication unsuccessful [FAKE]\r\n")
+                        .await?;
+                }
+                continue;
+            }
             w.write_all(b"334 \r\n").await?;
             let mut resp = String::new();
             reader.read_line(&mut resp).await?;
