@@ -1,11 +1,13 @@
 //! Sessions: one task per accepted connection.
 //!
 //! Each protocol has a pre-authentication state machine ([`smtp`]) that reads client commands
-//! through the codecs, relays or answers them, performs the login, and on success hands both
+//! through the codecs, relays or answers them, performs the [`login`], and on success hands both
 //! connections to [`relay::pipe`], which copies bytes until either side is done.
 
+pub mod login;
 pub mod relay;
 pub mod smtp;
+pub mod upstream;
 
 use crate::auth::accounts::Directory;
 use crate::auth::tokens::TokenCache;

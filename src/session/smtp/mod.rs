@@ -8,9 +8,7 @@
 
 pub mod upstream;
 
-use crate::auth::accounts::LocalAuth;
 use crate::auth::oauth::{ErrorClass, TokenError};
-use crate::auth::upstream::{credential, UpstreamCredential};
 use crate::codec::line::{next_line, sanitize_for_reply, LineTooLong};
 use crate::codec::sasl::{self, Credentials, Mechanism, SaslError};
 use crate::codec::smtp::{
@@ -18,22 +16,19 @@ use crate::codec::smtp::{
 };
 use crate::config::LocalTls;
 use crate::net::conn::Conn;
+use crate::session::login::{login, Login};
 use crate::session::relay;
 use crate::session::{ListenerContext, Outcome};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
-use upstream::{AuthResult, SmtpUpstream};
+use upstream::SmtpUpstream;
 
 /// Most bytes a client may send before it has logged in.
 pub const MAX_PRE_AUTH_BYTES: usize = 256 * 1024;
 /// Failed logins allowed on one connection before it is closed (RFC 4954 §9: at least 3).
 pub const MAX_AUTH_FAILURES: u32 = 3;
-/// A token older than this that upstream refuses is refreshed and tried once more, even without
-/// an XOAUTH2 error challenge (Microsoft answers `535 5.7.3` directly).
-const STALE_TOKEN_AGE: Duration = Duration::from_secs(300);
 
 pub const REPLY_UPSTREAM_UNREACHABLE: &[u8] =
     b"421 4.4.1 Upstream unreachable, closing connection\r\n";
@@ -406,89 +401,33 @@ impl Session {
         Next::Continue
     }
 
-    /// Verifies the local credential, gets the upstream credential, logs in upstream.
+    /// Logs in (session::login) and answers the outcome.
     async fn login(&mut self, credentials: Credentials) -> Next {
-        let started = Instant::now();
-        let user = sanitize_for_reply(&credentials.username, 120);
         let shared = self.ctx.shared.clone();
-        let account = match shared
-            .directory
-            .verify(&credentials.username, &credentials.password)
-            .await
-        {
-            LocalAuth::Accepted(a) => a,
-            LocalAuth::Rejected => {
-                return self
-                    .fail_login(
-                        None,
-                        &format!("unknown user or wrong local password for {user:?}"),
-                    )
-                    .await;
+        match login(&shared, &credentials, &mut self.upstream).await {
+            Login::Accepted { account, reply } => {
+                if self.client.send(&reply.raw).await.is_err() {
+                    return Next::Done(Step::Close(Outcome::ClientLeft));
+                }
+                Next::Done(Step::Authenticated {
+                    account: account.id.clone(),
+                })
             }
-        };
-        tracing::Span::current().record("account", account.id.as_str());
-        let mut rejected_token = None;
-        for attempt in 0..2 {
-            let cred = match credential(
-                &account,
-                &credentials,
-                &shared.tokens,
-                rejected_token.as_ref(),
-            )
-            .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    return self.token_failure(&account.id, &account.mailbox, &e).await;
-                }
-            };
-            let result = match self.upstream.authenticate(&cred).await {
-                Ok(r) => r,
-                Err(e) => {
-                    return self.upstream_lost(&e.to_string()).await;
-                }
-            };
-            match result {
-                AuthResult::Accepted(reply) => {
-                    tracing::info!(
-                        latency_ms = started.elapsed().as_millis() as u64,
-                        "upstream login accepted"
-                    );
-                    if self.client.send(&reply.raw).await.is_err() {
-                        return Next::Done(Step::Close(Outcome::ClientLeft));
-                    }
-                    return Next::Done(Step::Authenticated {
-                        account: account.id.clone(),
-                    });
-                }
-                AuthResult::Rejected {
-                    reply,
-                    token_rejected,
-                } => {
-                    let stale = matches!(&cred, UpstreamCredential::XOAuth2 { token, .. } if token.obtained_at.elapsed() > STALE_TOKEN_AGE);
-                    let retry = attempt == 0
-                        && matches!(cred, UpstreamCredential::XOAuth2 { .. })
-                        && (token_rejected || stale);
-                    if retry {
-                        tracing::info!(
-                            code = reply.code,
-                            "upstream refused the token; refreshing it and trying once more"
-                        );
-                        if let UpstreamCredential::XOAuth2 { token, .. } = cred {
-                            rejected_token = Some(token);
-                        }
-                        continue;
-                    }
-                    return self.upstream_refused(&reply).await;
-                }
+            Login::LocalRejected => {
+                self.fail_login(None, "unknown user or wrong local password")
+                    .await
             }
+            Login::TokenFailed { account, error } => {
+                self.token_failure(&account.id, &account.mailbox, &error)
+                    .await
+            }
+            Login::UpstreamRejected { reply } => self.upstream_refused(&reply).await,
+            Login::UpstreamLost(e) => self.upstream_lost(&e.to_string()).await,
         }
-        unreachable!("the loop returns on its second attempt")
     }
 
     /// Answers a failed token request (protocol.md §1.7, §3.5).
     async fn token_failure(&mut self, account_id: &str, mailbox: &str, e: &TokenError) -> Next {
-        tracing::warn!(account = account_id, error = %e.error, code = %e.code(), class = ?e.class, description = %e.description, "token request failed");
         let mailbox = sanitize_for_reply(mailbox, 120);
         let code = e.code();
         let line = match e.class {

@@ -2,14 +2,13 @@
 
 use crate::auth::upstream::UpstreamCredential;
 use crate::codec::sasl::{self, LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE};
-use crate::codec::smtp::{next_reply, Capabilities, ReplyError};
+use crate::codec::smtp::{next_reply, Capabilities};
 use crate::config::UpstreamTls;
 use crate::net::conn::Conn;
+use crate::session::login::{AuthResult, UpstreamLogin};
+use crate::session::upstream::{self, UpstreamError};
 use crate::session::ListenerContext;
-use std::fmt;
-use std::io;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 /// An upstream reply, copied out of the receive buffer.
@@ -38,52 +37,6 @@ impl OwnedReply {
     }
 }
 
-/// Why the upstream connection cannot be used.
-#[derive(Debug)]
-pub enum UpstreamError {
-    Connect(io::Error),
-    Timeout(&'static str),
-    Greeting(String),
-    /// Upstream STARTTLS was required but not offered, or refused: never continue in plaintext.
-    StartTls(String),
-    /// Bytes followed the `220` to STARTTLS (response injection).
-    Injection,
-    Tls(io::Error),
-    Io(io::Error),
-    Reply(ReplyError),
-    Closed,
-}
-
-impl fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UpstreamError::Connect(e) => write!(f, "cannot connect: {e}"),
-            UpstreamError::Timeout(phase) => write!(f, "no answer in time ({phase})"),
-            UpstreamError::Greeting(t) => write!(f, "refused the connection: {t}"),
-            UpstreamError::StartTls(t) => write!(f, "STARTTLS failed: {t}"),
-            UpstreamError::Injection => {
-                f.write_str("sent data right after its STARTTLS reply (injection attempt)")
-            }
-            UpstreamError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
-            UpstreamError::Io(e) => write!(f, "connection error: {e}"),
-            UpstreamError::Reply(e) => write!(f, "sent an invalid reply: {e}"),
-            UpstreamError::Closed => f.write_str("closed the connection"),
-        }
-    }
-}
-
-/// How an upstream login ended.
-#[derive(Debug)]
-pub enum AuthResult {
-    Accepted(OwnedReply),
-    /// The server refused. `token_rejected` is true when its XOAUTH2 error challenge said the
-    /// token was invalid (status 401), so a fresh token may succeed.
-    Rejected {
-        reply: OwnedReply,
-        token_rejected: bool,
-    },
-}
-
 pub struct SmtpUpstream {
     pub conn: Conn,
     /// The server's greeting, relayed to the client.
@@ -97,32 +50,15 @@ impl SmtpUpstream {
     /// Connects, reads the greeting and finishes TLS (implicit, or STARTTLS that fails closed).
     pub async fn connect(ctx: &ListenerContext) -> Result<Self, UpstreamError> {
         let cfg = &ctx.config;
-        let phase_timeout = cfg.connect_timeout;
-        let tcp = timeout(
-            phase_timeout,
-            TcpStream::connect((cfg.upstream_host.as_str(), cfg.upstream_port)),
-        )
-        .await
-        .map_err(|_| UpstreamError::Timeout("connect"))?
-        .map_err(UpstreamError::Connect)?;
-        let _ = tcp.set_nodelay(true);
         let mut up = SmtpUpstream {
-            conn: Conn::new(tcp),
+            conn: upstream::open(ctx).await?,
             greeting: Vec::new(),
             caps: Capabilities::default(),
             reply_timeout: cfg.upstream_timeout,
         };
-        if cfg.upstream_tls == UpstreamTls::Implicit {
-            timeout(
-                phase_timeout,
-                up.conn
-                    .connect_tls(&ctx.connector, ctx.upstream_name.clone()),
-            )
-            .await
-            .map_err(|_| UpstreamError::Timeout("TLS handshake"))?
-            .map_err(UpstreamError::Tls)?;
-        }
-        let greeting = up.read_reply_within(phase_timeout, "greeting").await?;
+        let greeting = up
+            .read_reply_within(cfg.connect_timeout, "greeting")
+            .await?;
         if greeting.code != 220 {
             return Err(UpstreamError::Greeting(format!(
                 "{} {}",
@@ -155,17 +91,7 @@ impl SmtpUpstream {
                     r.first_text()
                 )));
             }
-            if !up.conn.buffered().is_empty() {
-                return Err(UpstreamError::Injection);
-            }
-            timeout(
-                phase_timeout,
-                up.conn
-                    .connect_tls(&ctx.connector, ctx.upstream_name.clone()),
-            )
-            .await
-            .map_err(|_| UpstreamError::Timeout("TLS handshake"))?
-            .map_err(UpstreamError::Tls)?;
+            upstream::start_tls(&mut up.conn, ctx).await?;
         }
         Ok(up)
     }
@@ -194,13 +120,9 @@ impl SmtpUpstream {
                     return Ok(owned);
                 }
                 Ok(None) => {}
-                Err(e) => return Err(UpstreamError::Reply(e)),
+                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
             }
-            match self.conn.fill().await {
-                Ok(0) => return Err(UpstreamError::Closed),
-                Ok(_) => {}
-                Err(e) => return Err(UpstreamError::Io(e)),
-            }
+            upstream::fill(&mut self.conn).await?;
         }
     }
 
@@ -224,14 +146,14 @@ impl SmtpUpstream {
 
     /// Logs in with the account's credential. XOAUTH2 is always two-step (the initial response
     /// would not fit the 512-octet command line), and an error challenge is answered here.
-    pub async fn authenticate(
+    pub async fn login(
         &mut self,
         credential: &UpstreamCredential,
-    ) -> Result<AuthResult, UpstreamError> {
+    ) -> Result<AuthResult<OwnedReply>, UpstreamError> {
         match credential {
             UpstreamCredential::XOAuth2 { user, token } => {
                 let blob = sasl::xoauth2_response(user, &token.secret).map_err(|_| {
-                    UpstreamError::Greeting("the mailbox name is not usable in XOAUTH2".into())
+                    UpstreamError::Protocol("the mailbox name is not usable in XOAUTH2".into())
                 })?;
                 self.sasl_exchange(b"XOAUTH2", &[blob.expose()]).await
             }
@@ -257,7 +179,7 @@ impl SmtpUpstream {
         &mut self,
         mechanism: &[u8],
         responses: &[&[u8]],
-    ) -> Result<AuthResult, UpstreamError> {
+    ) -> Result<AuthResult<OwnedReply>, UpstreamError> {
         let mut reply = self.command(&[b"AUTH ", mechanism, b"\r\n"]).await?;
         let mut token_rejected = false;
         for (i, response) in responses.iter().enumerate() {
@@ -302,5 +224,16 @@ impl SmtpUpstream {
             self.read_reply().await.ok()
         };
         timeout(Duration::from_secs(5), fut).await.ok().flatten()
+    }
+}
+
+impl UpstreamLogin for SmtpUpstream {
+    type Reply = OwnedReply;
+
+    async fn authenticate(
+        &mut self,
+        credential: &UpstreamCredential,
+    ) -> Result<AuthResult<OwnedReply>, UpstreamError> {
+        self.login(credential).await
     }
 }

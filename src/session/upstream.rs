@@ -1,0 +1,90 @@
+//! What every protocol's upstream connection shares: opening TCP (and implicit TLS) within the
+//! listener's time limits, upgrading to TLS after STARTTLS/STLS with the injection check, and
+//! the error type that says why the upstream cannot be used.
+
+use crate::config::UpstreamTls;
+use crate::net::conn::Conn;
+use crate::session::ListenerContext;
+use std::fmt;
+use std::io;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Why the upstream connection cannot be used.
+#[derive(Debug)]
+pub enum UpstreamError {
+    Connect(io::Error),
+    Timeout(&'static str),
+    /// The server's greeting was not a welcome.
+    Greeting(String),
+    /// Upstream STARTTLS/STLS was required but not offered, or refused: never continue in
+    /// plaintext.
+    StartTls(String),
+    /// Bytes followed the server's go-ahead for TLS (response injection).
+    Injection,
+    Tls(io::Error),
+    Io(io::Error),
+    /// The server sent something that is not a valid reply.
+    Protocol(String),
+    Closed,
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::Connect(e) => write!(f, "cannot connect: {e}"),
+            UpstreamError::Timeout(phase) => write!(f, "no answer in time ({phase})"),
+            UpstreamError::Greeting(t) => write!(f, "refused the connection: {t}"),
+            UpstreamError::StartTls(t) => write!(f, "STARTTLS failed: {t}"),
+            UpstreamError::Injection => {
+                f.write_str("sent data right after its STARTTLS reply (injection attempt)")
+            }
+            UpstreamError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            UpstreamError::Io(e) => write!(f, "connection error: {e}"),
+            UpstreamError::Protocol(e) => write!(f, "sent an invalid reply: {e}"),
+            UpstreamError::Closed => f.write_str("closed the connection"),
+        }
+    }
+}
+
+/// Connects to the listener's upstream, with implicit TLS when configured.
+pub async fn open(ctx: &ListenerContext) -> Result<Conn, UpstreamError> {
+    let cfg = &ctx.config;
+    let tcp = timeout(
+        cfg.connect_timeout,
+        TcpStream::connect((cfg.upstream_host.as_str(), cfg.upstream_port)),
+    )
+    .await
+    .map_err(|_| UpstreamError::Timeout("connect"))?
+    .map_err(UpstreamError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    let mut conn = Conn::new(tcp);
+    if cfg.upstream_tls == UpstreamTls::Implicit {
+        start_tls(&mut conn, ctx).await?;
+    }
+    Ok(conn)
+}
+
+/// The TLS handshake towards upstream, verifying the configured name. Refuses to start while
+/// plaintext from the server is still buffered.
+pub async fn start_tls(conn: &mut Conn, ctx: &ListenerContext) -> Result<(), UpstreamError> {
+    if !conn.buffered().is_empty() {
+        return Err(UpstreamError::Injection);
+    }
+    timeout(
+        ctx.config.connect_timeout,
+        conn.connect_tls(&ctx.connector, ctx.upstream_name.clone()),
+    )
+    .await
+    .map_err(|_| UpstreamError::Timeout("TLS handshake"))?
+    .map_err(UpstreamError::Tls)
+}
+
+/// Reads more bytes from upstream; end of stream is an error before authentication.
+pub async fn fill(conn: &mut Conn) -> Result<(), UpstreamError> {
+    match conn.fill().await {
+        Ok(0) => Err(UpstreamError::Closed),
+        Ok(_) => Ok(()),
+        Err(e) => Err(UpstreamError::Io(e)),
+    }
+}
