@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
         while let Ok(Some((line, used))) = next_line(rest, max) {
             assert!(used > 0 && used <= rest.len() && used <= max);
             assert!(!line.contains(&b'\n'));
-            if let Command::Auth { mechanism, initial_response } = parse_command(line) {
+            if let Command::Auth {
+                mechanism,
+                initial_response,
+            } = parse_command(line)
+            {
                 assert!(!mechanism.contains(&b' '));
                 assert!(initial_response.is_none_or(|r| !r.is_empty()));
             }

@@ -13,16 +13,28 @@ fuzz_target!(|data: &[u8]| {
         let _ = Capabilities::from_ehlo(&reply);
         if reply.lines.iter().all(|l| !l.contains(&b'\r')) {
             for policy in [
-                EhloPolicy { offer_auth: true, offer_starttls: false },
-                EhloPolicy { offer_auth: false, offer_starttls: true },
+                EhloPolicy {
+                    offer_auth: true,
+                    offer_starttls: false,
+                },
+                EhloPolicy {
+                    offer_auth: false,
+                    offer_starttls: true,
+                },
             ] {
                 let out = rewrite_ehlo(&reply, policy);
-                let (again, n) = next_reply(&out).expect("rewritten reply parses").expect("complete");
+                let (again, n) = next_reply(&out)
+                    .expect("rewritten reply parses")
+                    .expect("complete");
                 assert_eq!(n, out.len());
                 assert_eq!(again.code, 250);
                 let caps = Capabilities::from_ehlo(&again);
                 assert_eq!(caps.starttls, policy.offer_starttls);
-                let expected: Vec<String> = if policy.offer_auth { vec!["PLAIN".into(), "LOGIN".into()] } else { vec![] };
+                let expected: Vec<String> = if policy.offer_auth {
+                    vec!["PLAIN".into(), "LOGIN".into()]
+                } else {
+                    vec![]
+                };
                 assert_eq!(caps.auth, expected);
             }
         }

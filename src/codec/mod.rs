@@ -6,5 +6,6 @@
 //! about accounts and tokens: the sessions in `crate::session` drive these codecs.
 
 pub mod line;
+pub mod pop3;
 pub mod sasl;
 pub mod smtp;

@@ -263,6 +263,8 @@ impl Capabilities {
 /// Splits an EHLO line into its keyword and its parameters. The legacy `AUTH=LOGIN PLAIN` form
 /// yields the keyword `AUTH=`.
 fn split_keyword(line: &[u8]) -> (&[u8], &[u8]) {
+    // Leading spaces are not part of the keyword: ` AUTH XOAUTH2` must still be seen as AUTH.
+    let line = line.trim_ascii_start();
     if line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"AUTH=") {
         return (&line[..5], &line[5..]);
     }
@@ -490,6 +492,20 @@ mod tests {
             },
         );
         assert_eq!(out, b"250 mx Hello\r\n");
+    }
+
+    #[test]
+    fn keywords_behind_spaces_are_still_recognized() {
+        let raw = b"250-mx\r\n250-  AUTH XOAUTH2\r\n250  STARTTLS\r\n";
+        let (reply, _) = next_reply(raw).unwrap().unwrap();
+        let out = rewrite_ehlo(
+            &reply,
+            EhloPolicy {
+                offer_auth: true,
+                offer_starttls: false,
+            },
+        );
+        assert_eq!(out, b"250-mx\r\n250 AUTH PLAIN LOGIN\r\n");
     }
 
     #[test]

@@ -407,10 +407,10 @@ fn read_listener(
     if max_connections == 0 {
         t.problem("max_connections", "must be at least 1");
     }
-    if let Some(Protocol::Imap | Protocol::Pop3) = protocol {
+    if let Some(Protocol::Imap) = protocol {
         t.problem(
             "protocol",
-            "this build relays SMTP only; IMAP and POP3 listeners are not available yet",
+            "this build relays SMTP and POP3; IMAP listeners are not available yet",
         );
     }
     t.finish();

@@ -4,7 +4,9 @@
 //! through the codecs, relays or answers them, performs the [`login`], and on success hands both
 //! connections to [`relay::pipe`], which copies bytes until either side is done.
 
+pub mod client;
 pub mod login;
+pub mod pop3;
 pub mod relay;
 pub mod smtp;
 pub mod upstream;

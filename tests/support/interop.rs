@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub const IDP: &str = "127.0.0.1:11080";
 pub const SUBMISSION: &str = "127.0.0.1:11587";
 pub const SUBMISSIONS: &str = "127.0.0.1:11465";
+pub const POP3: &str = "127.0.0.1:11110";
+pub const POP3S: &str = "127.0.0.1:11995";
 pub const LOCAL_PASSWORD: &str = "Local-Canary-Pass-3141 with spaces";
 pub const CLIENT_SECRET: &str = "client-secret-canary-2718";
 
@@ -87,8 +89,18 @@ pub struct AccountSpec<'a> {
 
 impl RelayProcess {
     /// Runs `authrelay run` with three SMTP listeners (plaintext, STARTTLS, implicit TLS) in
-    /// front of Dovecot submission, and one account `scanner@example.com`.
+    /// front of `upstream`, and one account `scanner@example.com`.
     pub fn start(account: AccountSpec<'_>, upstream: &str, upstream_tls: &str) -> Self {
+        Self::start_protocol("smtp", account, upstream, upstream_tls)
+    }
+
+    /// The same with listeners of `protocol` (`smtp` or `pop3`).
+    pub fn start_protocol(
+        protocol: &str,
+        account: AccountSpec<'_>,
+        upstream: &str,
+        upstream_tls: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cert = super::TestCert::new();
         let (plain, starttls, implicit) = (free_port(), free_port(), free_port());
@@ -99,7 +111,7 @@ impl RelayProcess {
             .unwrap_or_default();
         let listener = |name: &str, port: u16, tls: &str| {
             format!(
-                "[listener.{name}]\nprotocol = \"smtp\"\nlisten = \"127.0.0.1:{port}\"\ntls = \"{tls}\"\ncert = \"{}\"\nkey = \"{}\"\nupstream = \"{upstream}\"\nupstream_tls = \"{upstream_tls}\"\nupstream_ca = \"{}\"\nupstream_name = \"localhost\"\n\n",
+                "[listener.{name}]\nprotocol = \"{protocol}\"\nlisten = \"127.0.0.1:{port}\"\ntls = \"{tls}\"\ncert = \"{}\"\nkey = \"{}\"\nupstream = \"{upstream}\"\nupstream_tls = \"{upstream_tls}\"\nupstream_ca = \"{}\"\nupstream_name = \"localhost\"\n\n",
                 cert.cert.display(),
                 cert.key.display(),
                 upstream_ca().display()
@@ -321,4 +333,68 @@ pub fn assert_delivered_exactly(stored: &[u8], sent: &[u8]) {
         stored.len(),
         sent_lf.len()
     );
+}
+
+/// Puts a message straight into `user`'s maildir (as Dovecot's user), returning its file.
+pub fn seed_maildir(user: &str, name: &str, message: &[u8]) -> PathBuf {
+    let (local, domain) = user.split_once('@').unwrap();
+    let maildir = run_dir()
+        .join("mail")
+        .join(domain)
+        .join(local)
+        .join("Maildir");
+    for sub in ["", "/new", "/cur", "/tmp"] {
+        let dir = format!("{}{sub}", maildir.display());
+        let out = Command::new("install")
+            .args(["-d", "-o", "vmail", "-g", "vmail", &dir])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The domain and user directories above the maildir too.
+        let _ = Command::new("chown")
+            .args(["vmail:vmail", maildir.parent().unwrap().to_str().unwrap()])
+            .status();
+        let _ = Command::new("chown")
+            .args([
+                "vmail:vmail",
+                maildir
+                    .parent()
+                    .unwrap()
+                    .parent()
+                    .unwrap()
+                    .to_str()
+                    .unwrap(),
+            ])
+            .status();
+    }
+    let path = maildir.join("new").join(name);
+    std::fs::write(&path, message).unwrap();
+    let _ = Command::new("chown")
+        .args(["vmail:vmail", path.to_str().unwrap()])
+        .status();
+    path
+}
+
+/// The files in `user`'s maildir (new and cur).
+pub fn maildir_files(user: &str) -> Vec<PathBuf> {
+    let (local, domain) = user.split_once('@').unwrap();
+    let maildir = run_dir()
+        .join("mail")
+        .join(domain)
+        .join(local)
+        .join("Maildir");
+    ["new", "cur"]
+        .iter()
+        .filter_map(|sub| std::fs::read_dir(maildir.join(sub)).ok())
+        .flat_map(|d| d.flatten().map(|e| e.path()))
+        .collect()
+}
+
+/// A unique test mailbox.
+pub fn unique_user(tag: &str) -> String {
+    format!("{tag}-{}-{}@example.com", std::process::id(), free_port())
 }

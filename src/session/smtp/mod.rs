@@ -9,13 +9,14 @@
 pub mod upstream;
 
 use crate::auth::oauth::{ErrorClass, TokenError};
-use crate::codec::line::{next_line, sanitize_for_reply, LineTooLong};
-use crate::codec::sasl::{self, Credentials, Mechanism, SaslError};
+use crate::codec::line::sanitize_for_reply;
+use crate::codec::sasl::{Credentials, Mechanism};
 use crate::codec::smtp::{
     self, enhanced_code, Command, EhloPolicy, MAX_AUTH_LINE, MAX_COMMAND_LINE,
 };
 use crate::config::LocalTls;
 use crate::net::conn::Conn;
+use crate::session::client::{read_sasl, Challenge, ClientSide, Read, Sasl};
 use crate::session::login::{login, Login};
 use crate::session::relay;
 use crate::session::{ListenerContext, Outcome};
@@ -25,8 +26,6 @@ use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 use upstream::SmtpUpstream;
 
-/// Most bytes a client may send before it has logged in.
-pub const MAX_PRE_AUTH_BYTES: usize = 256 * 1024;
 /// Failed logins allowed on one connection before it is closed (RFC 4954 §9: at least 3).
 pub const MAX_AUTH_FAILURES: u32 = 3;
 
@@ -55,6 +54,10 @@ pub const REPLY_INVALID_CREDENTIALS: &[u8] = b"535 5.7.8 Authentication credenti
 const REPLY_OK: &[u8] = b"250 2.0.0 OK\r\n";
 const REPLY_BYE: &[u8] = b"221 2.0.0 Bye\r\n";
 const REPLY_TLS_READY: &[u8] = b"220 2.0.0 Ready to start TLS\r\n";
+const CHALLENGE: Challenge = Challenge {
+    prefix: b"334 ",
+    max_line: MAX_AUTH_LINE,
+};
 const REPLY_TLS_UNAVAILABLE: &[u8] = b"454 4.7.0 TLS not available due to temporary reason\r\n";
 const REPLY_TLS_ACTIVE: &[u8] = b"503 5.5.1 Error: TLS already active\r\n";
 const REPLY_STARTTLS_SYNTAX: &[u8] = b"501 5.5.4 Syntax: STARTTLS takes no parameters\r\n";
@@ -90,14 +93,14 @@ pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) ->
     let mut session = Session {
         ctx,
         peer,
-        client,
+        client: ClientSide::new(client),
         upstream,
         helo: None,
         failures: 0,
-        pre_auth_bytes: 0,
     };
     if session
         .client
+        .conn
         .send(&session.upstream.greeting.clone())
         .await
         .is_err()
@@ -113,7 +116,7 @@ pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) ->
         }
         Err(_) => {
             tracing::info!("pre-authentication timeout");
-            let _ = session.client.send(REPLY_TIMEOUT).await;
+            let _ = session.client.conn.send(REPLY_TIMEOUT).await;
             session.close().await;
             Outcome::Refused
         }
@@ -135,34 +138,26 @@ enum Next {
 struct Session {
     ctx: Arc<ListenerContext>,
     peer: SocketAddr,
-    client: Conn,
+    client: ClientSide,
     upstream: SmtpUpstream,
     /// The client's EHLO/HELO domain, once it has sent one.
     helo: Option<Vec<u8>>,
     failures: u32,
-    pre_auth_bytes: usize,
-}
-
-/// A line read from the client, or why there is none.
-enum Read {
-    Line(Vec<u8>),
-    TooLong,
-    Eof,
 }
 
 impl Session {
     async fn dialogue(&mut self) -> Step {
         loop {
-            let line = match self.read_line(MAX_COMMAND_LINE).await {
+            let line = match self.client.read_line(MAX_COMMAND_LINE).await {
                 Read::Line(l) => l,
                 Read::TooLong => {
-                    let _ = self.client.send(REPLY_LINE_TOO_LONG).await;
+                    let _ = self.client.conn.send(REPLY_LINE_TOO_LONG).await;
                     return Step::Close(Outcome::Refused);
                 }
                 Read::Eof => return Step::Close(Outcome::ClientLeft),
             };
-            if self.pre_auth_bytes > MAX_PRE_AUTH_BYTES {
-                let _ = self.client.send(REPLY_TOO_MUCH).await;
+            if self.client.over_budget() {
+                let _ = self.client.conn.send(REPLY_TOO_MUCH).await;
                 return Step::Close(Outcome::Refused);
             }
             match self.handle(&line).await {
@@ -200,7 +195,7 @@ impl Session {
                     .await
                     .map(|r| r.raw)
                     .unwrap_or_else(|| REPLY_BYE.to_vec());
-                let _ = self.client.send(&reply).await;
+                let _ = self.client.conn.send(&reply).await;
                 return Next::Done(Step::Close(Outcome::ClientLeft));
             }
             Command::Noop | Command::Rset => REPLY_OK,
@@ -216,34 +211,14 @@ impl Session {
     }
 
     async fn reply(&mut self, bytes: &[u8]) -> Next {
-        match self.client.send(bytes).await {
+        match self.client.conn.send(bytes).await {
             Ok(()) => Next::Continue,
             Err(_) => Next::Done(Step::Close(Outcome::ClientLeft)),
         }
     }
 
-    /// Reads one line of at most `max` bytes, counting it against the pre-auth budget.
-    async fn read_line(&mut self, max: usize) -> Read {
-        loop {
-            match next_line(self.client.buffered(), max) {
-                Ok(Some((line, used))) => {
-                    let line = line.to_vec();
-                    self.client.consume(used);
-                    self.pre_auth_bytes += used;
-                    return Read::Line(line);
-                }
-                Ok(None) => {}
-                Err(LineTooLong) => return Read::TooLong,
-            }
-            match self.client.fill().await {
-                Ok(0) | Err(_) => return Read::Eof,
-                Ok(_) => {}
-            }
-        }
-    }
-
     fn local_channel_acceptable(&self) -> bool {
-        self.client.is_tls()
+        self.client.conn.is_tls()
             || self.peer.ip().is_loopback()
             || self.ctx.config.remote_plaintext_auth
     }
@@ -260,7 +235,8 @@ impl Session {
         let answer = if extended {
             let policy = EhloPolicy {
                 offer_auth: self.local_channel_acceptable(),
-                offer_starttls: self.ctx.config.tls == LocalTls::Starttls && !self.client.is_tls(),
+                offer_starttls: self.ctx.config.tls == LocalTls::Starttls
+                    && !self.client.conn.is_tls(),
             };
             smtp::rewrite_ehlo(&reply.as_reply(), policy)
         } else {
@@ -273,7 +249,7 @@ impl Session {
         if has_args {
             return self.reply(REPLY_STARTTLS_SYNTAX).await;
         }
-        if self.client.is_tls() {
+        if self.client.conn.is_tls() {
             return self.reply(REPLY_TLS_ACTIVE).await;
         }
         let acceptor = match (&self.ctx.acceptor, self.ctx.config.tls) {
@@ -283,11 +259,11 @@ impl Session {
         if let Next::Done(step) = self.reply(REPLY_TLS_READY).await {
             return Next::Done(step);
         }
-        if !self.client.buffered().is_empty() {
+        if !self.client.conn.buffered().is_empty() {
             tracing::warn!("client pipelined data after STARTTLS (injection attempt); closing");
             return Next::Done(Step::Close(Outcome::Refused));
         }
-        if let Err(e) = self.client.accept_tls(&acceptor).await {
+        if let Err(e) = self.client.conn.accept_tls(&acceptor).await {
             tracing::info!(error = %e, "client STARTTLS handshake failed");
             return Next::Done(Step::Close(Outcome::Refused));
         }
@@ -306,84 +282,17 @@ impl Session {
         let Some(mechanism) = Mechanism::parse(mechanism) else {
             return self.reply(REPLY_UNKNOWN_MECHANISM).await;
         };
-        let credentials = match self.read_credentials(mechanism, initial_response).await {
-            Ok(c) => c,
-            Err(next) => return next,
-        };
-        self.login(credentials).await
-    }
-
-    /// Runs the local SASL exchange. `Err` carries what to do when it did not yield credentials
-    /// (the error reply has been sent).
-    async fn read_credentials(
-        &mut self,
-        mechanism: Mechanism,
-        initial_response: Option<&[u8]>,
-    ) -> Result<Credentials, Next> {
-        match mechanism {
-            Mechanism::Plain => {
-                let response = match initial_response {
-                    Some(ir) => ir.to_vec(),
-                    None => self.challenge(b"334 \r\n").await?,
-                };
-                if response == b"=" {
-                    return Err(self.fail_login(None, "empty PLAIN response").await);
-                }
-                let decoded = self.decode(&response).await?;
-                match sasl::parse_plain(decoded.expose()) {
-                    Ok(c) => Ok(c),
-                    Err(SaslError::MalformedPlain) => Err(self.reply(REPLY_MALFORMED_SASL).await),
-                    Err(e) => Err(self.fail_login(None, &e.to_string()).await),
-                }
+        match read_sasl(&mut self.client, &CHALLENGE, mechanism, initial_response).await {
+            Sasl::Credentials(c) => self.login(c).await,
+            Sasl::Cancelled => self.reply(REPLY_CANCELLED).await,
+            Sasl::BadBase64 => self.reply(REPLY_BAD_BASE64).await,
+            Sasl::Malformed => self.reply(REPLY_MALFORMED_SASL).await,
+            Sasl::Invalid(e) => self.fail_login(None, &e.to_string()).await,
+            Sasl::LineTooLong => {
+                let _ = self.client.conn.send(REPLY_AUTH_LINE_TOO_LONG).await;
+                Next::Done(Step::Close(Outcome::Refused))
             }
-            Mechanism::Login => {
-                let user = match initial_response {
-                    Some(ir) => ir.to_vec(),
-                    None => {
-                        self.challenge(
-                            format!("334 {}\r\n", sasl::LOGIN_USERNAME_CHALLENGE).as_bytes(),
-                        )
-                        .await?
-                    }
-                };
-                let user = self.decode(&user).await?;
-                let password = self
-                    .challenge(format!("334 {}\r\n", sasl::LOGIN_PASSWORD_CHALLENGE).as_bytes())
-                    .await?;
-                let password = self.decode(&password).await?;
-                let username = match sasl::parse_username(user.expose()) {
-                    Ok(u) => u,
-                    Err(e) => return Err(self.fail_login(None, &e.to_string()).await),
-                };
-                match sasl::parse_password(password.expose()) {
-                    Ok(password) => Ok(Credentials { username, password }),
-                    Err(e) => Err(self.fail_login(None, &e.to_string()).await),
-                }
-            }
-        }
-    }
-
-    /// Sends a `334` challenge and reads the client's response line (a credential: never
-    /// logged). `*` cancels the exchange.
-    async fn challenge(&mut self, challenge: &[u8]) -> Result<Vec<u8>, Next> {
-        if let Next::Done(step) = self.reply(challenge).await {
-            return Err(Next::Done(step));
-        }
-        match self.read_line(MAX_AUTH_LINE).await {
-            Read::Line(l) if l == b"*" => Err(self.reply(REPLY_CANCELLED).await),
-            Read::Line(l) => Ok(l),
-            Read::TooLong => {
-                let _ = self.client.send(REPLY_AUTH_LINE_TOO_LONG).await;
-                Err(Next::Done(Step::Close(Outcome::Refused)))
-            }
-            Read::Eof => Err(Next::Done(Step::Close(Outcome::ClientLeft))),
-        }
-    }
-
-    async fn decode(&mut self, b64: &[u8]) -> Result<crate::secret::SecretBytes, Next> {
-        match sasl::decode_base64(b64) {
-            Ok(d) => Ok(d),
-            Err(_) => Err(self.reply(REPLY_BAD_BASE64).await),
+            Sasl::Eof | Sasl::Gone => Next::Done(Step::Close(Outcome::ClientLeft)),
         }
     }
 
@@ -395,7 +304,7 @@ impl Session {
             return Next::Done(step);
         }
         if self.failures >= MAX_AUTH_FAILURES {
-            let _ = self.client.send(REPLY_TOO_MANY_FAILURES).await;
+            let _ = self.client.conn.send(REPLY_TOO_MANY_FAILURES).await;
             return Next::Done(Step::Close(Outcome::Refused));
         }
         Next::Continue
@@ -406,7 +315,7 @@ impl Session {
         let shared = self.ctx.shared.clone();
         match login(&shared, &credentials, &mut self.upstream).await {
             Login::Accepted { account, reply } => {
-                if self.client.send(&reply.raw).await.is_err() {
+                if self.client.conn.send(&reply.raw).await.is_err() {
                     return Next::Done(Step::Close(Outcome::ClientLeft));
                 }
                 Next::Done(Step::Authenticated {
@@ -474,13 +383,13 @@ impl Session {
 
     async fn upstream_lost(&mut self, reason: &str) -> Next {
         tracing::warn!(error = reason, "upstream failed during the dialogue");
-        let _ = self.client.send(REPLY_UPSTREAM_LOST).await;
+        let _ = self.client.conn.send(REPLY_UPSTREAM_LOST).await;
         Next::Done(Step::Close(Outcome::UpstreamFailed))
     }
 
     async fn close(&mut self) {
         self.upstream.conn.shutdown().await;
-        self.client.shutdown().await;
+        self.client.conn.shutdown().await;
     }
 
     async fn relay(self, account: String) -> Outcome {
@@ -488,7 +397,7 @@ impl Session {
         let Session {
             client, upstream, ..
         } = self;
-        match relay::pipe(client, upstream.conn, idle).await {
+        match relay::pipe(client.conn, upstream.conn, idle).await {
             Ok(t) => {
                 tracing::info!(
                     account,

@@ -1,0 +1,243 @@
+//! The relay as a POP3 client of the upstream server: connect, secure, and log in.
+
+use crate::auth::upstream::UpstreamCredential;
+use crate::codec::pop3::{next_multiline, next_status, Capabilities, Status};
+use crate::codec::sasl;
+use crate::config::UpstreamTls;
+use crate::net::conn::Conn;
+use crate::session::login::{AuthResult, UpstreamLogin};
+use crate::session::upstream::{self, UpstreamError};
+use crate::session::ListenerContext;
+use std::time::Duration;
+use tokio::time::timeout;
+
+/// A status line from upstream, copied out of the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub ok: bool,
+    pub continuation: bool,
+    pub text: Vec<u8>,
+    /// The line as received, with its terminator, to relay verbatim.
+    pub raw: Vec<u8>,
+}
+
+impl Line {
+    pub fn text_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.text).into_owned()
+    }
+}
+
+pub struct Pop3Upstream {
+    pub conn: Conn,
+    /// The greeting's text (after `+OK `).
+    pub greeting: Vec<u8>,
+    caps: Option<Capabilities>,
+    reply_timeout: Duration,
+}
+
+impl Pop3Upstream {
+    /// Connects, reads the greeting and finishes TLS (implicit, or STLS that fails closed).
+    pub async fn connect(ctx: &ListenerContext) -> Result<Self, UpstreamError> {
+        let cfg = &ctx.config;
+        let mut up = Pop3Upstream {
+            conn: upstream::open(ctx).await?,
+            greeting: Vec::new(),
+            caps: None,
+            reply_timeout: cfg.upstream_timeout,
+        };
+        let greeting = timeout(cfg.connect_timeout, up.read_line())
+            .await
+            .map_err(|_| UpstreamError::Timeout("greeting"))??;
+        if !greeting.ok {
+            return Err(UpstreamError::Greeting(greeting.text_lossy()));
+        }
+        up.greeting = greeting.text;
+        if cfg.upstream_tls == UpstreamTls::Starttls {
+            let caps = up.capa().await?.1;
+            if !caps.stls {
+                return Err(UpstreamError::StartTls(
+                    "the server does not offer STLS; refusing to continue in plaintext".into(),
+                ));
+            }
+            let r = up.command(&[b"STLS\r\n"]).await?;
+            if !r.ok {
+                return Err(UpstreamError::StartTls(format!(
+                    "answered -ERR {}",
+                    r.text_lossy()
+                )));
+            }
+            upstream::start_tls(&mut up.conn, ctx).await?;
+            up.caps = None; // RFC 2595 §4: forget what was learned before TLS.
+        }
+        Ok(up)
+    }
+
+    async fn read_line(&mut self) -> Result<Line, UpstreamError> {
+        loop {
+            match next_status(self.conn.buffered()) {
+                Ok(Some((status, used))) => {
+                    let (ok, continuation, text) = match status {
+                        Status::Ok(t) => (true, false, t),
+                        Status::Err(t) => (false, false, t),
+                        Status::Continue(t) => (false, true, t),
+                    };
+                    let line = Line {
+                        ok,
+                        continuation,
+                        text: text.to_vec(),
+                        raw: self.conn.buffered()[..used].to_vec(),
+                    };
+                    self.conn.consume(used);
+                    return Ok(line);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+            }
+            upstream::fill(&mut self.conn).await?;
+        }
+    }
+
+    /// Sends one command (in pieces, the last ending in CRLF) and reads its status line.
+    pub async fn command(&mut self, parts: &[&[u8]]) -> Result<Line, UpstreamError> {
+        self.conn
+            .send_parts(parts)
+            .await
+            .map_err(UpstreamError::Io)?;
+        timeout(self.reply_timeout, self.read_line())
+            .await
+            .map_err(|_| UpstreamError::Timeout("reply"))?
+    }
+
+    /// Asks for the capability list. Returns the status line (an `-ERR` is relayed as is), the
+    /// capabilities, and the raw lines for the rewrite.
+    pub async fn capa(&mut self) -> Result<(Line, Capabilities, Vec<Vec<u8>>), UpstreamError> {
+        let status = self.command(&[b"CAPA\r\n"]).await?;
+        if !status.ok {
+            return Ok((status, Capabilities::default(), Vec::new()));
+        }
+        let read = async {
+            loop {
+                match next_multiline(self.conn.buffered()) {
+                    Ok(Some((lines, used))) => {
+                        let owned: Vec<Vec<u8>> = lines.iter().map(|l| l.to_vec()).collect();
+                        self.conn.consume(used);
+                        return Ok(owned);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+                }
+                upstream::fill(&mut self.conn).await?;
+            }
+        };
+        let lines = timeout(self.reply_timeout, read)
+            .await
+            .map_err(|_| UpstreamError::Timeout("CAPA"))??;
+        let views: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        let caps = Capabilities::from_capa(&views);
+        self.caps = Some(caps.clone());
+        Ok((status, caps, lines))
+    }
+
+    async fn capabilities(&mut self) -> Result<Capabilities, UpstreamError> {
+        match &self.caps {
+            Some(c) => Ok(c.clone()),
+            None => Ok(self.capa().await?.1),
+        }
+    }
+
+    /// Logs in with the account's credential: XOAUTH2 always two-step (the blob exceeds the
+    /// 255-octet command line), passwords with AUTH PLAIN when offered, else USER/PASS.
+    pub async fn login(
+        &mut self,
+        credential: &UpstreamCredential,
+    ) -> Result<AuthResult<Line>, UpstreamError> {
+        match credential {
+            UpstreamCredential::XOAuth2 { user, token } => {
+                let blob = sasl::xoauth2_response(user, &token.secret).map_err(|_| {
+                    UpstreamError::Protocol("the mailbox name is not usable in XOAUTH2".into())
+                })?;
+                let r = self.command(&[b"AUTH XOAUTH2\r\n"]).await?;
+                if !r.continuation {
+                    return Ok(AuthResult::Rejected {
+                        reply: r,
+                        token_rejected: false,
+                    });
+                }
+                let r = self.command(&[blob.expose(), b"\r\n"]).await?;
+                if r.continuation {
+                    // The error challenge: answer it here, never forward it (protocol.md §5.4).
+                    let token_rejected = sasl::parse_xoauth2_challenge(&r.text).token_rejected();
+                    let r = self.command(&[b"\r\n"]).await?;
+                    return Ok(AuthResult::Rejected {
+                        reply: r,
+                        token_rejected,
+                    });
+                }
+                Ok(finish(r))
+            }
+            UpstreamCredential::Password { user, password } => {
+                if self.capabilities().await?.supports_sasl("PLAIN") {
+                    let blob = sasl::plain_response(user, password);
+                    let r = self.command(&[b"AUTH PLAIN\r\n"]).await?;
+                    if !r.continuation {
+                        return Ok(AuthResult::Rejected {
+                            reply: r,
+                            token_rejected: false,
+                        });
+                    }
+                    let r = self.command(&[blob.expose(), b"\r\n"]).await?;
+                    if r.continuation {
+                        let r = self.command(&[b"*\r\n"]).await?;
+                        return Ok(AuthResult::Rejected {
+                            reply: r,
+                            token_rejected: false,
+                        });
+                    }
+                    Ok(finish(r))
+                } else {
+                    let r = self.command(&[b"USER ", user.as_bytes(), b"\r\n"]).await?;
+                    if !r.ok {
+                        return Ok(AuthResult::Rejected {
+                            reply: r,
+                            token_rejected: false,
+                        });
+                    }
+                    Ok(finish(
+                        self.command(&[b"PASS ", password.expose().as_bytes(), b"\r\n"])
+                            .await?,
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Says goodbye, best effort.
+    pub async fn quit(&mut self) -> Option<Line> {
+        timeout(Duration::from_secs(5), self.command(&[b"QUIT\r\n"]))
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+fn finish(r: Line) -> AuthResult<Line> {
+    if r.ok {
+        AuthResult::Accepted(r)
+    } else {
+        AuthResult::Rejected {
+            reply: r,
+            token_rejected: false,
+        }
+    }
+}
+
+impl UpstreamLogin for Pop3Upstream {
+    type Reply = Line;
+
+    async fn authenticate(
+        &mut self,
+        credential: &UpstreamCredential,
+    ) -> Result<AuthResult<Line>, UpstreamError> {
+        self.login(credential).await
+    }
+}
