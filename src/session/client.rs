@@ -5,7 +5,10 @@
 
 use crate::codec::line::{next_line, LineTooLong};
 use crate::codec::sasl::{self, Credentials, Mechanism, SaslError};
+use crate::config::LocalTls;
 use crate::net::conn::Conn;
+use crate::session::ListenerContext;
+use tokio::time::{timeout_at, Instant};
 
 /// Most bytes a client may send before it has logged in.
 pub const MAX_PRE_AUTH_BYTES: usize = 256 * 1024;
@@ -157,5 +160,28 @@ async fn ask(
         Read::Line(l) => Ok(l),
         Read::TooLong => Err(Sasl::LineTooLong),
         Read::Eof => Err(Sasl::Eof),
+    }
+}
+
+/// Runs the TLS handshake of an implicit-TLS listener before anything else is said. False when
+/// the connection is to be dropped (handshake failed or took past `deadline`).
+pub async fn accept_implicit_tls(
+    ctx: &ListenerContext,
+    conn: &mut Conn,
+    deadline: Instant,
+) -> bool {
+    if ctx.config.tls != LocalTls::Implicit {
+        return true;
+    }
+    let Some(acceptor) = &ctx.acceptor else {
+        return false;
+    };
+    match timeout_at(deadline, conn.accept_tls(acceptor)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "client TLS handshake failed");
+            false
+        }
+        Err(_) => false,
     }
 }

@@ -3,7 +3,7 @@
 //! may be stale, refresh it and try once more. The sessions map the outcome to their replies.
 
 use crate::auth::accounts::LocalAuth;
-use crate::auth::oauth::TokenError;
+use crate::auth::oauth::{ErrorClass, TokenError};
 use crate::auth::upstream::{credential, UpstreamCredential};
 use crate::codec::line::sanitize_for_reply;
 use crate::codec::sasl::Credentials;
@@ -127,4 +127,38 @@ pub async fn login<U: UpstreamLogin + Send>(
             }
         }
     }
+}
+
+/// A failed token request in words every protocol shares; the session adds its own status
+/// (`454 4.7.0` or `535 5.7.8`, `-ERR [SYS/TEMP]` or `-ERR [AUTH]`).
+pub struct Explanation {
+    /// The failure may heal by itself (identity provider unreachable or slow): the client should
+    /// retry later and keep its password.
+    pub temporary: bool,
+    pub text: String,
+}
+
+/// Explains a failed token request (protocol.md §1.7): what happened, the code to look up, and
+/// what to do. Holds no secret; control characters are removed.
+pub fn explain_token_failure(account: &AccountConfig, e: &TokenError) -> Explanation {
+    let mailbox = sanitize_for_reply(&account.mailbox, 120);
+    let code = e.code();
+    let (temporary, text) = match e.class {
+        ErrorClass::Temporary => (
+            true,
+            format!("Temporary authentication failure ({}; {code})", sanitize_for_reply(&e.description, 200)),
+        ),
+        ErrorClass::Reauthorize => (
+            false,
+            format!("Sign-in for {mailbox} must be renewed ({code}): run `authrelay login {}` on the relay host", account.id),
+        ),
+        ErrorClass::Configuration => (
+            false,
+            format!(
+                "The relay cannot get a token for {mailbox} ({code}: {}); contact the administrator",
+                sanitize_for_reply(&e.description, 160)
+            ),
+        ),
+    };
+    Explanation { temporary, text }
 }

@@ -119,3 +119,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// Runs the pipe for an authenticated session and logs how it ended (byte counts only).
+pub async fn run_authenticated(
+    client: Conn,
+    upstream: Conn,
+    idle: Duration,
+    account: &str,
+) -> crate::session::Outcome {
+    match pipe(client, upstream, idle).await {
+        Ok(t) => tracing::info!(
+            account,
+            bytes_up = t.client_to_upstream,
+            bytes_down = t.upstream_to_client,
+            "session relayed"
+        ),
+        Err(e) => tracing::info!(account, error = %e, "relay ended"),
+    }
+    crate::session::Outcome::Relayed
+}

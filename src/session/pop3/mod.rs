@@ -9,14 +9,15 @@
 
 pub mod upstream;
 
-use crate::auth::oauth::{ErrorClass, TokenError};
+use crate::auth::oauth::TokenError;
 use crate::codec::line::sanitize_for_reply;
 use crate::codec::pop3::{self, CapaPolicy, Command, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 use crate::codec::sasl::{self, Credentials, Mechanism};
+use crate::config::AccountConfig;
 use crate::config::LocalTls;
 use crate::net::conn::Conn;
-use crate::session::client::{read_sasl, Challenge, ClientSide, Read, Sasl};
-use crate::session::login::{login, Login};
+use crate::session::client::{accept_implicit_tls, read_sasl, Challenge, ClientSide, Read, Sasl};
+use crate::session::login::{explain_token_failure, login, Login};
 use crate::session::relay;
 use crate::session::{ListenerContext, Outcome};
 use std::net::SocketAddr;
@@ -64,18 +65,8 @@ const REPLY_BYE: &[u8] = b"+OK Bye\r\n";
 pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) -> Outcome {
     let deadline = tokio::time::Instant::now() + ctx.config.pre_auth_timeout;
     let mut client = Conn::new(tcp);
-    if ctx.config.tls == LocalTls::Implicit {
-        let Some(acceptor) = &ctx.acceptor else {
-            return Outcome::Refused;
-        };
-        match timeout_at(deadline, client.accept_tls(acceptor)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::info!(error = %e, "client TLS handshake failed");
-                return Outcome::Refused;
-            }
-            Err(_) => return Outcome::Refused,
-        }
+    if !accept_implicit_tls(&ctx, &mut client, deadline).await {
+        return Outcome::Refused;
     }
     let upstream = match Pop3Upstream::connect(&ctx).await {
         Ok(u) => u,
@@ -322,36 +313,23 @@ impl Session {
                 self.fail_login(None, "unknown user or wrong local password")
                     .await
             }
-            Login::TokenFailed { account, error } => {
-                self.token_failure(&account.id, &account.mailbox, &error)
-                    .await
-            }
+            Login::TokenFailed { account, error } => self.token_failure(&account, &error).await,
             Login::UpstreamRejected { reply } => self.upstream_refused(&reply).await,
             Login::UpstreamLost(e) => self.upstream_lost(&e.to_string()).await,
         }
     }
 
-    /// Answers a failed token request (protocol.md §1.7): `[SYS/TEMP]` for what may heal by
-    /// itself, `[AUTH]` with what to do otherwise.
-    async fn token_failure(&mut self, account_id: &str, mailbox: &str, e: &TokenError) -> Next {
-        let mailbox = sanitize_for_reply(mailbox, 120);
-        let code = e.code();
-        let line = match e.class {
-            ErrorClass::Temporary => {
-                let line = format!("-ERR [SYS/TEMP] Temporary authentication failure ({}; {code})\r\n", sanitize_for_reply(&e.description, 200));
-                return self.reply(line.as_bytes()).await;
-            }
-            ErrorClass::Reauthorize => {
-                format!("-ERR [AUTH] Sign-in for {mailbox} must be renewed ({code}): run `authrelay login {account_id}` on the relay host\r\n")
-            }
-            ErrorClass::Configuration => format!(
-                "-ERR [AUTH] The relay cannot get a token for {mailbox} ({code}: {}); contact the administrator\r\n",
-                sanitize_for_reply(&e.description, 160)
-            ),
-        };
+    /// Answers a failed token request (protocol.md §1.7).
+    async fn token_failure(&mut self, account: &AccountConfig, e: &TokenError) -> Next {
+        let explained = explain_token_failure(account, e);
+        if explained.temporary {
+            let line = format!("-ERR [SYS/TEMP] {}\r\n", explained.text);
+            return self.reply(line.as_bytes()).await;
+        }
+        let line = format!("-ERR [AUTH] {}\r\n", explained.text);
         self.fail_login(
             Some(line.as_bytes()),
-            &format!("token request failed: {code}"),
+            &format!("token request failed: {}", e.code()),
         )
         .await
     }
@@ -388,18 +366,6 @@ impl Session {
 
     async fn relay(self, account: String) -> Outcome {
         let idle = self.ctx.config.idle_timeout;
-        let Session {
-            client, upstream, ..
-        } = self;
-        match relay::pipe(client.conn, upstream.conn, idle).await {
-            Ok(t) => tracing::info!(
-                account,
-                bytes_up = t.client_to_upstream,
-                bytes_down = t.upstream_to_client,
-                "session relayed"
-            ),
-            Err(e) => tracing::info!(account, error = %e, "relay ended"),
-        }
-        Outcome::Relayed
+        relay::run_authenticated(self.client.conn, self.upstream.conn, idle, &account).await
     }
 }
