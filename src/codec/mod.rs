@@ -5,6 +5,7 @@
 //! `None` when more input is needed. Nothing here reads a socket, allocates per byte, or knows
 //! about accounts and tokens: the sessions in `crate::session` drive these codecs.
 
+pub mod imap;
 pub mod line;
 pub mod pop3;
 pub mod sasl;

@@ -407,12 +407,6 @@ fn read_listener(
     if max_connections == 0 {
         t.problem("max_connections", "must be at least 1");
     }
-    if let Some(Protocol::Imap) = protocol {
-        t.problem(
-            "protocol",
-            "this build relays SMTP and POP3; IMAP listeners are not available yet",
-        );
-    }
     t.finish();
     let (host, port) = upstream?;
     Some(ListenerConfig {

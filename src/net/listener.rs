@@ -2,7 +2,7 @@
 //! and run one session task per connection, each inside its own tracing span.
 
 use crate::config::{LocalTls, Protocol};
-use crate::session::{pop3, smtp, ListenerContext, Outcome};
+use crate::session::{imap, pop3, smtp, ListenerContext};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -68,7 +68,7 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken, tasks: TaskTracker
                 let outcome = match ctx.config.protocol {
                     Protocol::Smtp => smtp::run(ctx.clone(), tcp, peer).await,
                     Protocol::Pop3 => pop3::run(ctx.clone(), tcp, peer).await,
-                    Protocol::Imap => Outcome::Refused,
+                    Protocol::Imap => imap::run(ctx.clone(), tcp, peer).await,
                 };
                 tracing::info!(outcome = ?outcome, "session ended");
                 drop(permit);

@@ -54,9 +54,17 @@ impl ClientSide {
         }
     }
 
+    /// Takes `n` buffered bytes (a whole framed command), counting them against the budget.
+    pub fn take(&mut self, n: usize) -> Vec<u8> {
+        let bytes = self.conn.buffered()[..n].to_vec();
+        self.conn.consume(n);
+        self.pre_auth_bytes += n;
+        bytes
+    }
+
     /// True once the client has sent more than [`MAX_PRE_AUTH_BYTES`] before logging in.
     pub fn over_budget(&self) -> bool {
-        self.pre_auth_bytes > MAX_PRE_AUTH_BYTES
+        self.pre_auth_bytes + self.conn.buffered().len() > MAX_PRE_AUTH_BYTES
     }
 }
 

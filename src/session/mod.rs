@@ -5,6 +5,7 @@
 //! connections to [`relay::pipe`], which copies bytes until either side is done.
 
 pub mod client;
+pub mod imap;
 pub mod login;
 pub mod pop3;
 pub mod relay;

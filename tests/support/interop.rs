@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub const IDP: &str = "127.0.0.1:11080";
 pub const SUBMISSION: &str = "127.0.0.1:11587";
 pub const SUBMISSIONS: &str = "127.0.0.1:11465";
+pub const IMAP: &str = "127.0.0.1:11143";
+pub const IMAPS: &str = "127.0.0.1:11993";
 pub const POP3: &str = "127.0.0.1:11110";
 pub const POP3S: &str = "127.0.0.1:11995";
 pub const LOCAL_PASSWORD: &str = "Local-Canary-Pass-3141 with spaces";
@@ -94,7 +96,7 @@ impl RelayProcess {
         Self::start_protocol("smtp", account, upstream, upstream_tls)
     }
 
-    /// The same with listeners of `protocol` (`smtp` or `pop3`).
+    /// The same with listeners of `protocol` (`smtp`, `imap` or `pop3`).
     pub fn start_protocol(
         protocol: &str,
         account: AccountSpec<'_>,

@@ -1,0 +1,325 @@
+//! The relay as an IMAP client of the upstream server: connect, secure, learn the capabilities,
+//! and log in with the client's own tag so the tagged result can be relayed unchanged.
+
+use crate::auth::upstream::UpstreamCredential;
+use crate::codec::imap::{self, Frame, Framer, Response, Status};
+use crate::codec::sasl;
+use crate::config::UpstreamTls;
+use crate::net::conn::Conn;
+use crate::session::login::{AuthResult, UpstreamLogin};
+use crate::session::upstream::{self, UpstreamError};
+use crate::session::ListenerContext;
+use std::time::Duration;
+use tokio::time::timeout;
+
+/// The relay's own tags towards upstream (the client's tag is used for the login).
+const TAG_CAPABILITY: &[u8] = b"ar0";
+const TAG_STARTTLS: &[u8] = b"ar1";
+const TAG_LOGOUT: &[u8] = b"ar9";
+
+/// One response from upstream (a line, with any literals it carries), copied out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The response as received, with its CRLF.
+    pub raw: Vec<u8>,
+}
+
+impl Reply {
+    /// The first line without its CRLF.
+    pub fn line(&self) -> &[u8] {
+        let end = self
+            .raw
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap_or(self.raw.len());
+        let line = &self.raw[..end];
+        line.strip_suffix(b"\r").unwrap_or(line)
+    }
+
+    pub fn parsed(&self) -> Option<Response<'_>> {
+        imap::parse_response(self.line())
+    }
+
+    pub fn text_lossy(&self) -> String {
+        match self.parsed() {
+            Some(Response::Tagged { text, .. }) => String::from_utf8_lossy(text).into_owned(),
+            _ => String::from_utf8_lossy(self.line()).into_owned(),
+        }
+    }
+}
+
+/// The end of a login: upstream's tagged result, and what came before it.
+#[derive(Debug)]
+pub struct LoginReply {
+    /// Untagged responses and the tagged result, as received (relayed on success).
+    pub raw: Vec<u8>,
+    pub tagged: Reply,
+}
+
+pub struct ImapUpstream {
+    pub conn: Conn,
+    /// The greeting's text (after `* OK `), without a capability code.
+    pub greeting_text: Vec<u8>,
+    /// The capability list before login.
+    pub capabilities: Vec<u8>,
+    /// The client's tag for the next login.
+    pub login_tag: Vec<u8>,
+    reply_timeout: Duration,
+}
+
+impl ImapUpstream {
+    /// Connects, reads the greeting, finishes TLS (implicit, or STARTTLS that fails closed) and
+    /// learns the capabilities.
+    pub async fn connect(ctx: &ListenerContext) -> Result<Self, UpstreamError> {
+        let cfg = &ctx.config;
+        let mut up = ImapUpstream {
+            conn: upstream::open(ctx).await?,
+            greeting_text: Vec::new(),
+            capabilities: Vec::new(),
+            login_tag: Vec::new(),
+            reply_timeout: cfg.upstream_timeout,
+        };
+        let greeting = timeout(cfg.connect_timeout, up.read_response())
+            .await
+            .map_err(|_| UpstreamError::Timeout("greeting"))??;
+        let text = match greeting.parsed() {
+            Some(Response::Untagged(rest)) => rest.to_vec(),
+            _ => {
+                return Err(UpstreamError::Greeting(
+                    String::from_utf8_lossy(greeting.line()).into_owned(),
+                ))
+            }
+        };
+        let (word, rest) = split_word(&text);
+        match imap::status_word(word) {
+            Some(Status::Ok) => {}
+            // PREAUTH would be a session logged in without the account's credential (and is a
+            // known STARTTLS-stripping trick); BYE is a refusal.
+            _ => {
+                return Err(UpstreamError::Greeting(
+                    String::from_utf8_lossy(&text).into_owned(),
+                ))
+            }
+        }
+        up.greeting_text = match imap::capability_code(rest) {
+            Some((_, list, after)) => {
+                up.capabilities = list.to_vec();
+                after
+                    .strip_prefix(b"]")
+                    .unwrap_or(after)
+                    .trim_ascii_start()
+                    .to_vec()
+            }
+            None => rest.to_vec(),
+        };
+        if cfg.upstream_tls == UpstreamTls::Starttls {
+            if up.capabilities.is_empty() {
+                up.fetch_capabilities().await?;
+            }
+            if !has_capability(&up.capabilities, b"STARTTLS") {
+                return Err(UpstreamError::StartTls(
+                    "the server does not offer STARTTLS; refusing to continue in plaintext".into(),
+                ));
+            }
+            let r = up.command(TAG_STARTTLS, &[b"STARTTLS\r\n"]).await?;
+            if !matches!(
+                r.tagged.parsed(),
+                Some(Response::Tagged {
+                    status: Status::Ok,
+                    ..
+                })
+            ) {
+                return Err(UpstreamError::StartTls(r.tagged.text_lossy()));
+            }
+            upstream::start_tls(&mut up.conn, ctx).await?;
+            // RFC 3501 §6.2.1: capabilities learned before TLS are void.
+            up.capabilities.clear();
+        }
+        if up.capabilities.is_empty() {
+            up.fetch_capabilities().await?;
+        }
+        Ok(up)
+    }
+
+    async fn fetch_capabilities(&mut self) -> Result<(), UpstreamError> {
+        let r = self.command(TAG_CAPABILITY, &[b"CAPABILITY\r\n"]).await?;
+        for line in r.raw.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(list) = imap::untagged_capability(line) {
+                self.capabilities = list.to_vec();
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one response (a line and its literals).
+    async fn read_response(&mut self) -> Result<Reply, UpstreamError> {
+        let mut framer = Framer::new();
+        loop {
+            match framer.scan(self.conn.buffered(), imap::MAX_PRE_AUTH_LITERAL) {
+                Ok(Frame::Complete { len }) => {
+                    let raw = self.conn.buffered()[..len].to_vec();
+                    self.conn.consume(len);
+                    return Ok(Reply { raw });
+                }
+                Ok(Frame::Incomplete) => upstream::fill(&mut self.conn).await?,
+                Ok(Frame::Literal { .. }) => {}
+                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+            }
+        }
+    }
+
+    /// Reads responses until the one tagged `tag` or a continuation request.
+    async fn until_tagged(&mut self, tag: &[u8]) -> Result<LoginReply, UpstreamError> {
+        let mut raw = Vec::new();
+        loop {
+            let r = timeout(self.reply_timeout, self.read_response())
+                .await
+                .map_err(|_| UpstreamError::Timeout("reply"))??;
+            match r.parsed() {
+                Some(Response::Tagged { tag: t, .. }) if t == tag => {
+                    raw.extend_from_slice(&r.raw);
+                    return Ok(LoginReply { raw, tagged: r });
+                }
+                Some(Response::Continuation(_)) => return Ok(LoginReply { raw, tagged: r }),
+                Some(Response::Untagged(u))
+                    if u.len() >= 3 && u[..3].eq_ignore_ascii_case(b"BYE") =>
+                {
+                    return Err(UpstreamError::Greeting(
+                        String::from_utf8_lossy(r.line()).into_owned(),
+                    ));
+                }
+                _ => raw.extend_from_slice(&r.raw),
+            }
+        }
+    }
+
+    /// Sends `tag` + command pieces and reads up to its tagged result (or a continuation).
+    async fn command(&mut self, tag: &[u8], parts: &[&[u8]]) -> Result<LoginReply, UpstreamError> {
+        let mut all: Vec<&[u8]> = vec![tag, b" "];
+        all.extend_from_slice(parts);
+        self.conn
+            .send_parts(&all)
+            .await
+            .map_err(UpstreamError::Io)?;
+        self.until_tagged(tag).await
+    }
+
+    /// Logs in with the client's tag: XOAUTH2 with SASL-IR when upstream offers it, else via the
+    /// continuation; passwords with AUTHENTICATE PLAIN, or LOGIN when PLAIN is not offered.
+    pub async fn login(
+        &mut self,
+        credential: &UpstreamCredential,
+    ) -> Result<AuthResult<LoginReply>, UpstreamError> {
+        let tag = self.login_tag.clone();
+        let sasl_ir = has_capability(&self.capabilities, b"SASL-IR");
+        let (mechanism, blob, xoauth2) = match credential {
+            UpstreamCredential::XOAuth2 { user, token } => {
+                let blob = sasl::xoauth2_response(user, &token.secret).map_err(|_| {
+                    UpstreamError::Protocol("the mailbox name is not usable in XOAUTH2".into())
+                })?;
+                (&b"XOAUTH2"[..], blob, true)
+            }
+            UpstreamCredential::Password { user, password } => {
+                if !has_capability(&self.capabilities, b"AUTH=PLAIN") {
+                    let (Some(u), Some(p)) = (
+                        imap::quote(user.as_bytes()),
+                        imap::quote(password.expose().as_bytes()),
+                    ) else {
+                        return Err(UpstreamError::Protocol(
+                            "the credentials cannot be sent as IMAP strings".into(),
+                        ));
+                    };
+                    let p = zeroize::Zeroizing::new(p);
+                    let r = self
+                        .command(&tag, &[b"LOGIN ", &u, b" ", &p, b"\r\n"])
+                        .await?;
+                    return Ok(finish(r, false));
+                }
+                (&b"PLAIN"[..], sasl::plain_response(user, password), false)
+            }
+        };
+        let mut r = if sasl_ir {
+            self.command(
+                &tag,
+                &[b"AUTHENTICATE ", mechanism, b" ", blob.expose(), b"\r\n"],
+            )
+            .await?
+        } else {
+            let r = self
+                .command(&tag, &[b"AUTHENTICATE ", mechanism, b"\r\n"])
+                .await?;
+            if !matches!(r.tagged.parsed(), Some(Response::Continuation(_))) {
+                return Ok(finish(r, false));
+            }
+            self.conn
+                .send_parts(&[blob.expose(), b"\r\n"])
+                .await
+                .map_err(UpstreamError::Io)?;
+            self.until_tagged(&tag).await?
+        };
+        let mut token_rejected = false;
+        if let Some(Response::Continuation(payload)) = r.tagged.parsed() {
+            // An error challenge: answered here, never forwarded (protocol.md §4.6).
+            let answer: &[u8] = if xoauth2 {
+                token_rejected = sasl::parse_xoauth2_challenge(payload).token_rejected();
+                b"\r\n"
+            } else {
+                b"*\r\n"
+            };
+            self.conn.send(answer).await.map_err(UpstreamError::Io)?;
+            r = self.until_tagged(&tag).await?;
+        }
+        Ok(finish(r, token_rejected))
+    }
+
+    /// Says goodbye, best effort.
+    pub async fn logout(&mut self) {
+        let _ = timeout(
+            Duration::from_secs(5),
+            self.command(TAG_LOGOUT, &[b"LOGOUT\r\n"]),
+        )
+        .await;
+    }
+}
+
+fn finish(r: LoginReply, token_rejected: bool) -> AuthResult<LoginReply> {
+    if matches!(
+        r.tagged.parsed(),
+        Some(Response::Tagged {
+            status: Status::Ok,
+            ..
+        })
+    ) {
+        AuthResult::Accepted(r)
+    } else {
+        AuthResult::Rejected {
+            reply: r,
+            token_rejected,
+        }
+    }
+}
+
+fn split_word(s: &[u8]) -> (&[u8], &[u8]) {
+    match s.iter().position(|&b| b == b' ') {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, &[]),
+    }
+}
+
+/// True when the space-separated list holds `cap` (case-insensitively).
+pub fn has_capability(list: &[u8], cap: &[u8]) -> bool {
+    list.split(|&b| b == b' ')
+        .any(|c| c.eq_ignore_ascii_case(cap))
+}
+
+impl UpstreamLogin for ImapUpstream {
+    type Reply = LoginReply;
+
+    async fn authenticate(
+        &mut self,
+        credential: &UpstreamCredential,
+    ) -> Result<AuthResult<LoginReply>, UpstreamError> {
+        self.login(credential).await
+    }
+}

@@ -1,0 +1,213 @@
+//! IMAP sessions against small scripted upstreams, for what a real server never does: no
+//! SASL-IR, a PREAUTH greeting, no STARTTLS, bytes injected after STARTTLS. Byte-exact replies.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// A scripted IMAP server: sends `greeting`, answers CAPABILITY with `caps`, STARTTLS with
+/// `starttls_reply`, and AUTHENTICATE XOAUTH2 (without SASL-IR: via `+`) against `token`,
+/// sending the error challenge first when the token does not match.
+async fn fake_imap(
+    greeting: &'static str,
+    caps: &'static str,
+    starttls_reply: &'static str,
+    token: &'static str,
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let log2 = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log2.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(tcp);
+                r.get_mut()
+                    .write_all(format!("{greeting}\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                let mut pending_tag: Option<String> = None;
+                let mut challenged = false;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let line = line.trim_end().to_string();
+                    log.lock().unwrap().push(line.clone());
+                    let reply = if let Some(tag) = pending_tag.clone() {
+                        let raw = base64::Engine::decode(
+                            &base64::engine::general_purpose::STANDARD,
+                            &line,
+                        )
+                        .unwrap_or_default();
+                        if String::from_utf8_lossy(&raw)
+                            .contains(&format!("auth=Bearer {token}\u{1}"))
+                        {
+                            pending_tag = None;
+                            format!("{tag} OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
+                        } else if challenged {
+                            pending_tag = None;
+                            challenged = false;
+                            format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+                        } else {
+                            challenged = true;
+                            let json = base64::Engine::encode(
+                                &base64::engine::general_purpose::STANDARD,
+                                br#"{"status":"401"}"#,
+                            );
+                            format!("+ {json}\r\n")
+                        }
+                    } else {
+                        let (tag, rest) = line.split_once(' ').unwrap_or((&line, ""));
+                        match rest {
+                            "CAPABILITY" => format!("* CAPABILITY {caps}\r\n{tag} OK done\r\n"),
+                            "STARTTLS" => format!("{tag} {starttls_reply}"),
+                            "AUTHENTICATE XOAUTH2" => {
+                                pending_tag = Some(tag.to_string());
+                                "+ \r\n".to_string()
+                            }
+                            "SELECT INBOX" => format!("* 0 EXISTS\r\n{tag} OK selected\r\n"),
+                            _ => format!("{tag} BAD what\r\n"),
+                        }
+                    };
+                    if r.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, log)
+}
+
+fn imap_toml(
+    upstream: SocketAddr,
+    upstream_tls: &str,
+    token_url: &str,
+    listener_extra: &str,
+) -> String {
+    relay_toml(upstream, upstream_tls, token_url, listener_extra, "").replacen(
+        "protocol = \"smtp\"",
+        "protocol = \"imap\"",
+        1,
+    )
+}
+
+#[tokio::test]
+async fn without_sasl_ir_upstream_the_blob_goes_after_the_continuation_and_the_challenge_is_answered(
+) {
+    let (addr, log) = fake_imap(
+        "* OK ready",
+        "IMAP4rev1 AUTH=XOAUTH2 LITERAL+",
+        "OK go\r\n",
+        "access-2",
+    )
+    .await;
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let relay = Relay::start(&imap_toml(addr, "none", &tokens.url(), "")).await;
+    let mut c = Client::connect(relay.addr).await;
+    assert_eq!(
+        c.reply().await,
+        "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL-] ready\r\n"
+    );
+    c.send(&format!(
+        "t1 LOGIN user@example.com \"{PASSWORD}\"\r\nt2 SELECT INBOX\r\n"
+    ))
+    .await;
+    assert_eq!(
+        c.reply().await,
+        "t1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n"
+    );
+    assert_eq!(c.reply().await, "* 0 EXISTS\r\n");
+    assert_eq!(c.reply().await, "t2 OK selected\r\n");
+    let log = log.lock().unwrap();
+    // CAPABILITY, t1 AUTHENTICATE, blob(access-1), "" (challenge answer), t1 AUTHENTICATE, blob(access-2), t2 SELECT
+    assert_eq!(log[1], "t1 AUTHENTICATE XOAUTH2", "{log:?}");
+    assert_eq!(
+        log[3], "",
+        "the error challenge must be answered with an empty line: {log:?}"
+    );
+    assert_eq!(log[4], "t1 AUTHENTICATE XOAUTH2");
+    assert_eq!(log[6], "t2 SELECT INBOX");
+    assert_eq!(tokens.count(), 2);
+}
+
+#[tokio::test]
+async fn preauth_greeting_missing_starttls_and_injection_are_refused() {
+    let tokens = TokenEndpoint::start("rt").await;
+    let (addr, _) = fake_imap("* PREAUTH welcome", "IMAP4rev1", "OK go\r\n", "x").await;
+    let relay = Relay::start(&imap_toml(addr, "none", &tokens.url(), "")).await;
+    let mut c = Client::connect(relay.addr).await;
+    assert_eq!(
+        c.reply().await,
+        "* BYE [UNAVAILABLE] Upstream unreachable (refused the connection: PREAUTH welcome)\r\n"
+    );
+
+    let cert = TestCert::new();
+    let extra = format!(
+        "upstream_ca = \"{}\"\nupstream_name = \"localhost\"",
+        cert.cert.display()
+    );
+    let (addr, _) = fake_imap("* OK ready", "IMAP4rev1 AUTH=XOAUTH2", "OK go\r\n", "x").await;
+    let relay = Relay::start(&imap_toml(addr, "starttls", &tokens.url(), &extra)).await;
+    let mut c = Client::connect(relay.addr).await;
+    assert_eq!(
+        c.reply().await,
+        "* BYE [UNAVAILABLE] Upstream unreachable (STARTTLS failed: the server does not offer STARTTLS; refusing to continue in plaintext)\r\n"
+    );
+
+    let (addr, _) = fake_imap(
+        "* OK ready",
+        "IMAP4rev1 STARTTLS",
+        "OK go\r\n* OK injected\r\n",
+        "x",
+    )
+    .await;
+    let relay = Relay::start(&imap_toml(addr, "starttls", &tokens.url(), &extra)).await;
+    let mut c = Client::connect(relay.addr).await;
+    assert_eq!(
+        c.reply().await,
+        "* BYE [UNAVAILABLE] Upstream unreachable (sent data right after its STARTTLS reply (injection attempt))\r\n"
+    );
+}
+
+#[tokio::test]
+async fn local_starttls_then_login_over_tls() {
+    let cert = TestCert::new();
+    let (addr, _) = fake_imap(
+        "* OK ready",
+        "IMAP4rev1 SASL-IR AUTH=XOAUTH2",
+        "BAD no\r\n",
+        "access-1",
+    )
+    .await;
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let tls = format!(
+        "tls = \"starttls\"\ncert = \"{}\"\nkey = \"{}\"",
+        cert.cert.display(),
+        cert.key.display()
+    );
+    let relay = Relay::start(&imap_toml(addr, "none", &tokens.url(), &tls)).await;
+    let mut c = Client::connect(relay.addr).await;
+    assert!(c.reply().await.ends_with(" LITERAL- STARTTLS] ready\r\n"));
+    c.send("s1 STARTTLS\r\n").await;
+    assert_eq!(c.reply().await, "s1 OK Begin TLS negotiation now\r\n");
+    let mut c = c.starttls(&cert).await;
+    c.send("s2 CAPABILITY\r\n").await;
+    assert_eq!(
+        c.reply().await,
+        "* CAPABILITY IMAP4rev1 AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL-\r\n"
+    );
+    assert_eq!(c.reply().await, "s2 OK CAPABILITY completed\r\n");
+    c.send("s3 STARTTLS\r\n").await;
+    assert_eq!(c.reply().await, "s3 BAD TLS is already active\r\n");
+}
