@@ -19,7 +19,7 @@ Examples:
   authrelay run --config config/authrelay.toml --log-format json";
 
 #[derive(Parser)]
-#[command(name = "authrelay", version, about = "Local SMTP relay that turns legacy username/password logins into OAuth 2.0 (XOAUTH2) logins upstream", after_help = AFTER_HELP)]
+#[command(name = "authrelay", version, about = "Local SMTP, IMAP and POP3 relay that turns legacy username/password logins into OAuth 2.0 (XOAUTH2) logins upstream", after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

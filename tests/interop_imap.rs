@@ -559,3 +559,76 @@ fn a_revoked_access_token_is_replaced_after_the_error_challenge() {
     assert!(r.log_text().contains("refreshing it and trying once more"));
     r.assert_no_secrets();
 }
+
+/// Shows mutt's screen until `needle` appears (or 20 s pass); returns the last screen.
+fn tmux_wait_for(session: &str, needle: &str) -> String {
+    let mut screen = String::new();
+    for _ in 0..100 {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", session])
+            .output()
+            .unwrap();
+        screen = String::from_utf8_lossy(&out.stdout).into_owned();
+        if screen.contains(needle) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    screen
+}
+
+#[test]
+fn mutt_in_tmux_reads_the_mailbox_in_every_mode() {
+    let user = unique_user("imap-mutt");
+    let marker = format!("mutt-{}", free_port());
+    seed_maildir(
+        &user,
+        "1.mutt",
+        format!("Subject: {marker}\nFrom: a@example.com\n\nbody\n").as_bytes(),
+    );
+    let r = relay_for(&user, IMAP, "starttls");
+    let dir = tempfile::tempdir().unwrap();
+    let cert = r.cert.cert.display().to_string();
+    for mode in MODES {
+        let p = port(&r, mode);
+        let (folder, tls) = match mode {
+            "plain" => (
+                format!("imap://localhost:{p}/"),
+                "set ssl_starttls=no ssl_force_tls=no",
+            ),
+            "starttls" => (
+                format!("imap://localhost:{p}/"),
+                "set ssl_starttls=yes ssl_force_tls=yes",
+            ),
+            _ => (format!("imaps://localhost:{p}/"), "set ssl_force_tls=yes"),
+        };
+        let rc = dir.path().join(format!("muttrc-{mode}"));
+        std::fs::write(
+            &rc,
+            format!(
+                "set imap_user=\"scanner@example.com\"\nset imap_pass=\"{LOCAL_PASSWORD}\"\nset imap_authenticators=\"login\"\nset folder=\"{folder}\"\nset spoolfile=\"+INBOX\"\n{tls}\nset ssl_ca_certificates_file=\"{cert}\"\nset certificate_file=\"{cert}\"\nset move=no\nset mbox_type=Maildir\nset header_cache=\"\"\nset message_cachedir=\"\"\n"
+            ),
+        )
+        .unwrap();
+        let session = format!("authrelay-mutt-{}-{mode}", std::process::id());
+        let started = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session, "-x", "200", "-y", "40"])
+            .arg(format!("TERM=xterm mutt -n -F {}", rc.display()))
+            .status()
+            .unwrap();
+        assert!(started.success());
+        let screen = tmux_wait_for(&session, &marker);
+        let _ = Command::new("tmux")
+            .args(["send-keys", "-t", &session, "q"])
+            .status();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &session])
+            .status();
+        assert!(
+            screen.contains(&marker),
+            "mutt {mode} did not show the message:\n{screen}"
+        );
+    }
+    r.assert_no_secrets();
+}
