@@ -632,3 +632,19 @@ fn mutt_in_tmux_reads_the_mailbox_in_every_mode() {
     }
     r.assert_no_secrets();
 }
+
+#[test]
+fn compress_deflate_passes_through_the_pipe() {
+    let user = unique_user("imap-compress");
+    seed_maildir(&user, "1.z", b"Subject: z\n\nz\n");
+    let r = relay_for(&user, IMAP, "starttls");
+    let out = run(Command::new("python3")
+        .arg(root().join("tests/interop/imap_compress.py"))
+        .args([&r.plain.to_string(), "scanner@example.com", LOCAL_PASSWORD]));
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("* 1 EXISTS") && t.contains("a4 OK"),
+        "{t}"
+    );
+    r.assert_no_secrets();
+}
