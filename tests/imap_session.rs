@@ -76,6 +76,15 @@ async fn fake_imap(
                                 "+ \r\n".to_string()
                             }
                             "SELECT INBOX" => format!("* 0 EXISTS\r\n{tag} OK selected\r\n"),
+                            r if r.starts_with("AUTHENTICATE PLAIN ")
+                                || r.starts_with("LOGIN ") =>
+                            {
+                                if password_login_ok(r) {
+                                    format!("{tag} OK Logged in\r\n")
+                                } else {
+                                    format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+                                }
+                            }
                             _ => format!("{tag} BAD what\r\n"),
                         }
                     };
@@ -87,6 +96,41 @@ async fn fake_imap(
         }
     });
     (addr, log)
+}
+
+/// Upstream accounts for the password modes (app password, pass-through).
+const PASSWORD_ACCOUNTS: [(&str, &str); 2] = [
+    ("shared@example.com", "app pass \"quoted\""),
+    ("through@example.com", "their-own-password"),
+];
+
+/// Checks `AUTHENTICATE PLAIN <ir>` or `LOGIN "u" "p"` against [`PASSWORD_ACCOUNTS`].
+fn password_login_ok(command: &str) -> bool {
+    let (user, pass) = if let Some(ir) = command.strip_prefix("AUTHENTICATE PLAIN ") {
+        let raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ir)
+            .unwrap_or_default();
+        let parts: Vec<String> = raw
+            .split(|&b| b == 0)
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        if parts.len() != 3 {
+            return false;
+        }
+        (parts[1].clone(), parts[2].clone())
+    } else {
+        let wire = format!("x {command}\r\n");
+        let parsed = authrelay::codec::imap::parse_command(wire.as_bytes());
+        match parsed.map(|t| t.command) {
+            Ok(authrelay::codec::imap::Command::Login { user, password }) => (
+                String::from_utf8_lossy(&user).into_owned(),
+                String::from_utf8_lossy(&password).into_owned(),
+            ),
+            _ => return false,
+        }
+    };
+    PASSWORD_ACCOUNTS
+        .iter()
+        .any(|(u, p)| *u == user && *p == pass)
 }
 
 fn imap_toml(
@@ -210,4 +254,52 @@ async fn local_starttls_then_login_over_tls() {
     assert_eq!(c.reply().await, "s2 OK CAPABILITY completed\r\n");
     c.send("s3 STARTTLS\r\n").await;
     assert_eq!(c.reply().await, "s3 BAD TLS is already active\r\n");
+}
+
+fn password_accounts_toml() -> String {
+    format!(
+        "[account.app]\nlogin = \"app@example.com\"\npassword_hash = \"{HASH_OF_PASSWORD}\"\nmailbox = \"shared@example.com\"\nauth = \"app_password\"\napp_password = 'app pass \"quoted\"'\n\n[account.pass]\nlogin = \"through@example.com\"\nauth = \"passthrough\"\n"
+    )
+}
+
+#[tokio::test]
+async fn app_password_and_passthrough_use_plain_or_login_upstream() {
+    let tokens = TokenEndpoint::start("rt").await;
+    for (caps, expected) in [
+        (
+            "IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=XOAUTH2",
+            "AUTHENTICATE PLAIN ",
+        ),
+        ("IMAP4rev1 AUTH=XOAUTH2", "LOGIN "),
+    ] {
+        let (addr, log) = fake_imap("* OK ready", caps, "BAD no\r\n", "x").await;
+        let toml = relay_toml(addr, "none", &tokens.url(), "", &password_accounts_toml()).replacen(
+            "protocol = \"smtp\"",
+            "protocol = \"imap\"",
+            1,
+        );
+        let relay = Relay::start(&toml).await;
+        let mut c = Client::connect(relay.addr).await;
+        c.reply().await;
+        c.send(&format!("p1 LOGIN app@example.com \"{PASSWORD}\"\r\n"))
+            .await;
+        assert_eq!(c.reply().await, "p1 OK Logged in\r\n", "{caps}");
+        let mut c = Client::connect(relay.addr).await;
+        c.reply().await;
+        c.send("p2 LOGIN through@example.com their-own-password\r\n")
+            .await;
+        assert_eq!(c.reply().await, "p2 OK Logged in\r\n", "{caps}");
+        let mut c = Client::connect(relay.addr).await;
+        c.reply().await;
+        c.send("p3 LOGIN through@example.com not-theirs\r\n").await;
+        assert_eq!(c.reply().await, "p3 NO [AUTHENTICATIONFAILED] Upstream server refused the login ([AUTHENTICATIONFAILED] Authentication failed.)\r\n");
+        let log = log.lock().unwrap();
+        assert!(
+            log.iter()
+                .filter(|l| l.starts_with("p1 "))
+                .all(|l| l.starts_with(&format!("p1 {expected}"))),
+            "{log:?}"
+        );
+    }
+    assert_eq!(tokens.count(), 0);
 }

@@ -228,12 +228,15 @@ fn every_login_form_and_the_capability_rewrite() {
     c.send(format!("{}\r\n", b64(pw)).as_bytes());
     assert!(c.until("a7").contains("a7 OK"));
 
-    // A literal too big before login is refused and the connection closed.
-    let mut c = Raw::connect(r.plain);
-    c.line();
-    c.send(b"a8 LOGIN scanner@example.com {4294967296}\r\n");
-    assert_eq!(c.line(), "a8 BAD [TOOBIG] Literal too big\r\n");
-    assert!(c.closed());
+    // A literal too big before login is refused and the connection closed: a synchronizing
+    // one over 8 KiB, and a non-synchronizing one over LITERAL-'s 4096 octets.
+    for (tag, marker) in [("a8", "{4294967296}"), ("a9", "{5000+}")] {
+        let mut c = Raw::connect(r.plain);
+        c.line();
+        c.send(format!("{tag} LOGIN scanner@example.com {marker}\r\n").as_bytes());
+        assert_eq!(c.line(), format!("{tag} BAD [TOOBIG] Literal too big\r\n"));
+        assert!(c.closed());
+    }
 
     // The STARTTLS listener offers STARTTLS and refuses plaintext pipelined behind it.
     let mut c = Raw::connect(r.starttls);
@@ -249,8 +252,29 @@ fn imaplib_in_every_mode_with_login_and_authenticate_plain() {
     let user = unique_user("imap-lib");
     let msg = lf_only(&message("imap-lib", 0));
     seed_maildir(&user, "1.lib", &msg);
+    let as_imap: Vec<u8> = String::from_utf8_lossy(&msg)
+        .replace('\n', "\r\n")
+        .into_bytes();
     let r = relay_for(&user, IMAP, "starttls");
+    let dir = tempfile::tempdir().unwrap();
     for mode in MODES {
+        // Writes: APPEND a message through the relay in this mode.
+        let file = dir.path().join(format!("{mode}.eml"));
+        std::fs::write(
+            &file,
+            format!("Subject: appended over {mode}\r\n\r\nhello\r\n"),
+        )
+        .unwrap();
+        let out = imaplib(
+            &r,
+            mode,
+            "login",
+            "scanner@example.com",
+            LOCAL_PASSWORD,
+            &["append", file.to_str().unwrap()],
+        );
+        assert_eq!(out, "APPEND OK", "{mode}");
+        // Reads: message 1 (the seeded one) byte for byte, with LOGIN and AUTHENTICATE PLAIN.
         for how in ["login", "plain"] {
             let out = imaplib(
                 &r,
@@ -260,20 +284,24 @@ fn imaplib_in_every_mode_with_login_and_authenticate_plain() {
                 LOCAL_PASSWORD,
                 &["fetch1"],
             );
-            assert_eq!(
-                unhex(&out),
-                msg.iter()
-                    .flat_map(|&b| if b == b'\n' {
-                        vec![b'\r', b'\n']
-                    } else {
-                        vec![b]
-                    })
-                    .collect::<Vec<u8>>(),
+            assert!(
+                unhex(&out) == as_imap,
                 "{mode} {how}: {}",
                 &out[..out.len().min(200)]
             );
         }
     }
+    assert_eq!(
+        imaplib(
+            &r,
+            "plain",
+            "plain",
+            "scanner@example.com",
+            LOCAL_PASSWORD,
+            &["count"]
+        ),
+        "COUNT 4"
+    );
     r.assert_no_secrets();
 }
 

@@ -35,6 +35,7 @@ async fn fake_pop3(
                     .write_all(format!("{greeting}\r\n").as_bytes())
                     .await
                     .unwrap();
+                let mut pending = PasswordState::Idle;
                 loop {
                     let mut line = String::new();
                     if r.read_line(&mut line).await.unwrap_or(0) == 0 {
@@ -42,6 +43,12 @@ async fn fake_pop3(
                     }
                     let line = line.trim_end().to_string();
                     log.lock().unwrap().push(line.clone());
+                    if let Some(reply) = password_step(&line, &mut pending) {
+                        if r.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     let reply = match line.as_str() {
                         "CAPA" => format!("+OK\r\n{capa}.\r\n"),
                         "STLS" => stls_reply.to_string(),
@@ -77,6 +84,59 @@ async fn fake_pop3(
         }
     });
     (addr, log)
+}
+
+/// Upstream accounts for the password modes.
+const PASSWORD_ACCOUNTS: [(&str, &str); 2] = [
+    ("shared@example.com", "app pass with spaces"),
+    ("through@example.com", "their-own-password"),
+];
+
+enum PasswordState {
+    Idle,
+    PlainBlob,
+    User(String),
+}
+
+/// AUTH PLAIN (two-step) and USER/PASS against [`PASSWORD_ACCOUNTS`]; `None` for other lines.
+fn password_step(line: &str, state: &mut PasswordState) -> Option<String> {
+    let ok = |u: &str, p: &str| {
+        PASSWORD_ACCOUNTS
+            .iter()
+            .any(|(au, ap)| *au == u && *ap == p)
+    };
+    let verdict = |good: bool| {
+        if good {
+            "+OK Logged in.\r\n".to_string()
+        } else {
+            "-ERR [AUTH] Authentication failed.\r\n".to_string()
+        }
+    };
+    match std::mem::replace(state, PasswordState::Idle) {
+        PasswordState::PlainBlob => {
+            let raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, line)
+                .unwrap_or_default();
+            let parts: Vec<String> = raw
+                .split(|&b| b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            Some(verdict(parts.len() == 3 && ok(&parts[1], &parts[2])))
+        }
+        PasswordState::User(u) => Some(verdict(
+            line.strip_prefix("PASS ").is_some_and(|p| ok(&u, p)),
+        )),
+        PasswordState::Idle => {
+            if line == "AUTH PLAIN" {
+                *state = PasswordState::PlainBlob;
+                Some("+ \r\n".into())
+            } else if let Some(u) = line.strip_prefix("USER ") {
+                *state = PasswordState::User(u.to_string());
+                Some("+OK\r\n".into())
+            } else {
+                None
+            }
+        }
+    }
 }
 
 fn pop3_toml(upstream: SocketAddr, upstream_tls: &str, token_url: &str) -> String {
@@ -204,4 +264,57 @@ async fn local_stls_refuses_pipelined_plaintext() {
         c.reply().await,
         "-ERR Command not permitted when TLS active\r\n"
     );
+}
+
+#[tokio::test]
+async fn app_password_and_passthrough_use_auth_plain_or_user_pass_upstream() {
+    let tokens = TokenEndpoint::start("rt").await;
+    let extra = format!(
+        "[account.app]\nlogin = \"app@example.com\"\npassword_hash = \"{HASH_OF_PASSWORD}\"\nmailbox = \"shared@example.com\"\nauth = \"app_password\"\napp_password = \"app pass with spaces\"\n\n[account.pass]\nlogin = \"through@example.com\"\nauth = \"passthrough\"\n"
+    );
+    for (capa, expected) in [
+        ("USER\r\nSASL PLAIN XOAUTH2\r\n", "AUTH PLAIN"),
+        ("USER\r\nSASL XOAUTH2\r\n", "USER shared@example.com"),
+    ] {
+        let (addr, log) = fake_pop3("+OK ready", capa, "-ERR no\r\n", "x").await;
+        let relay = Relay::start(
+            &relay_toml(addr, "none", &tokens.url(), "", &extra).replacen(
+                "protocol = \"smtp\"",
+                "protocol = \"pop3\"",
+                1,
+            ),
+        )
+        .await;
+        let mut c = Client::connect(relay.addr).await;
+        c.reply().await;
+        c.send(&format!("USER app@example.com\r\nPASS {PASSWORD}\r\n"))
+            .await;
+        assert_eq!(c.reply().await, "+OK\r\n");
+        assert_eq!(c.reply().await, "+OK Logged in.\r\n", "{capa}");
+        let mut c = Client::connect(relay.addr).await;
+        c.reply().await;
+        c.send(&format!(
+            "AUTH PLAIN {}\r\n",
+            plain("through@example.com", "their-own-password")
+        ))
+        .await;
+        assert_eq!(c.reply().await, "+OK Logged in.\r\n", "{capa}");
+        let mut c = Client::connect(relay.addr).await;
+        c.reply().await;
+        c.send(&format!(
+            "AUTH PLAIN {}\r\n",
+            plain("through@example.com", "not-theirs")
+        ))
+        .await;
+        assert_eq!(
+            c.reply().await,
+            "-ERR [AUTH] Upstream server refused the login ([AUTH] Authentication failed.)\r\n"
+        );
+        assert!(
+            log.lock().unwrap().iter().any(|l| l == expected),
+            "{:?}",
+            log.lock().unwrap()
+        );
+    }
+    assert_eq!(tokens.count(), 0);
 }

@@ -407,6 +407,46 @@ pub fn rewrite_capabilities(caps: &[u8], policy: CapabilityPolicy) -> Vec<u8> {
     out.join(&b' ')
 }
 
+/// The capabilities of a login's result (the tagged OK's code, or an untagged CAPABILITY before
+/// it): upstream's own, which the client uses from now on through the pipe, without what only
+/// means something before login (`AUTH=…`, `SASL-IR`, `LOGINDISABLED`, `STARTTLS`).
+pub fn post_login_capabilities(caps: &[u8]) -> Vec<u8> {
+    caps.split(|&b| b == b' ')
+        .filter(|c| {
+            let upper = c.to_ascii_uppercase();
+            !c.is_empty()
+                && !upper.starts_with(b"AUTH=")
+                && ![&b"LOGINDISABLED"[..], b"STARTTLS", b"SASL-IR"].contains(&upper.as_slice())
+        })
+        .collect::<Vec<_>>()
+        .join(&b' ')
+}
+
+/// Rewrites every capability list in a login's result (lines ending in CRLF) with
+/// [`post_login_capabilities`]; other lines are kept byte for byte.
+pub fn rewrite_login_result(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        let body = line
+            .strip_suffix(b"\r\n")
+            .or_else(|| line.strip_suffix(b"\n"))
+            .unwrap_or(line);
+        let ending = &line[body.len()..];
+        if let Some(list) = untagged_capability(body) {
+            out.extend_from_slice(&body[..body.len() - list.len()]);
+            out.extend_from_slice(&post_login_capabilities(list));
+        } else if let Some((before, list, after)) = capability_code(body) {
+            out.extend_from_slice(before);
+            out.extend_from_slice(&post_login_capabilities(list));
+            out.extend_from_slice(after);
+        } else {
+            out.extend_from_slice(body);
+        }
+        out.extend_from_slice(ending);
+    }
+    out
+}
+
 /// Splits a response line into the part before a `[CAPABILITY …]` code's list, the list, and the
 /// part after it. `None` when the line carries no such code.
 pub fn capability_code(line: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {

@@ -244,6 +244,19 @@ fn capability_rewrite_for_o365_and_dovecot() {
 }
 
 #[test]
+fn a_login_result_keeps_only_what_means_something_after_login() {
+    let raw = b"* CAPABILITY IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR IDLE LITERAL+\r\na1 OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=XOAUTH2 IDLE] Logged in\r\n";
+    assert_eq!(
+        rewrite_login_result(raw),
+        b"* CAPABILITY IMAP4 IMAP4rev1 IDLE LITERAL+\r\na1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n".to_vec()
+    );
+    assert_eq!(
+        rewrite_login_result(b"a1 OK Logged in\r\n"),
+        b"a1 OK Logged in\r\n".to_vec()
+    );
+}
+
+#[test]
 fn responses() {
     assert_eq!(
         parse_response(b"* OK ready"),

@@ -328,7 +328,13 @@ impl Session {
         self.upstream.login_tag = tag.to_vec();
         match login(&shared, &credentials, &mut self.upstream).await {
             Login::Accepted { account, reply } => {
-                if self.client.conn.send(&reply.raw).await.is_err() {
+                if self
+                    .client
+                    .conn
+                    .send(&imap::rewrite_login_result(&reply.raw))
+                    .await
+                    .is_err()
+                {
                     return Next::Done(Step::Close(Outcome::ClientLeft));
                 }
                 Next::Done(Step::Authenticated {
