@@ -12,26 +12,7 @@ use std::time::Duration;
 use support::interop::*;
 
 fn relay_for(user: &str, upstream: &str, upstream_tls: &str) -> RelayProcess {
-    stack();
-    let rt = new_refresh_token(user);
-    RelayProcess::start_protocol(
-        "imap",
-        AccountSpec {
-            mailbox: user,
-            refresh_token: Some(&rt),
-            token_url: format!("http://{IDP}/token"),
-        },
-        upstream,
-        upstream_tls,
-    )
-}
-
-fn port(r: &RelayProcess, mode: &str) -> u16 {
-    match mode {
-        "plain" => r.plain,
-        "starttls" => r.starttls,
-        _ => r.implicit,
-    }
+    support::interop::relay_for("imap", user, upstream, upstream_tls)
 }
 
 const MODES: [&str; 3] = ["plain", "starttls", "implicit"];

@@ -3,10 +3,12 @@
 //! LOGIN, with or without an initial response, `*` to cancel). The sessions turn the outcomes
 //! into their protocol's replies.
 
+use crate::codec::line::sanitize_for_reply;
 use crate::codec::line::{next_line, LineTooLong};
 use crate::codec::sasl::{self, Credentials, Mechanism, SaslError};
 use crate::config::LocalTls;
 use crate::net::conn::Conn;
+use crate::session::upstream::UpstreamError;
 use crate::session::ListenerContext;
 use tokio::time::{timeout_at, Instant};
 
@@ -192,4 +194,19 @@ pub async fn accept_implicit_tls(
         }
         Err(_) => false,
     }
+}
+
+/// Tells the client that the upstream cannot be used, in the protocol's words (`line` turns the
+/// sanitized reason into a complete reply line), logs why, and closes.
+pub async fn refuse_upstream_unavailable(
+    ctx: &ListenerContext,
+    mut conn: Conn,
+    error: &UpstreamError,
+    line: impl FnOnce(&str) -> String,
+) {
+    let upstream = format!("{}:{}", ctx.config.upstream_host, ctx.config.upstream_port);
+    tracing::warn!(%upstream, %error, "upstream unavailable");
+    let reason = sanitize_for_reply(&error.to_string(), 300);
+    let _ = conn.send(line(&reason).as_bytes()).await;
+    conn.shutdown().await;
 }

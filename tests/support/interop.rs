@@ -400,3 +400,28 @@ pub fn maildir_files(user: &str) -> Vec<PathBuf> {
 pub fn unique_user(tag: &str) -> String {
     format!("{tag}-{}-{}@example.com", std::process::id(), free_port())
 }
+
+/// A relay with `protocol` listeners in front of `upstream`, for a fresh refresh token of `user`.
+pub fn relay_for(protocol: &str, user: &str, upstream: &str, upstream_tls: &str) -> RelayProcess {
+    stack();
+    let rt = new_refresh_token(user);
+    RelayProcess::start_protocol(
+        protocol,
+        AccountSpec {
+            mailbox: user,
+            refresh_token: Some(&rt),
+            token_url: format!("http://{IDP}/token"),
+        },
+        upstream,
+        upstream_tls,
+    )
+}
+
+/// The relay's port for a local TLS mode: `plain`, `starttls`/`stls`, or `implicit`.
+pub fn port(r: &RelayProcess, mode: &str) -> u16 {
+    match mode {
+        "plain" => r.plain,
+        "starttls" | "stls" => r.starttls,
+        _ => r.implicit,
+    }
+}

@@ -16,7 +16,9 @@ use crate::codec::sasl::{self, Credentials, Mechanism};
 use crate::config::AccountConfig;
 use crate::config::LocalTls;
 use crate::net::conn::Conn;
-use crate::session::client::{accept_implicit_tls, read_sasl, Challenge, ClientSide, Read, Sasl};
+use crate::session::client::{
+    accept_implicit_tls, read_sasl, refuse_upstream_unavailable, Challenge, ClientSide, Read, Sasl,
+};
 use crate::session::login::{explain_token_failure, login, Login};
 use crate::session::relay;
 use crate::session::{ListenerContext, Outcome};
@@ -71,12 +73,10 @@ pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) ->
     let upstream = match Pop3Upstream::connect(&ctx).await {
         Ok(u) => u,
         Err(e) => {
-            tracing::warn!(upstream = %format!("{}:{}", ctx.config.upstream_host, ctx.config.upstream_port), error = %e, "upstream unavailable");
-            let reason = sanitize_for_reply(&e.to_string(), 300);
-            let line =
-                format!("-ERR [SYS/TEMP] Upstream unreachable ({reason}), closing connection\r\n");
-            let _ = client.send(line.as_bytes()).await;
-            client.shutdown().await;
+            refuse_upstream_unavailable(&ctx, client, &e, |reason| {
+                format!("-ERR [SYS/TEMP] Upstream unreachable ({reason}), closing connection\r\n")
+            })
+            .await;
             return Outcome::UpstreamFailed;
         }
     };
