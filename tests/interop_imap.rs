@@ -517,7 +517,7 @@ fn refused_logins_get_their_exact_reply() {
     idp_post("/admin/revoke", &format!(r#"{{"user":"{user}"}}"#));
     assert_eq!(
         imaplib(&r, "plain", "login", "scanner@example.com", LOCAL_PASSWORD, &["count"]),
-        format!("ERR [AUTHENTICATIONFAILED] Sign-in for {user} must be renewed (AADSTS70000): run `authrelay login scanner` on the relay host")
+        format!("ERR [AUTHENTICATIONFAILED] Sign-in for {user} must be renewed (AADSTS70000): give account.scanner a new refresh token")
     );
     r.assert_no_secrets();
     drop(r);

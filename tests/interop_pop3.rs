@@ -390,7 +390,7 @@ fn refused_logins_get_their_exact_reply() {
         ),
         "ERR -ERR [AUTH] Sign-in for ".to_string()
             + &user
-            + " must be renewed (AADSTS70000): run `authrelay login scanner` on the relay host"
+            + " must be renewed (AADSTS70000): give account.scanner a new refresh token"
     );
     r.assert_no_secrets();
     drop(r);

@@ -317,7 +317,7 @@ fn refused_logins_get_their_exact_reply_and_deliver_nothing() {
     );
     assert_eq!(
         text(&out).trim(),
-        "ERR 535 5.7.8 Sign-in for bob@example.com must be renewed (AADSTS70000): run `authrelay login scanner` on the relay host"
+        "ERR 535 5.7.8 Sign-in for bob@example.com must be renewed (AADSTS70000): give account.scanner a new refresh token"
     );
     assert!(
         r.log_text().contains("AADSTS70000"),

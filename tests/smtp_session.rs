@@ -283,7 +283,7 @@ async fn revoked_grant_gives_535_with_the_code_and_keeps_the_session_usable() {
     .await;
     assert_eq!(
         c.reply().await,
-        "535 5.7.8 Sign-in for mailbox@example.com must be renewed (AADSTS700082): run `authrelay login user` on the relay host\r\n"
+        "535 5.7.8 Sign-in for mailbox@example.com must be renewed (AADSTS700082): give account.user a new refresh token\r\n"
     );
     w.tokens.set(TokenBehaviour::Issue);
     c.send(&format!(

@@ -150,7 +150,7 @@ pub fn explain_token_failure(account: &AccountConfig, e: &TokenError) -> Explana
         ),
         ErrorClass::Reauthorize => (
             false,
-            format!("Sign-in for {mailbox} must be renewed ({code}): run `authrelay login {}` on the relay host", account.id),
+            format!("Sign-in for {mailbox} must be renewed ({code}): give account.{} a new refresh token", account.id),
         ),
         ErrorClass::Configuration => (
             false,
