@@ -22,11 +22,22 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting and waits for the running sessions to end.
-    pub async fn stop(self) {
+    /// Stops accepting, lets running sessions go on for up to `drain`, then closes the rest
+    /// (pre-login sessions get their protocol's goodbye) and waits for them to end.
+    pub async fn stop(self, drain: std::time::Duration) {
         self.shutdown.cancel();
         self.tasks.close();
-        self.tasks.wait().await;
+        if tokio::time::timeout(drain, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                sessions = self.tasks.len(),
+                "drain deadline passed; closing the remaining sessions"
+            );
+            self.shared.close_sessions.cancel();
+            self.tasks.wait().await;
+        }
     }
 }
 
@@ -71,7 +82,11 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         config.security.hash_concurrency,
         config.security.failure_delay,
     );
-    let shared = Arc::new(Shared { directory, tokens });
+    let shared = Arc::new(Shared {
+        directory,
+        tokens,
+        close_sessions: CancellationToken::new(),
+    });
     let mut bound = Vec::new();
     for l in &config.listeners {
         let ctx = Arc::new(listener_context(l, shared.clone())?);

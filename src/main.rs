@@ -195,8 +195,11 @@ fn run(
             tracing::info!(listener = %name, address = %addr, "ready");
         }
         wait_for_signal().await;
-        tracing::info!("shutting down: no new connections; waiting for running sessions");
-        running.stop().await;
+        tracing::info!(
+            drain_secs = cfg.service.drain.as_secs(),
+            "shutting down: no new connections; waiting for running sessions"
+        );
+        running.stop(cfg.service.drain).await;
         ExitCode::SUCCESS
     })
 }

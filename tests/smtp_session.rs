@@ -670,3 +670,44 @@ async fn app_password_uses_login_when_upstream_offers_only_login_and_xoauth2() {
         vec![b64(b"shared@example.com"), b64(b"app pass with spaces")]
     );
 }
+
+#[tokio::test]
+async fn shutdown_drains_then_says_goodbye_and_closes() {
+    let w = world().await;
+    let addr = w.relay.addr;
+    let mut waiting = greeted(&w).await;
+    let mut quick = ehloed(&w).await;
+    let mut logged_in = ehloed(&w).await;
+    logged_in
+        .send(&format!(
+            "AUTH PLAIN {}\r\n",
+            plain("user@example.com", PASSWORD)
+        ))
+        .await;
+    assert_eq!(
+        logged_in.reply().await,
+        "235 2.7.0 Authentication successful\r\n"
+    );
+    let World {
+        relay,
+        upstream: _upstream,
+        tokens: _tokens,
+    } = w;
+    let stop = tokio::spawn(relay.running.stop(std::time::Duration::from_millis(800)));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // No new connections once the drain has begun.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    // A session that finishes within the drain is not disturbed.
+    quick.send("QUIT\r\n").await;
+    assert_eq!(quick.reply().await, "221 2.0.0 Bye\r\n");
+    // At the deadline: the goodbye before login, a closed pipe after it.
+    assert_eq!(
+        waiting.reply().await,
+        "421 4.3.2 Service shutting down, closing connection\r\n"
+    );
+    assert!(logged_in.closed().await);
+    tokio::time::timeout(std::time::Duration::from_secs(5), stop)
+        .await
+        .expect("stop returns after the drain")
+        .unwrap();
+}

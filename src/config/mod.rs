@@ -30,6 +30,13 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
     pub log: LogConfig,
     pub security: SecurityConfig,
+    pub service: ServiceConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// On SIGTERM/SIGINT, how long running sessions may go on before they are closed.
+    pub drain: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -222,6 +229,7 @@ fn read_root(root: Value, problems: &mut Problems) -> Option<Config> {
     let account_tables = t.take_value("account");
     let log = t.take_value("log");
     let security = t.take_value("security");
+    let service = t.take_value("service");
     t.finish();
 
     let mut listeners = Vec::new();
@@ -254,11 +262,13 @@ fn read_root(root: Value, problems: &mut Problems) -> Option<Config> {
 
     let log = read_log(log, problems);
     let security = read_security(security, problems);
+    let service = read_service(service, problems);
     Some(Config {
         listeners,
         accounts,
         log: log?,
         security: security?,
+        service: service?,
     })
 }
 
@@ -278,6 +288,20 @@ fn read_log(value: Option<Value>, problems: &mut Problems) -> Option<LogConfig> 
         t.finish();
     }
     Some(log)
+}
+
+fn read_service(value: Option<Value>, problems: &mut Problems) -> Option<ServiceConfig> {
+    let mut s = ServiceConfig {
+        drain: Duration::from_secs(30),
+    };
+    if let Some(v) = value {
+        let mut t = Table::new("service", v, problems)?;
+        if let Some(secs) = t.optional::<u64>("drain_secs") {
+            s.drain = Duration::from_secs(secs);
+        }
+        t.finish();
+    }
+    Some(s)
 }
 
 fn read_security(value: Option<Value>, problems: &mut Problems) -> Option<SecurityConfig> {

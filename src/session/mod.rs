@@ -23,6 +23,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 pub struct Shared {
     pub directory: Directory,
     pub tokens: TokenCache,
+    /// Cancelled when the drain deadline passes: sessions still running say their protocol's
+    /// goodbye (before login) or close the pipe (after login).
+    pub close_sessions: tokio_util::sync::CancellationToken,
 }
 
 /// What the sessions of one listener share.

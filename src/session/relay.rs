@@ -120,14 +120,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
-/// Runs the pipe for an authenticated session and logs how it ended (byte counts only).
+/// Runs the pipe for an authenticated session until it ends or `close` is cancelled (shutdown),
+/// and logs how it ended (byte counts only).
 pub async fn run_authenticated(
     client: Conn,
     upstream: Conn,
     idle: Duration,
     account: &str,
+    close: &tokio_util::sync::CancellationToken,
 ) -> crate::session::Outcome {
-    match pipe(client, upstream, idle).await {
+    let result = tokio::select! {
+        r = pipe(client, upstream, idle) => r,
+        _ = close.cancelled() => Err(io::Error::other("closed at shutdown")),
+    };
+    match result {
         Ok(t) => tracing::info!(
             account,
             bytes_up = t.client_to_upstream,

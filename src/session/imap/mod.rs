@@ -81,15 +81,37 @@ pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) ->
     if session.client.conn.send(&greeting).await.is_err() {
         return Outcome::ClientLeft;
     }
-    match timeout_at(deadline, session.dialogue()).await {
+    match {
+        let close = session.ctx.shared.close_sessions.clone();
+        tokio::select! {
+            r = timeout_at(deadline, session.dialogue()) => r,
+            _ = close.cancelled() => Ok(Step::Closing),
+        }
+    } {
         Ok(Step::Authenticated { account }) => {
             let idle = session.ctx.config.idle_timeout;
-            relay::run_authenticated(session.client.conn, session.upstream.conn, idle, &account)
-                .await
+            let session_close = session.ctx.shared.close_sessions.clone();
+            relay::run_authenticated(
+                session.client.conn,
+                session.upstream.conn,
+                idle,
+                &account,
+                &session_close,
+            )
+            .await
         }
         Ok(Step::Close(outcome)) => {
             session.close().await;
             outcome
+        }
+        Ok(Step::Closing) => {
+            let _ = session
+                .client
+                .conn
+                .send(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
+                .await;
+            session.close().await;
+            Outcome::Refused
         }
         Err(_) => {
             tracing::info!("pre-authentication timeout");
@@ -101,8 +123,12 @@ pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) ->
 }
 
 enum Step {
-    Authenticated { account: String },
+    Authenticated {
+        account: String,
+    },
     Close(Outcome),
+    /// The relay is shutting down.
+    Closing,
 }
 
 enum Next {

@@ -94,11 +94,26 @@ pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) ->
     if session.client.conn.send(&greeting).await.is_err() {
         return Outcome::ClientLeft;
     }
-    match timeout_at(deadline, session.dialogue()).await {
+    match {
+        let close = session.ctx.shared.close_sessions.clone();
+        tokio::select! {
+            r = timeout_at(deadline, session.dialogue()) => r,
+            _ = close.cancelled() => Ok(Step::Closing),
+        }
+    } {
         Ok(Step::Authenticated { account }) => session.relay(account).await,
         Ok(Step::Close(outcome)) => {
             session.close().await;
             outcome
+        }
+        Ok(Step::Closing) => {
+            let _ = session
+                .client
+                .conn
+                .send(b"-ERR [SYS/TEMP] Server shutting down, closing connection\r\n")
+                .await;
+            session.close().await;
+            Outcome::Refused
         }
         Err(_) => {
             tracing::info!("pre-authentication timeout");
@@ -110,8 +125,12 @@ pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) ->
 }
 
 enum Step {
-    Authenticated { account: String },
+    Authenticated {
+        account: String,
+    },
     Close(Outcome),
+    /// The relay is shutting down.
+    Closing,
 }
 
 enum Next {
@@ -366,6 +385,14 @@ impl Session {
 
     async fn relay(self, account: String) -> Outcome {
         let idle = self.ctx.config.idle_timeout;
-        relay::run_authenticated(self.client.conn, self.upstream.conn, idle, &account).await
+        let session_close = self.ctx.shared.close_sessions.clone();
+        relay::run_authenticated(
+            self.client.conn,
+            self.upstream.conn,
+            idle,
+            &account,
+            &session_close,
+        )
+        .await
     }
 }

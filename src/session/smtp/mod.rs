@@ -99,12 +99,27 @@ pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) ->
     {
         return Outcome::ClientLeft;
     }
-    let result = timeout_at(deadline, session.dialogue()).await;
+    let result = {
+        let close = session.ctx.shared.close_sessions.clone();
+        tokio::select! {
+            r = timeout_at(deadline, session.dialogue()) => r,
+            _ = close.cancelled() => Ok(Step::Closing),
+        }
+    };
     match result {
         Ok(Step::Authenticated { account }) => session.relay(account).await,
         Ok(Step::Close(outcome)) => {
             session.close().await;
             outcome
+        }
+        Ok(Step::Closing) => {
+            let _ = session
+                .client
+                .conn
+                .send(b"421 4.3.2 Service shutting down, closing connection\r\n")
+                .await;
+            session.close().await;
+            Outcome::Refused
         }
         Err(_) => {
             tracing::info!("pre-authentication timeout");
@@ -117,8 +132,12 @@ pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) ->
 
 /// What the dialogue loop decided.
 enum Step {
-    Authenticated { account: String },
+    Authenticated {
+        account: String,
+    },
     Close(Outcome),
+    /// The relay is shutting down.
+    Closing,
 }
 
 /// What one command handler decided.
@@ -373,6 +392,14 @@ impl Session {
 
     async fn relay(self, account: String) -> Outcome {
         let idle = self.ctx.config.idle_timeout;
-        relay::run_authenticated(self.client.conn, self.upstream.conn, idle, &account).await
+        let session_close = self.ctx.shared.close_sessions.clone();
+        relay::run_authenticated(
+            self.client.conn,
+            self.upstream.conn,
+            idle,
+            &account,
+            &session_close,
+        )
+        .await
     }
 }
