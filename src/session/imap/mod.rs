@@ -253,15 +253,20 @@ impl Session {
                         )
                         .await;
                 }
-                let credentials =
-                    match (sasl::parse_username(&user), sasl::parse_password(&password)) {
-                        (Ok(username), Ok(password)) => Credentials { username, password },
-                        _ => {
-                            return self
-                                .fail_login(&tag, None, "unusable username or password")
-                                .await
-                        }
-                    };
+                let credentials = match (
+                    sasl::parse_username(&user),
+                    sasl::parse_password(&password),
+                ) {
+                    (Ok(username), Ok(password)) => Credentials { username, password },
+                    _ => {
+                        tracing::info!(
+                            "login failed: unusable credentials (not UTF-8, or control characters)"
+                        );
+                        return self
+                            .fail_login(&tag, None, "unusable username or password")
+                            .await;
+                    }
+                };
                 self.login(&tag, credentials).await
             }
             Command::Authenticate {
@@ -325,7 +330,10 @@ impl Session {
                 self.tagged(tag, "BAD Malformed authentication response")
                     .await
             }
-            Sasl::Invalid(e) => self.fail_login(tag, None, &e.to_string()).await,
+            Sasl::Invalid(e) => {
+                tracing::info!(reason = %e, "login failed: unusable credentials");
+                self.fail_login(tag, None, &e.to_string()).await
+            }
             Sasl::LineTooLong => {
                 let _ = self.client.conn.send(BYE_LINE_TOO_LONG).await;
                 Next::Done(Step::Close(Outcome::Refused))
@@ -336,7 +344,8 @@ impl Session {
 
     async fn fail_login(&mut self, tag: &[u8], reply: Option<Vec<u8>>, reason: &str) -> Next {
         self.failures += 1;
-        tracing::info!(reason, failures = self.failures, "login failed");
+        // The cause has its own log line (session::login, or the branch that called this).
+        tracing::debug!(reason, failures = self.failures, "failed login counted");
         let reply = reply.unwrap_or_else(|| {
             [tag, b" NO [AUTHENTICATIONFAILED] Invalid credentials\r\n"].concat()
         });

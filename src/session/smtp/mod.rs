@@ -298,7 +298,10 @@ impl Session {
             Sasl::Cancelled => self.reply(REPLY_CANCELLED).await,
             Sasl::BadBase64 => self.reply(REPLY_BAD_BASE64).await,
             Sasl::Malformed => self.reply(REPLY_MALFORMED_SASL).await,
-            Sasl::Invalid(e) => self.fail_login(None, &e.to_string()).await,
+            Sasl::Invalid(e) => {
+                tracing::info!(reason = %e, "login failed: unusable credentials");
+                self.fail_login(None, &e.to_string()).await
+            }
             Sasl::LineTooLong => {
                 let _ = self.client.conn.send(REPLY_AUTH_LINE_TOO_LONG).await;
                 Next::Done(Step::Close(Outcome::Refused))
@@ -310,7 +313,8 @@ impl Session {
     /// Counts a failed login, answers it, and closes the connection after too many.
     async fn fail_login(&mut self, reply: Option<&[u8]>, reason: &str) -> Next {
         self.failures += 1;
-        tracing::info!(reason, failures = self.failures, "login failed");
+        // The cause has its own log line (session::login, or the branch that called this).
+        tracing::debug!(reason, failures = self.failures, "failed login counted");
         if let Next::Done(step) = self.reply(reply.unwrap_or(REPLY_INVALID_CREDENTIALS)).await {
             return Next::Done(step);
         }
