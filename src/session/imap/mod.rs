@@ -253,20 +253,16 @@ impl Session {
                         )
                         .await;
                 }
-                let credentials = match (
-                    sasl::parse_username(&user),
-                    sasl::parse_password(&password),
-                ) {
-                    (Ok(username), Ok(password)) => Credentials { username, password },
-                    _ => {
-                        tracing::info!(
-                            "login failed: unusable credentials (not UTF-8, or control characters)"
-                        );
-                        return self
-                            .fail_login(&tag, None, "unusable username or password")
-                            .await;
-                    }
-                };
+                let credentials =
+                    match (sasl::parse_username(&user), sasl::parse_password(&password)) {
+                        (Ok(username), Ok(password)) => Credentials { username, password },
+                        _ => {
+                            tracing::info!("login failed: unusable credentials");
+                            return self
+                                .fail_login(&tag, None, "unusable username or password")
+                                .await;
+                        }
+                    };
                 self.login(&tag, credentials).await
             }
             Command::Authenticate {
