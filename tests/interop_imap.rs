@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 use support::interop::*;
@@ -43,43 +41,6 @@ fn lf_only(msg: &[u8]) -> Vec<u8> {
     msg.iter().filter(|&&b| b != b'\r').copied().collect()
 }
 
-struct Raw {
-    reader: BufReader<TcpStream>,
-}
-
-impl Raw {
-    fn connect(port: u16) -> Self {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Raw {
-            reader: BufReader::new(s),
-        }
-    }
-    fn line(&mut self) -> String {
-        let mut l = Vec::new();
-        self.reader.read_until(b'\n', &mut l).unwrap_or(0);
-        String::from_utf8_lossy(&l).into_owned()
-    }
-    fn send(&mut self, bytes: &[u8]) {
-        self.reader.get_mut().write_all(bytes).unwrap();
-    }
-    /// Reads lines until the one starting with `tag `; returns them all.
-    fn until(&mut self, tag: &str) -> String {
-        let mut out = String::new();
-        loop {
-            let l = self.line();
-            out.push_str(&l);
-            if l.is_empty() || l.starts_with(&format!("{tag} ")) {
-                return out;
-            }
-        }
-    }
-    fn closed(&mut self) -> bool {
-        let mut buf = [0u8; 256];
-        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
-    }
-}
-
 fn b64(s: &[u8]) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s)
 }
@@ -109,7 +70,7 @@ fn every_login_form_and_the_capability_rewrite() {
         greeting.contains(" AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL-]"),
         "{greeting}"
     );
-    c.send(b"c1 CAPABILITY\r\n");
+    c.write(b"c1 CAPABILITY\r\n");
     let caps = c.until("c1");
     assert!(
         caps.starts_with("* CAPABILITY IMAP4rev1 ")
@@ -118,28 +79,28 @@ fn every_login_form_and_the_capability_rewrite() {
         "{caps}"
     );
     assert!(caps.ends_with("c1 OK CAPABILITY completed\r\n"));
-    c.send(b"c2 SELECT INBOX\r\n");
+    c.write(b"c2 SELECT INBOX\r\n");
     assert_eq!(c.line(), "c2 BAD Log in first\r\n");
-    c.send(b"c3 AUTHENTICATE PLAIN\r\n");
+    c.write(b"c3 AUTHENTICATE PLAIN\r\n");
     assert_eq!(c.line(), "+ \r\n");
-    c.send(b"*\r\n");
+    c.write(b"*\r\n");
     assert_eq!(c.line(), "c3 BAD AUTHENTICATE cancelled\r\n");
-    c.send(b"c4 AUTHENTICATE CRAM-MD5\r\n");
+    c.write(b"c4 AUTHENTICATE CRAM-MD5\r\n");
     assert_eq!(c.line(), "c4 NO Unsupported authentication mechanism\r\n");
-    c.send(b"c5 LOGIN scanner@example.com wrong\r\n");
+    c.write(b"c5 LOGIN scanner@example.com wrong\r\n");
     assert_eq!(
         c.line(),
         "c5 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n"
     );
-    c.send(b"c6 LOGIN nobody@example.com \"x\"\r\n");
+    c.write(b"c6 LOGIN nobody@example.com \"x\"\r\n");
     assert_eq!(
         c.line(),
         "c6 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n"
     );
     // A synchronizing literal for the password, and a command pipelined behind the login.
-    c.send(format!("a3 LOGIN scanner@example.com {{{}}}\r\n", pw.len()).as_bytes());
+    c.write(format!("a3 LOGIN scanner@example.com {{{}}}\r\n", pw.len()).as_bytes());
     assert_eq!(c.line(), "+ Ready for literal data\r\n");
-    c.send(&[pw, b"\r\na4 SELECT INBOX\r\n"].concat());
+    c.write(&[pw, b"\r\na4 SELECT INBOX\r\n"].concat());
     let ok = c.until("a3");
     assert!(ok.contains("a3 OK "), "{ok}");
     let select = c.until("a4");
@@ -147,7 +108,7 @@ fn every_login_form_and_the_capability_rewrite() {
         select.contains("* 1 EXISTS") && select.contains("a4 OK"),
         "{select}"
     );
-    c.send(b"a5 LOGOUT\r\n");
+    c.write(b"a5 LOGOUT\r\n");
     c.until("a5");
 
     // Quoted with escapes, two synchronizing literals, non-synchronizing literals, SASL-IR,
@@ -188,25 +149,25 @@ fn every_login_form_and_the_capability_rewrite() {
     ] {
         let mut c = Raw::connect(r.plain);
         c.line();
-        c.send(&first);
+        c.write(&first);
         let tag = String::from_utf8_lossy(&first[..2]).into_owned();
         let reply = c.until(&tag);
         assert!(reply.contains(&format!("{tag} OK")), "{name}: {reply}");
     }
     let mut c = Raw::connect(r.plain);
     c.line();
-    c.send(two_literals.as_bytes());
+    c.write(two_literals.as_bytes());
     assert_eq!(c.line(), "+ Ready for literal data\r\n");
     assert_eq!(c.line(), "+ Ready for literal data\r\n");
-    c.send(&[pw, b"\r\n"].concat());
+    c.write(&[pw, b"\r\n"].concat());
     assert!(c.until("a4").contains("a4 OK"));
     let mut c = Raw::connect(r.plain);
     c.line();
-    c.send(b"a7 AUTHENTICATE LOGIN\r\n");
+    c.write(b"a7 AUTHENTICATE LOGIN\r\n");
     assert_eq!(c.line(), "+ VXNlcm5hbWU6\r\n");
-    c.send(format!("{}\r\n", b64(b"scanner@example.com")).as_bytes());
+    c.write(format!("{}\r\n", b64(b"scanner@example.com")).as_bytes());
     assert_eq!(c.line(), "+ UGFzc3dvcmQ6\r\n");
-    c.send(format!("{}\r\n", b64(pw)).as_bytes());
+    c.write(format!("{}\r\n", b64(pw)).as_bytes());
     assert!(c.until("a7").contains("a7 OK"));
 
     // A literal too big before login is refused and the connection closed: a synchronizing
@@ -214,7 +175,7 @@ fn every_login_form_and_the_capability_rewrite() {
     for (tag, marker) in [("a8", "{4294967296}"), ("a9", "{5000+}")] {
         let mut c = Raw::connect(r.plain);
         c.line();
-        c.send(format!("{tag} LOGIN scanner@example.com {marker}\r\n").as_bytes());
+        c.write(format!("{tag} LOGIN scanner@example.com {marker}\r\n").as_bytes());
         assert_eq!(c.line(), format!("{tag} BAD [TOOBIG] Literal too big\r\n"));
         assert!(c.closed());
     }
@@ -222,7 +183,7 @@ fn every_login_form_and_the_capability_rewrite() {
     // The STARTTLS listener offers STARTTLS and refuses plaintext pipelined behind it.
     let mut c = Raw::connect(r.starttls);
     assert!(c.line().contains(" STARTTLS]"));
-    c.send(b"s1 STARTTLS\r\ns2 LOGIN injected x\r\n");
+    c.write(b"s1 STARTTLS\r\ns2 LOGIN injected x\r\n");
     assert_eq!(c.line(), "s1 OK Begin TLS negotiation now\r\n");
     assert!(c.closed());
     r.assert_no_secrets();
@@ -327,7 +288,7 @@ fn idle_sees_a_new_message() {
     let r = relay_for(&user, IMAP, "starttls");
     let mut c = Raw::connect(r.plain);
     c.line();
-    c.send(
+    c.write(
         format!(
             "a1 AUTHENTICATE PLAIN {}\r\n",
             b64(format!("\0scanner@example.com\0{LOCAL_PASSWORD}").as_bytes())
@@ -335,9 +296,9 @@ fn idle_sees_a_new_message() {
         .as_bytes(),
     );
     assert!(c.until("a1").contains("a1 OK"));
-    c.send(b"a2 SELECT INBOX\r\n");
+    c.write(b"a2 SELECT INBOX\r\n");
     assert!(c.until("a2").contains("* 1 EXISTS"));
-    c.send(b"a3 IDLE\r\n");
+    c.write(b"a3 IDLE\r\n");
     assert!(c.line().starts_with("+ "));
     seed_maildir(&user, "2.second", b"Subject: second\n\ntwo\n");
     let mut seen = String::new();
@@ -348,7 +309,7 @@ fn idle_sees_a_new_message() {
         }
     }
     assert!(seen.contains("* 2 EXISTS"), "{seen}");
-    c.send(b"DONE\r\n");
+    c.write(b"DONE\r\n");
     assert!(c.until("a3").contains("a3 OK"));
     r.assert_no_secrets();
 }

@@ -4,10 +4,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
 use support::interop::*;
 
 fn relay_for(user: &str, upstream: &str, upstream_tls: &str) -> RelayProcess {
@@ -37,40 +34,6 @@ fn as_pop3(stored: &[u8]) -> Vec<u8> {
         .into_bytes()
 }
 
-struct Raw {
-    reader: BufReader<TcpStream>,
-}
-
-impl Raw {
-    fn connect(port: u16) -> Self {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        Raw {
-            reader: BufReader::new(s),
-        }
-    }
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.reader.read_line(&mut l).unwrap();
-        l
-    }
-    fn send(&mut self, s: &str) -> String {
-        self.reader.get_mut().write_all(s.as_bytes()).unwrap();
-        self.line()
-    }
-    /// Reads a multi-line body up to its terminating dot line.
-    fn body(&mut self) -> String {
-        let mut out = String::new();
-        loop {
-            let l = self.line();
-            if l == ".\r\n" || l.is_empty() {
-                return out;
-            }
-            out.push_str(&l);
-        }
-    }
-}
-
 fn b64(s: &str) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s)
 }
@@ -94,7 +57,7 @@ fn local_forms_and_errors_are_exact() {
         greeting.starts_with("+OK ") && !greeting.contains('<'),
         "{greeting}"
     );
-    assert_eq!(c.send("CAPA\r\n"), "+OK Capability list follows\r\n");
+    assert_eq!(c.ask("CAPA\r\n"), "+OK Capability list follows\r\n");
     let capa = c.body();
     assert!(
         capa.contains("USER\r\n") && capa.contains("SASL PLAIN LOGIN\r\n"),
@@ -104,50 +67,47 @@ fn local_forms_and_errors_are_exact() {
         !capa.contains("XOAUTH2") && !capa.contains("STLS") && capa.contains("RESP-CODES\r\n"),
         "{capa}"
     );
-    assert_eq!(c.send("AUTH\r\n"), "+OK\r\n");
+    assert_eq!(c.ask("AUTH\r\n"), "+OK\r\n");
     assert_eq!(c.body(), "PLAIN\r\nLOGIN\r\n");
     assert_eq!(
-        c.send("APOP scanner@example.com c4c9334bac560ecc979e58001b3e22fb\r\n"),
+        c.ask("APOP scanner@example.com c4c9334bac560ecc979e58001b3e22fb\r\n"),
         "-ERR APOP is not supported; log in with USER/PASS or AUTH PLAIN\r\n"
     );
-    assert_eq!(c.send("RETR 1\r\n"), "-ERR [AUTH] Authenticate first\r\n");
-    assert_eq!(c.send("PASS x\r\n"), "-ERR No USER given\r\n");
-    assert_eq!(c.send("USER scanner@example.com\r\n"), "+OK\r\n");
+    assert_eq!(c.ask("RETR 1\r\n"), "-ERR [AUTH] Authenticate first\r\n");
+    assert_eq!(c.ask("PASS x\r\n"), "-ERR No USER given\r\n");
+    assert_eq!(c.ask("USER scanner@example.com\r\n"), "+OK\r\n");
     assert_eq!(
-        c.send("STAT\r\n"),
+        c.ask("STAT\r\n"),
         "-ERR Only PASS or QUIT may follow USER\r\n"
     );
-    assert_eq!(c.send("AUTH PLAIN\r\n"), "+ \r\n");
-    assert_eq!(c.send("*\r\n"), "-ERR Authentication cancelled\r\n");
+    assert_eq!(c.ask("AUTH PLAIN\r\n"), "+ \r\n");
+    assert_eq!(c.ask("*\r\n"), "-ERR Authentication cancelled\r\n");
     assert_eq!(
-        c.send("AUTH CRAM-MD5\r\n"),
+        c.ask("AUTH CRAM-MD5\r\n"),
         "-ERR Unsupported authentication mechanism\r\n"
     );
+    assert_eq!(c.ask("AUTH PLAIN ###\r\n"), "-ERR Cannot decode base64\r\n");
+    assert_eq!(c.ask("AUTH LOGIN\r\n"), "+ VXNlcm5hbWU6\r\n");
     assert_eq!(
-        c.send("AUTH PLAIN ###\r\n"),
-        "-ERR Cannot decode base64\r\n"
-    );
-    assert_eq!(c.send("AUTH LOGIN\r\n"), "+ VXNlcm5hbWU6\r\n");
-    assert_eq!(
-        c.send(&format!("{}\r\n", b64("scanner@example.com"))),
+        c.ask(&format!("{}\r\n", b64("scanner@example.com"))),
         "+ UGFzc3dvcmQ6\r\n"
     );
     assert_eq!(
-        c.send(&format!("{}\r\n", b64("wrong"))),
+        c.ask(&format!("{}\r\n", b64("wrong"))),
         "-ERR [AUTH] Authentication failed\r\n"
     );
-    assert_eq!(c.send("USER nobody@example.com\r\n"), "+OK\r\n");
+    assert_eq!(c.ask("USER nobody@example.com\r\n"), "+OK\r\n");
     assert_eq!(
-        c.send(&format!("PASS {LOCAL_PASSWORD}\r\n")),
+        c.ask(&format!("PASS {LOCAL_PASSWORD}\r\n")),
         "-ERR [AUTH] Authentication failed\r\n"
     );
     // The password has spaces: everything after "PASS " is the password.
-    assert_eq!(c.send("USER scanner@example.com\r\n"), "+OK\r\n");
-    let ok = c.send(&format!("PASS {LOCAL_PASSWORD}\r\nSTAT\r\n"));
+    assert_eq!(c.ask("USER scanner@example.com\r\n"), "+OK\r\n");
+    let ok = c.ask(&format!("PASS {LOCAL_PASSWORD}\r\nSTAT\r\n"));
     assert!(ok.starts_with("+OK"), "{ok}");
     // STAT was pipelined behind PASS: it reaches Dovecot after the login, in order.
     assert!(c.line().starts_with("+OK 1 "));
-    assert_eq!(c.send("QUIT\r\n").get(..3), Some("+OK"));
+    assert_eq!(c.ask("QUIT\r\n").get(..3), Some("+OK"));
     r.assert_no_secrets();
 }
 
