@@ -1,11 +1,13 @@
 //! Starting the relay: from a validated [`Config`] to running listeners.
 
+use crate::admin;
 use crate::auth::accounts::Directory;
 use crate::auth::oauth;
 use crate::auth::tokens::TokenCache;
 use crate::config::{Config, ListenerConfig, LocalTls};
 use crate::net::{conn, listener, tls};
 use crate::session::{ListenerContext, Shared};
+use crate::store::Store;
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,13 +72,35 @@ fn listener_context(
     })
 }
 
+/// Background token upkeep: refresh ahead of expiry and keep refresh tokens alive, for the
+/// accounts whose store key is known (a store key file, or a login since start).
+async fn upkeep(
+    shared: Arc<Shared>,
+    every: std::time::Duration,
+    keepalive: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let accounts: Vec<_> = shared.directory.accounts().cloned().collect();
+    loop {
+        shared.tokens.maintain(&accounts, keepalive).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 /// Binds every listener (all or nothing) and starts serving.
 pub async fn start(config: &Config) -> Result<Running, String> {
+    let store = Store::open(&config.store.path, config.store.key.as_ref())
+        .map_err(|e| format!("store: {e}"))?;
+    let admin_url = config.admin.listen.map(|_| config.admin.public_url.clone());
     let tokens = TokenCache::new(
         oauth::http_client(config.security.token_timeout),
         config.security.refresh_margin,
+        store,
+        admin_url,
     );
-    tokens.seed(&config.accounts);
     let directory = Directory::new(
         &config.accounts,
         config.security.hash_concurrency,
@@ -86,12 +110,21 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         directory,
         tokens,
         close_sessions: CancellationToken::new(),
+        clients: config.clients.clone(),
     });
     let mut bound = Vec::new();
     for l in &config.listeners {
         let ctx = Arc::new(listener_context(l, shared.clone())?);
         bound.push(listener::bind(ctx).await?);
     }
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("admin.listen: cannot listen on {addr}: {e} (set [admin] listen, or enabled = false)"))?,
+        ),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut addresses = Vec::new();
@@ -100,6 +133,24 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         addresses.push((b.ctx.config.name.clone(), addr));
         tasks.spawn(listener::serve(b, shutdown.clone(), tasks.clone()));
     }
+    if let Some(l) = admin_listener {
+        addresses.push((
+            "admin".to_owned(),
+            l.local_addr().map_err(|e| e.to_string())?,
+        ));
+        tasks.spawn(admin::serve(
+            l,
+            shared.clone(),
+            config.admin.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(upkeep(
+        shared.clone(),
+        config.store.check_interval,
+        config.store.keepalive,
+        shutdown.clone(),
+    ));
     Ok(Running {
         addresses,
         shutdown,

@@ -6,9 +6,12 @@
 //! - [`session`]: one pre-authentication state machine per protocol, then the byte pipe;
 //! - [`codec`]: sans-I/O, zero-copy protocol parsers the sessions drive;
 //! - [`auth`]: accounts, local password checks, access tokens and OAuth grants;
+//! - [`admin`]: the admin HTTP server: account pages and the consent flow;
 //! - [`config`]: the typed configuration and its validation;
+//! - [`store`]: the token store, a local file with tokens sealed at rest;
 //! - [`secret`]: types that keep secrets out of logs.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod codec;
@@ -16,3 +19,4 @@ pub mod config;
 pub mod net;
 pub mod secret;
 pub mod session;
+pub mod store;

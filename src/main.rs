@@ -7,6 +7,8 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod login;
+
 const AFTER_HELP: &str = "\
 Configuration: a TOML file (default config/authrelay.toml, or $AUTHRELAY_CONFIG), overridden by
 environment variables AUTHRELAY__SECTION__NAME__KEY, e.g. AUTHRELAY__ACCOUNT__SCANNER__TENANT.
@@ -15,6 +17,7 @@ See config/authrelay.example.toml for every key, and README.md for a walk-throug
 
 Examples:
   authrelay check --config config/authrelay.toml
+  authrelay login scanner --device
   printf '%s' 'the-local-password' | authrelay hash-password
   authrelay run --config config/authrelay.toml --log-format json";
 
@@ -45,7 +48,37 @@ enum Command {
     },
     /// Read a password on standard input and print its Argon2id hash (for password_hash).
     HashPassword,
+    /// Authorize an OAuth account and keep its tokens in the token store.
+    ///
+    /// Works while `authrelay run` is running: the relay uses the new token at the next login.
+    /// Without --device or --paste: the device-code flow where the provider has one, else the
+    /// paste flow. For auth = "client_credentials" it fetches an app-only token to prove the
+    /// app registration works. When the store is sealed with local passwords (no [store] key),
+    /// the account's local password is asked for (standard input when it is not a terminal).
+    #[command(after_help = LOGIN_HELP)]
+    Login {
+        /// The account's NAME, as in [account.NAME].
+        account: String,
+        /// Device code: print a URL and a code to enter on any device with a browser.
+        #[arg(long, conflicts_with = "paste")]
+        device: bool,
+        /// Print the sign-in URL; after signing in, paste the address the browser lands on.
+        #[arg(long)]
+        paste: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
+
+const LOGIN_HELP: &str = "\
+Examples:
+  authrelay login scanner --device     # Microsoft 365: enter the code at the printed URL
+  authrelay login scanner --paste      # any provider; the redirect URI must be registered
+  authrelay login app-only             # client credentials: check the app registration
+
+The redirect URI for --paste and the account page is [admin] public_url + redirect_path,
+http://localhost:9090/register_microsoft_graph_api/ by default: register exactly that (platform
+\"Web\") in the app registration.";
 
 #[derive(clap::Args)]
 struct ConfigArg {
@@ -65,6 +98,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config.config),
         Command::HashPassword => hash_password(),
+        Command::Login {
+            account,
+            device,
+            paste,
+            config,
+        } => login::run(&config.config, &account, device, paste),
         Command::Run {
             config,
             log_format,
@@ -89,8 +128,13 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(cfg) => {
             for a in &cfg.accounts {
                 if let config::AccountAuth::OAuth(o) = &a.auth {
-                    if o.refresh_token.is_none() {
-                        eprintln!("warning: account.{}: no refresh token yet; logins will fail until the account is authorized", a.id);
+                    let stored =
+                        authrelay::store::Store::open(&cfg.store.path, cfg.store.key.as_ref())
+                            .ok()
+                            .and_then(|s| s.entry(&a.id))
+                            .is_some_and(|e| e.has_refresh_token());
+                    if o.flow == config::Flow::Delegated && o.refresh_token.is_none() && !stored {
+                        eprintln!("warning: account.{}: not authorized yet; run `authrelay login {}` or use the account page", a.id, a.id);
                     }
                 }
             }

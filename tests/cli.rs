@@ -38,7 +38,10 @@ fn check_lists_three_mistakes_with_their_key_paths() {
             "listen = \"127.0.0.1:2525\"",
             "listen = \"127.0.0.1:2525\"\nlisten_backlog = 5",
         )
-        .replace("tenant = \"contoso.onmicrosoft.com\"", "");
+        .replace(
+            "tenant = \"contoso.onmicrosoft.com\"",
+            "tenant = \"contoso/evil\"",
+        );
     let path = dir.path().join("broken.toml");
     std::fs::write(&path, broken).unwrap();
     let out = authrelay(&["check", "--config", path.to_str().unwrap()], &[]);
@@ -59,7 +62,7 @@ fn check_lists_three_mistakes_with_their_key_paths() {
     assert!(
         errors
             .iter()
-            .any(|l| l.starts_with("error: account.scanner.tenant: missing")),
+            .any(|l| l.starts_with("error: account.scanner.tenant: must be a tenant ID")),
         "{err}"
     );
     assert!(err.contains("3 problems found"));

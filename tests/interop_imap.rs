@@ -478,7 +478,7 @@ fn refused_logins_get_their_exact_reply() {
     idp_post("/admin/revoke", &format!(r#"{{"user":"{user}"}}"#));
     assert_eq!(
         imaplib(&r, "plain", "login", "scanner@example.com", LOCAL_PASSWORD, &["count"]),
-        format!("ERR [AUTHENTICATIONFAILED] Sign-in for {user} must be renewed (AADSTS70000): give account.scanner a new refresh token")
+        format!("ERR [AUTHENTICATIONFAILED] Sign-in for {user} failed (AADSTS70000): the refresh token expired or was revoked: re-authorize the account with `authrelay login scanner`")
     );
     r.assert_no_secrets();
     drop(r);

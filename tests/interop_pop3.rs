@@ -350,7 +350,7 @@ fn refused_logins_get_their_exact_reply() {
         ),
         "ERR -ERR [AUTH] Sign-in for ".to_string()
             + &user
-            + " must be renewed (AADSTS70000): give account.scanner a new refresh token"
+            + " failed (AADSTS70000): the refresh token expired or was revoked: re-authorize the account with `authrelay login scanner`"
     );
     r.assert_no_secrets();
     drop(r);

@@ -182,7 +182,7 @@ fn smtplib(
             mech,
             user,
             password,
-            MAILBOX,
+            &r.mailbox,
             MAILBOX,
         ])
         .arg(file)
@@ -317,7 +317,7 @@ fn refused_logins_get_their_exact_reply_and_deliver_nothing() {
     );
     assert_eq!(
         text(&out).trim(),
-        "ERR 535 5.7.8 Sign-in for bob@example.com must be renewed (AADSTS70000): give account.scanner a new refresh token"
+        "ERR 535 5.7.8 Sign-in for bob@example.com failed (AADSTS70000): the refresh token expired or was revoked: re-authorize the account with `authrelay login scanner`"
     );
     assert!(
         r.log_text().contains("AADSTS70000"),

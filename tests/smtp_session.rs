@@ -283,7 +283,7 @@ async fn revoked_grant_gives_535_with_the_code_and_keeps_the_session_usable() {
     .await;
     assert_eq!(
         c.reply().await,
-        "535 5.7.8 Sign-in for mailbox@example.com must be renewed (AADSTS700082): give account.user a new refresh token\r\n"
+        "535 5.7.8 Sign-in for mailbox@example.com failed (AADSTS700082): the refresh token expired or was revoked: re-authorize the account with `authrelay login user`\r\n"
     );
     w.tokens.set(TokenBehaviour::Issue);
     c.send(&format!(
@@ -703,6 +703,11 @@ async fn shutdown_drains_then_says_goodbye_and_closes() {
     // At the deadline: the goodbye before login, a closed pipe after it.
     assert_eq!(
         waiting.reply().await,
+        "421 4.3.2 Service shutting down, closing connection\r\n"
+    );
+    // Logged in but no MAIL FROM yet (the sender check reads commands): a goodbye too.
+    assert_eq!(
+        logged_in.reply().await,
         "421 4.3.2 Service shutting down, closing connection\r\n"
     );
     assert!(logged_in.closed().await);

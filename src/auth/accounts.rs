@@ -48,6 +48,11 @@ impl Directory {
         }
     }
 
+    /// Every account, in no particular order.
+    pub fn accounts(&self) -> impl Iterator<Item = &Arc<AccountConfig>> {
+        self.by_login.values()
+    }
+
     pub fn account(&self, login: &str) -> Option<&Arc<AccountConfig>> {
         self.by_login.get(&login.to_ascii_lowercase())
     }

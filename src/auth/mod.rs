@@ -3,11 +3,16 @@
 //! - [`password`]: Argon2id hashes of local passwords.
 //! - [`accounts`]: the account directory: maps a legacy login to an account and verifies the
 //!   local password in constant time, with the same cost for unknown users.
-//! - [`oauth`]: token endpoint requests (refresh-token grant) and error classification.
+//! - [`oauth`]: token endpoint requests (refresh, authorization code with PKCE, device code,
+//!   client credentials) and error classification.
+//! - [`assertion`]: signed certificate assertions for client credentials.
+//! - [`authorize`]: what the account page and `authrelay login` share.
 //! - [`tokens`]: the access-token cache with one refresh at a time per account.
 //! - [`upstream`]: what the sessions need to log in upstream, whatever the account's mode.
 
 pub mod accounts;
+pub mod assertion;
+pub mod authorize;
 pub mod oauth;
 pub mod password;
 pub mod tokens;

@@ -1,12 +1,15 @@
 //! Token endpoint requests (RFC 6749 refresh-token grant, through the `oauth2` crate) and the
 //! classification of their failures (protocol.md §1.7).
 
-use crate::config::OAuthConfig;
+use crate::auth::assertion::CertificateSigner;
+use crate::config::Endpoints;
 use crate::secret::Secret;
-use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::basic::{BasicClient, BasicTokenResponse};
 use oauth2::{
-    AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, Scope, TokenResponse,
-    TokenUrl,
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    DeviceAuthorizationUrl, EndpointNotSet, EndpointSet, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardDeviceAuthorizationResponse,
+    TokenResponse, TokenUrl,
 };
 use std::fmt;
 use std::time::Duration;
@@ -82,52 +85,209 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         .expect("a TLS backend is compiled in")
 }
 
-/// Exchanges a refresh token for an access token.
-pub async fn refresh(
-    http: &reqwest::Client,
-    oauth: &OAuthConfig,
-    refresh_token: &Secret,
-) -> Result<Grant, TokenError> {
-    let token_url = TokenUrl::new(oauth.token_url.clone()).map_err(|_| {
-        TokenError::new(
-            ErrorClass::Configuration,
-            "token_url",
-            "the token URL is not valid",
-        )
-    })?;
-    let mut client = BasicClient::new(ClientId::new(oauth.client_id.clone()))
+fn bad_url(what: &str) -> TokenError {
+    TokenError::new(
+        ErrorClass::Configuration,
+        "endpoint_url",
+        format!("the {what} URL is not valid"),
+    )
+}
+
+/// The crate's client for `ep`, with the token endpoint and (if any) the client secret.
+fn client(
+    ep: &Endpoints,
+) -> Result<
+    BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>,
+    TokenError,
+> {
+    let token_url = TokenUrl::new(ep.token_url.clone()).map_err(|_| bad_url("token"))?;
+    let mut client = BasicClient::new(ClientId::new(ep.client_id.clone()))
         .set_auth_type(AuthType::RequestBody)
         .set_token_uri(token_url);
-    if let Some(secret) = &oauth.client_secret {
+    if let Some(secret) = &ep.client_secret {
         client = client.set_client_secret(ClientSecret::new(secret.expose().to_owned()));
     }
-    let rt = RefreshToken::new(refresh_token.expose().to_owned());
-    let response = client
-        .exchange_refresh_token(&rt)
-        .add_scopes(oauth.scopes.iter().cloned().map(Scope::new))
-        .request_async(http)
-        .await;
-    match response {
-        Ok(token) => Ok(Grant {
-            access_token: Secret::new(token.access_token().secret().clone()),
-            // Microsoft and Google always send expires_in; a missing one is taken as one hour.
-            expires_in: token.expires_in().unwrap_or(Duration::from_secs(3600)),
-            refresh_token: token
-                .refresh_token()
-                .map(|r| Secret::new(r.secret().clone())),
-        }),
-        Err(e) => Err(classify(e)),
+    Ok(client)
+}
+
+fn grant(token: &BasicTokenResponse) -> Grant {
+    Grant {
+        access_token: Secret::new(token.access_token().secret().clone()),
+        // Microsoft and Google always send expires_in; a missing one is taken as one hour.
+        expires_in: token.expires_in().unwrap_or(Duration::from_secs(3600)),
+        refresh_token: token
+            .refresh_token()
+            .map(|r| Secret::new(r.secret().clone())),
     }
 }
 
-type OAuthRequestError = RequestTokenError<
-    oauth2::HttpClientError<reqwest::Error>,
-    oauth2::StandardErrorResponse<BasicErrorResponseType>,
->;
+/// Exchanges a refresh token for an access token.
+pub async fn refresh(
+    http: &reqwest::Client,
+    ep: &Endpoints,
+    refresh_token: &Secret,
+) -> Result<Grant, TokenError> {
+    let rt = RefreshToken::new(refresh_token.expose().to_owned());
+    client(ep)?
+        .exchange_refresh_token(&rt)
+        .add_scopes(ep.scopes.iter().cloned().map(Scope::new))
+        .request_async(http)
+        .await
+        .map(|t| grant(&t))
+        .map_err(classify)
+}
+
+/// The client-credentials grant (app-only), with the client secret or a signed certificate
+/// assertion (RFC 7523).
+pub async fn client_credentials(
+    http: &reqwest::Client,
+    ep: &Endpoints,
+    signer: Option<&CertificateSigner>,
+) -> Result<Grant, TokenError> {
+    let mut ep = ep.clone();
+    let assertion = match signer {
+        Some(s) => {
+            ep.client_secret = None;
+            Some(
+                s.assertion(&ep.client_id, &ep.token_url)
+                    .map_err(|e| TokenError::new(ErrorClass::Configuration, "certificate", e))?,
+            )
+        }
+        None => None,
+    };
+    let client = client(&ep)?;
+    let mut request = client
+        .exchange_client_credentials()
+        .add_scopes(ep.scopes.iter().cloned().map(Scope::new));
+    if let Some(a) = &assertion {
+        request = request
+            .add_extra_param(
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            )
+            .add_extra_param("client_assertion", a.expose().to_owned());
+    }
+    request
+        .request_async(http)
+        .await
+        .map(|t| grant(&t))
+        .map_err(classify)
+}
+
+/// A started authorization-code request: send the browser to `url`; keep `state` and
+/// `verifier` (both secret) until the redirect comes back.
+pub struct AuthorizationRequest {
+    pub url: String,
+    pub state: Secret,
+    pub verifier: Secret,
+}
+
+impl std::fmt::Debug for AuthorizationRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthorizationRequest([REDACTED])")
+    }
+}
+
+/// Builds the authorization URL with PKCE (S256) and a random `state`. `login_hint` pre-fills
+/// the account's mailbox on the sign-in page.
+pub fn authorization_request(
+    ep: &Endpoints,
+    redirect_uri: &str,
+    login_hint: Option<&str>,
+) -> Result<AuthorizationRequest, TokenError> {
+    let auth_url = AuthUrl::new(ep.authorize_url.clone()).map_err(|_| bad_url("authorize"))?;
+    let redirect = RedirectUrl::new(redirect_uri.to_owned()).map_err(|_| bad_url("redirect"))?;
+    let client = client(ep)?
+        .set_auth_uri(auth_url)
+        .set_redirect_uri(redirect);
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut request = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scopes(ep.scopes.iter().cloned().map(Scope::new))
+        .set_pkce_challenge(challenge)
+        // Google issues a refresh token only with offline access and a fresh consent.
+        .add_extra_param("access_type", "offline")
+        .add_extra_param("prompt", "consent");
+    if let Some(hint) = login_hint {
+        request = request.add_extra_param("login_hint", hint.to_owned());
+    }
+    let (url, state) = request.url();
+    Ok(AuthorizationRequest {
+        url: url.to_string(),
+        state: Secret::new(state.secret().clone()),
+        verifier: Secret::new(verifier.secret().clone()),
+    })
+}
+
+/// Exchanges an authorization code (with its PKCE verifier) for tokens.
+pub async fn exchange_code(
+    http: &reqwest::Client,
+    ep: &Endpoints,
+    redirect_uri: &str,
+    code: &Secret,
+    verifier: &Secret,
+) -> Result<Grant, TokenError> {
+    let redirect = RedirectUrl::new(redirect_uri.to_owned()).map_err(|_| bad_url("redirect"))?;
+    client(ep)?
+        .set_redirect_uri(redirect)
+        .exchange_code(AuthorizationCode::new(code.expose().to_owned()))
+        .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose().to_owned()))
+        .request_async(http)
+        .await
+        .map(|t| grant(&t))
+        .map_err(classify)
+}
+
+/// What the user must do to finish a device-code sign-in.
+#[derive(Debug)]
+pub struct DevicePrompt {
+    pub verification_uri: String,
+    pub user_code: String,
+    pub expires_in: Duration,
+}
+
+/// The device-code flow (RFC 8628): asks for a code, shows it through `prompt`, then polls
+/// (authorization_pending waits, slow_down adds 5 s) until the user signs in, declines or the
+/// code expires.
+pub async fn device_flow(
+    http: &reqwest::Client,
+    ep: &Endpoints,
+    prompt: impl FnOnce(&DevicePrompt),
+) -> Result<Grant, TokenError> {
+    let device_url = ep.device_url.clone().ok_or_else(|| {
+        TokenError::new(
+            ErrorClass::Configuration,
+            "no_device_flow",
+            "this provider has no device-code flow for these scopes; use the account page or `authrelay login --paste`",
+        )
+    })?;
+    let device_url = DeviceAuthorizationUrl::new(device_url).map_err(|_| bad_url("device"))?;
+    let client = client(ep)?.set_device_authorization_url(device_url);
+    let details: StandardDeviceAuthorizationResponse = client
+        .exchange_device_code()
+        .add_scopes(ep.scopes.iter().cloned().map(Scope::new))
+        .request_async(http)
+        .await
+        .map_err(classify)?;
+    prompt(&DevicePrompt {
+        verification_uri: details.verification_uri().to_string(),
+        user_code: details.user_code().secret().clone(),
+        expires_in: details.expires_in(),
+    });
+    client
+        .exchange_device_access_token(&details)
+        .request_async(http, tokio::time::sleep, None)
+        .await
+        .map(|t| grant(&t))
+        .map_err(classify)
+}
+
+type OAuthRequestError<T> =
+    RequestTokenError<oauth2::HttpClientError<reqwest::Error>, oauth2::StandardErrorResponse<T>>;
 
 /// Maps a failed request to a [`TokenError`]. The raw body (which `Parse` errors carry) is never
 /// kept: it may hold a token.
-fn classify(e: OAuthRequestError) -> TokenError {
+fn classify<T: oauth2::ErrorResponseType + fmt::Display>(e: OAuthRequestError<T>) -> TokenError {
     match e {
         RequestTokenError::ServerResponse(r) => {
             let error = r.error().to_string();
@@ -161,6 +321,8 @@ pub fn classify_server_error(error: &str, description: &str) -> TokenError {
     let aadsts = aadsts_code(description);
     let class = match (error, aadsts) {
         ("temporarily_unavailable" | "server_error", _) => ErrorClass::Temporary,
+        // The device-code flow's end states: the user must start again.
+        ("expired_token" | "access_denied", _) => ErrorClass::Reauthorize,
         (_, Some(50033 | 90006 | 90024)) => ErrorClass::Temporary,
         (_, Some(53003 | 530035 | 50057 | 50053 | 50055 | 50196)) => ErrorClass::Configuration,
         (_, Some(65001)) => ErrorClass::Reauthorize,

@@ -1,15 +1,24 @@
-//! Access-token cache: one entry per account, refreshed one at a time, ahead of expiry.
+//! Access-token cache: one entry per account, refreshed one at a time, ahead of expiry, and
+//! kept in the token store so a restart or an outage loses nothing.
 //!
-//! The fast path (a cached token with more than the refresh margin left) takes a read lock and
-//! clones an `Arc`. Only when a refresh is due does a login wait on the account's async mutex;
-//! whoever gets it first refreshes, and everyone queued behind it finds the new token.
+//! The fast path (a cached token with more than the refresh margin left, and a store whose
+//! entry has not changed since) takes a read lock and clones an `Arc`. Only when a refresh is
+//! due does a login wait on the account's async mutex; whoever gets it first refreshes, and
+//! everyone queued behind it finds the new token.
+//!
+//! The store is the source of truth for refresh tokens: an entry written by `authrelay login`
+//! or the account page (a new generation) replaces what the cache holds, and a rotated refresh
+//! token is written to the store before the new access token is used.
 
+use crate::auth::assertion::CertificateSigner;
 use crate::auth::oauth::{self, ErrorClass, TokenError};
-use crate::config::{AccountConfig, OAuthConfig};
+use crate::config::{AccountAuth, AccountConfig, AppOverrides, Flow, OAuthConfig};
 use crate::secret::Secret;
+use crate::store::{unix_now, Change, Key, Store};
 use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Mutex;
 
 /// An access token and when it stops being usable.
@@ -24,102 +33,337 @@ impl AccessToken {
     pub fn remaining(&self) -> Duration {
         self.expires_at.saturating_duration_since(Instant::now())
     }
+
+    /// A token read back from the store: its age is unknown, so it counts as old enough to be
+    /// refreshed at once if upstream refuses it.
+    fn from_store(secret: Secret, expires: SystemTime) -> AccessToken {
+        let now = Instant::now();
+        let left = expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        AccessToken {
+            secret,
+            obtained_at: now.checked_sub(Duration::from_secs(3600)).unwrap_or(now),
+            expires_at: now + left,
+        }
+    }
 }
 
 #[derive(Default)]
 struct AccountTokens {
     current: RwLock<Option<Arc<AccessToken>>>,
-    /// The refresh token, behind the lock that makes refreshes single-flight. `None` until the
-    /// configuration (or, later, the store) supplies one.
-    refresh: Mutex<Option<Secret>>,
+    /// The store generation that `current` and the refresh token reflect.
+    seen_generation: AtomicU64,
+    /// Unix seconds of the last login that asked for a token.
+    last_used: AtomicU64,
+    /// The refresh state, behind the lock that makes refreshes single-flight.
+    state: Mutex<RefreshState>,
+}
+
+#[derive(Default)]
+struct RefreshState {
+    /// The newest refresh token known (store, rotation, or configuration).
+    refresh: Option<Secret>,
+    generation: u64,
+}
+
+/// Why a token is being asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// A login: any token with more than the margin left will do.
+    Login,
+    /// Keep-alive: use the refresh token even if the access token is still good.
+    Refresh,
 }
 
 pub struct TokenCache {
     http: reqwest::Client,
     entries: DashMap<String, Arc<AccountTokens>>,
     margin: Duration,
-    requests: std::sync::atomic::AtomicU64,
+    requests: AtomicU64,
+    store: Arc<Store>,
+    signers: DashMap<String, Arc<CertificateSigner>>,
+    /// Where an administrator re-authorizes an account (the admin server), for warnings.
+    admin_url: Option<String>,
 }
 
 impl TokenCache {
-    pub fn new(http: reqwest::Client, margin: Duration) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        margin: Duration,
+        store: Arc<Store>,
+        admin_url: Option<String>,
+    ) -> Self {
         TokenCache {
             http,
             entries: DashMap::new(),
             margin,
             requests: Default::default(),
+            store,
+            signers: DashMap::new(),
+            admin_url,
         }
     }
 
-    /// Seeds the cache with the refresh tokens found in the configuration.
-    pub fn seed(&self, accounts: &[AccountConfig]) {
-        for a in accounts {
-            if let crate::config::AccountAuth::OAuth(o) = &a.auth {
-                let entry = AccountTokens {
-                    current: RwLock::new(None),
-                    refresh: Mutex::new(o.refresh_token.clone()),
-                };
-                self.entries.insert(a.id.clone(), Arc::new(entry));
-            }
-        }
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// How many token requests this cache has made (for tests and metrics).
     pub fn requests_made(&self) -> u64 {
-        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+        self.requests.load(Ordering::Relaxed)
     }
 
     fn entry(&self, account_id: &str) -> Arc<AccountTokens> {
+        if let Some(e) = self.entries.get(account_id) {
+            return e.clone();
+        }
         self.entries
             .entry(account_id.to_owned())
             .or_default()
             .clone()
     }
 
-    /// A token with more than the margin left. With `rejected`, the caller saw that token refused
-    /// upstream: a different, newer token is returned, refreshing if no one else has already.
+    /// The cached access token's time left, if there is one.
+    pub fn remaining(&self, account_id: &str) -> Option<Duration> {
+        let e = self.entries.get(account_id)?;
+        let current = e.current.read().expect("token lock poisoned");
+        current.as_ref().map(|t| t.remaining())
+    }
+
+    /// How to re-authorize `account_id`, for messages: "at URL" or "with `authrelay login`".
+    pub fn reauthorize_hint(&self, account_id: &str) -> String {
+        match &self.admin_url {
+            Some(url) => format!("at {url}/account/{account_id}"),
+            None => format!("with `authrelay login {account_id}`"),
+        }
+    }
+
+    /// A token with more than the margin left. `password` is the client's verified local
+    /// password (it unlocks a password-sealed store entry). With `rejected`, the caller saw that
+    /// token refused upstream: a different, newer token is returned, refreshing if no one else
+    /// has already.
     pub async fn access_token(
         &self,
-        account_id: &str,
-        oauth: &OAuthConfig,
+        account: &AccountConfig,
+        password: Option<&Secret>,
         rejected: Option<&Arc<AccessToken>>,
     ) -> Result<Arc<AccessToken>, TokenError> {
-        let entry = self.entry(account_id);
-        if let Some(t) = self.usable(&entry, rejected) {
-            return Ok(t);
+        let entry = self.entry(&account.id);
+        entry.last_used.store(unix_now(), Ordering::Relaxed);
+        let generation = if account.ephemeral {
+            0
+        } else {
+            self.store.generation(&account.id)
+        };
+        if entry.seen_generation.load(Ordering::Acquire) == generation {
+            if let Some(t) = self.usable(&entry, rejected) {
+                return Ok(t);
+            }
         }
-        let mut refresh_token = entry.refresh.lock().await;
-        // Someone else may have refreshed while we waited for the lock.
-        if let Some(t) = self.usable(&entry, rejected) {
-            return Ok(t);
-        }
-        let Some(rt) = refresh_token.as_ref() else {
+        self.obtain(account, &entry, password, rejected, Need::Login)
+            .await
+    }
+
+    async fn obtain(
+        &self,
+        account: &AccountConfig,
+        entry: &AccountTokens,
+        password: Option<&Secret>,
+        rejected: Option<&Arc<AccessToken>>,
+        need: Need,
+    ) -> Result<Arc<AccessToken>, TokenError> {
+        let AccountAuth::OAuth(oauth) = &account.auth else {
             return Err(TokenError::new(
-                ErrorClass::Reauthorize,
-                "no_refresh_token",
-                "the account has no refresh token yet; sign in once to authorize it",
+                ErrorClass::Configuration,
+                "not_oauth",
+                "the account does not use OAuth",
             ));
         };
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let started = Instant::now();
-        let grant = oauth::refresh(&self.http, oauth, rt).await?;
-        if let Some(rotated) = grant.refresh_token {
+        let mut state = entry.state.lock().await;
+        let (key, overrides) = if account.ephemeral {
+            if state.refresh.is_none() {
+                state.refresh = oauth.refresh_token.clone();
+            }
+            (None, AppOverrides::default())
+        } else {
+            self.sync_from_store(account, entry, &mut state, password)
+                .await
+        };
+        // Someone else may have refreshed while we waited for the lock.
+        if need == Need::Login {
+            if let Some(t) = self.usable(entry, rejected) {
+                return Ok(t);
+            }
+        }
+        let result = self.request(account, oauth, &overrides, &state).await;
+        let grant = match result {
+            Ok(g) => g,
+            Err(e) => {
+                self.report_failure(account, &e);
+                return Err(e);
+            }
+        };
+        let obtained = Instant::now();
+        let expires = SystemTime::now() + grant.expires_in;
+        if !account.ephemeral {
             // Keep the rotated refresh token before the new access token is used.
-            *refresh_token = Some(rotated);
+            let change = Change {
+                refresh_token: grant.refresh_token.clone(),
+                access_token: Some((grant.access_token.clone(), expires)),
+                refreshed: true,
+                ..Default::default()
+            };
+            match key
+                .as_ref()
+                .map(|k| self.store.update(&account.id, Some(k), change))
+            {
+                Some(Ok(generation)) => {
+                    state.generation = generation;
+                    entry.seen_generation.store(generation, Ordering::Release);
+                }
+                Some(Err(e)) => {
+                    tracing::error!(account = %account.id, "the new tokens could not be saved: {e}")
+                }
+                None => {
+                    tracing::debug!(account = %account.id, "no key for the token store yet; the new tokens are kept in memory")
+                }
+            }
+        }
+        if let Some(rotated) = grant.refresh_token {
+            state.refresh = Some(rotated);
         }
         let token = Arc::new(AccessToken {
             secret: grant.access_token,
-            obtained_at: started,
-            expires_at: started + grant.expires_in,
+            obtained_at: obtained,
+            expires_at: obtained + grant.expires_in,
         });
         *entry.current.write().expect("token lock poisoned") = Some(token.clone());
         tracing::info!(
-            account = account_id,
+            account = %account.id,
             expires_in_secs = grant.expires_in.as_secs(),
             "access token refreshed"
         );
         Ok(token)
+    }
+
+    /// Brings the entry up to date with the store (a new refresh token from `authrelay login`,
+    /// the page, or another replica), and returns the store key and the page's app settings.
+    async fn sync_from_store(
+        &self,
+        account: &AccountConfig,
+        entry: &AccountTokens,
+        state: &mut RefreshState,
+        password: Option<&Secret>,
+    ) -> (Option<Key>, AppOverrides) {
+        let id = &account.id;
+        let key = self.store.unlock(id, password).await;
+        let stored = self.store.entry(id);
+        let generation = stored.as_ref().map_or(0, |e| e.generation);
+        let mut overrides = AppOverrides {
+            client_id: stored.as_ref().and_then(|e| e.client_id.clone()),
+            tenant: stored.as_ref().and_then(|e| e.tenant.clone()),
+            client_secret: None,
+        };
+        if let Some(k) = &key {
+            match self.store.open_entry(id, k) {
+                Ok(opened) => {
+                    overrides.client_secret = opened.client_secret;
+                    if state.generation != generation {
+                        if opened.refresh_token.is_some() {
+                            state.refresh = opened.refresh_token;
+                        }
+                        let stored_token = opened
+                            .access_token
+                            .map(|(s, exp)| Arc::new(AccessToken::from_store(s, exp)));
+                        *entry.current.write().expect("token lock poisoned") = stored_token;
+                    }
+                }
+                Err(e) => {
+                    if state.generation != generation {
+                        tracing::warn!(account = %id, "{e}");
+                    }
+                }
+            }
+        }
+        if state.refresh.is_none() {
+            if let AccountAuth::OAuth(o) = &account.auth {
+                state.refresh = o.refresh_token.clone();
+            }
+        }
+        state.generation = generation;
+        entry.seen_generation.store(generation, Ordering::Release);
+        (key, overrides)
+    }
+
+    async fn request(
+        &self,
+        account: &AccountConfig,
+        oauth: &OAuthConfig,
+        overrides: &AppOverrides,
+        state: &RefreshState,
+    ) -> Result<oauth::Grant, TokenError> {
+        let ep = oauth
+            .endpoints(overrides)
+            .map_err(|e| TokenError::new(ErrorClass::Configuration, "not_configured", e))?;
+        match oauth.flow {
+            Flow::Delegated => {
+                let Some(rt) = state.refresh.as_ref() else {
+                    return Err(TokenError::new(
+                        ErrorClass::Reauthorize,
+                        "no_refresh_token",
+                        "the account has no refresh token yet; authorize it once",
+                    ));
+                };
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                oauth::refresh(&self.http, &ep, rt).await
+            }
+            Flow::ClientCredentials => {
+                let signer = self.signer(account, oauth)?;
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                oauth::client_credentials(&self.http, &ep, signer.as_deref()).await
+            }
+        }
+    }
+
+    fn signer(
+        &self,
+        account: &AccountConfig,
+        oauth: &OAuthConfig,
+    ) -> Result<Option<Arc<CertificateSigner>>, TokenError> {
+        let Some(c) = &oauth.certificate else {
+            return Ok(None);
+        };
+        if let Some(s) = self.signers.get(&account.id) {
+            return Ok(Some(s.clone()));
+        }
+        let signer = CertificateSigner::load(&c.cert, &c.key)
+            .map(Arc::new)
+            .map_err(|e| TokenError::new(ErrorClass::Configuration, "certificate", e))?;
+        self.signers.insert(account.id.clone(), signer.clone());
+        Ok(Some(signer))
+    }
+
+    fn report_failure(&self, account: &AccountConfig, e: &TokenError) {
+        if account.ephemeral {
+            return;
+        }
+        let text = format!("{}: {}", e.code(), e.description);
+        if let Err(err) = self.store.record_error(&account.id, &text) {
+            tracing::warn!(account = %account.id, "cannot record the failure in the token store: {err}");
+        }
+        if e.class == ErrorClass::Reauthorize {
+            tracing::warn!(
+                account = %account.id,
+                code = %e.code(),
+                "the refresh token no longer works; re-authorize {}",
+                self.reauthorize_hint(&account.id)
+            );
+        }
     }
 
     fn usable(
@@ -129,9 +373,66 @@ impl TokenCache {
     ) -> Option<Arc<AccessToken>> {
         let current = entry.current.read().expect("token lock poisoned");
         let t = current.as_ref()?;
-        if rejected.is_some_and(|r| Arc::ptr_eq(r, t)) {
+        if rejected.is_some_and(|r| r.secret == t.secret) {
             return None;
         }
         (t.remaining() > self.margin).then(|| t.clone())
+    }
+
+    /// One pass of background upkeep over `accounts` whose store key is known: fetch a token
+    /// for accounts that have none (at start), refresh ahead of expiry for accounts in use, and
+    /// use every refresh token at least once per `keepalive` so it never ages out.
+    pub async fn maintain(&self, accounts: &[Arc<AccountConfig>], keepalive: Duration) {
+        let now = unix_now();
+        for account in accounts {
+            let AccountAuth::OAuth(oauth) = &account.auth else {
+                continue;
+            };
+            if account.ephemeral || self.store.known_key(&account.id).is_none() {
+                continue;
+            }
+            let stored = self.store.entry(&account.id);
+            let has_refresh = stored.as_ref().is_some_and(|e| e.has_refresh_token())
+                || oauth.refresh_token.is_some();
+            if oauth.flow == Flow::Delegated && !has_refresh {
+                continue;
+            }
+            if stored
+                .as_ref()
+                .and_then(|e| e.last_error_at)
+                .is_some_and(|at| {
+                    stored.as_ref().and_then(|e| e.last_refresh_at).unwrap_or(0) < at
+                        && now.saturating_sub(at) < 3600
+                })
+            {
+                // Failed within the hour: wait for a fix or for a login rather than hammer.
+                continue;
+            }
+            let entry = self.entry(&account.id);
+            let used_recently = now.saturating_sub(entry.last_used.load(Ordering::Relaxed)) < 3600;
+            let remaining = self.remaining(&account.id);
+            let stored_expiry = stored.as_ref().and_then(|e| e.access_expires_at);
+            let last_use_of_rt = stored
+                .as_ref()
+                .and_then(|e| e.refresh_token_at)
+                .unwrap_or(0);
+            let keepalive_due = oauth.flow == Flow::Delegated
+                && now.saturating_sub(last_use_of_rt) > keepalive.as_secs();
+            let no_token = remaining.is_none()
+                && stored_expiry.is_none_or(|e| e <= now + self.margin.as_secs());
+            let expiring = used_recently && remaining.is_some_and(|r| r <= self.margin);
+            let need = if keepalive_due {
+                Some(Need::Refresh)
+            } else if no_token || expiring {
+                Some(Need::Login)
+            } else {
+                None
+            };
+            if let Some(need) = need {
+                if let Err(e) = self.obtain(account, &entry, None, None, need).await {
+                    tracing::warn!(account = %account.id, code = %e.code(), "background refresh failed: {}", e.description);
+                }
+            }
+        }
     }
 }

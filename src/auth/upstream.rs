@@ -27,8 +27,10 @@ pub async fn credential(
     rejected: Option<&Arc<AccessToken>>,
 ) -> Result<UpstreamCredential, TokenError> {
     match &account.auth {
-        AccountAuth::OAuth(oauth) => {
-            let token = tokens.access_token(&account.id, oauth, rejected).await?;
+        AccountAuth::OAuth(_) => {
+            let token = tokens
+                .access_token(account, Some(&client.password), rejected)
+                .await?;
             Ok(UpstreamCredential::XOAuth2 {
                 user: account.mailbox.clone(),
                 token,

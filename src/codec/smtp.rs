@@ -53,6 +53,68 @@ fn argument(i: &[u8]) -> IResult<&[u8], Option<&[u8]>> {
     opt(preceded(take_while1(|b| b == b' '), rest)).parse(i)
 }
 
+/// A command after login, as far as the sender check needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailCommand<'a> {
+    /// `MAIL FROM:<address> params`: the address without brackets or source route (empty for
+    /// the null sender `<>`).
+    MailFrom(&'a [u8]),
+    /// `MAIL` that does not parse.
+    BadMail,
+    /// RCPT, DATA, BDAT, BURL: only valid after MAIL.
+    NeedsMail {
+        bdat: bool,
+    },
+    Quit,
+    /// Anything else (RSET, NOOP, HELP, VRFY, EHLO, …): relayed as it is.
+    Other,
+}
+
+/// Classifies a command line after login (without its terminator).
+pub fn parse_mail_command(line: &[u8]) -> MailCommand<'_> {
+    let Ok((after, v)) = verb(line) else {
+        return MailCommand::Other;
+    };
+    let is = |name: &[u8]| v.eq_ignore_ascii_case(name);
+    if is(b"MAIL") {
+        return match mail_from(after) {
+            Ok((_, address)) => MailCommand::MailFrom(address),
+            Err(_) => MailCommand::BadMail,
+        };
+    }
+    if is(b"RCPT") || is(b"DATA") || is(b"BURL") {
+        return MailCommand::NeedsMail { bdat: false };
+    }
+    if is(b"BDAT") {
+        return MailCommand::NeedsMail { bdat: true };
+    }
+    if is(b"QUIT") {
+        return MailCommand::Quit;
+    }
+    MailCommand::Other
+}
+
+/// ` FROM:<[@route,@route:]address>` (RFC 5321 §4.1.2), tolerating a space after the colon and
+/// a missing pair of brackets, as servers do.
+fn mail_from(i: &[u8]) -> IResult<&[u8], &[u8]> {
+    let (i, _) = take_while1(|b| b == b' ').parse(i)?;
+    let (i, _) = nom::bytes::complete::tag_no_case(&b"FROM:"[..]).parse(i)?;
+    let (i, _) = nom::bytes::complete::take_while(|b| b == b' ').parse(i)?;
+    let (i, path) = if let Some(rest) = i.strip_prefix(b"<") {
+        let end = rest.iter().position(|&b| b == b'>').ok_or_else(|| {
+            nom::Err::Error(nom::error::Error::new(i, nom::error::ErrorKind::Tag))
+        })?;
+        (&rest[end + 1..], &rest[..end])
+    } else {
+        take_while1(|b| b != b' ').parse(i)?
+    };
+    let address = match path.iter().position(|&b| b == b':') {
+        Some(colon) if path.first() == Some(&b'@') => &path[colon + 1..],
+        _ => path,
+    };
+    Ok((i, address))
+}
+
 /// Parses one command line (without its terminator).
 pub fn parse_command(line: &[u8]) -> Command<'_> {
     if looks_like_http(line) {
@@ -346,6 +408,42 @@ pub fn format_reply_bytes(code: u16, lines: &[&[u8]]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_mail_commands_after_login() {
+        use MailCommand::*;
+        assert_eq!(
+            parse_mail_command(b"MAIL FROM:<a@b.example> SIZE=10"),
+            MailFrom(b"a@b.example")
+        );
+        assert_eq!(
+            parse_mail_command(b"mail from: <A@B.example>"),
+            MailFrom(b"A@B.example")
+        );
+        assert_eq!(parse_mail_command(b"MAIL FROM:<>"), MailFrom(b""));
+        assert_eq!(
+            parse_mail_command(b"MAIL FROM:<@relay.example:a@b.example>"),
+            MailFrom(b"a@b.example")
+        );
+        assert_eq!(
+            parse_mail_command(b"MAIL FROM:a@b.example BODY=8BITMIME"),
+            MailFrom(b"a@b.example")
+        );
+        assert_eq!(parse_mail_command(b"MAIL FROM:<a@b"), BadMail);
+        assert_eq!(parse_mail_command(b"MAIL TO:<a@b>"), BadMail);
+        assert_eq!(parse_mail_command(b"MAIL"), BadMail);
+        assert_eq!(
+            parse_mail_command(b"RCPT TO:<x@y>"),
+            NeedsMail { bdat: false }
+        );
+        assert_eq!(
+            parse_mail_command(b"BDAT 10 LAST"),
+            NeedsMail { bdat: true }
+        );
+        assert_eq!(parse_mail_command(b"quit"), Quit);
+        assert_eq!(parse_mail_command(b"RSET"), Other);
+        assert_eq!(parse_mail_command(b""), Other);
+    }
 
     #[test]
     fn parses_commands() {

@@ -31,6 +31,50 @@ pub struct Config {
     pub log: LogConfig,
     pub security: SecurityConfig,
     pub service: ServiceConfig,
+    pub store: StoreConfig,
+    pub admin: AdminConfig,
+    /// App registrations for the `mailbox~client_id` login convention.
+    pub clients: Vec<ClientConfig>,
+}
+
+/// Where tokens are kept (see [`crate::store`]).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// Content of the store key file: seal every account with it instead of its local password.
+    pub key: Option<Secret>,
+    /// Refresh a refresh token that has not been used for this long, so it never ages out.
+    pub keepalive: Duration,
+    /// How often the background task looks for tokens to refresh.
+    pub check_interval: Duration,
+}
+
+/// The admin HTTP server: account pages, the consent flow, health and metrics.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `None` when disabled.
+    pub listen: Option<SocketAddr>,
+    /// The URL browsers use to reach the admin server; the OAuth redirect URI is built from it.
+    pub public_url: String,
+    /// Path of the OAuth redirect URI.
+    pub redirect_path: String,
+}
+
+impl AdminConfig {
+    pub fn redirect_uri(&self) -> String {
+        format!(
+            "{}{}",
+            self.public_url.trim_end_matches('/'),
+            self.redirect_path
+        )
+    }
+}
+
+/// An app registration that clients name in `mailbox~client_id` logins.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub name: String,
+    pub oauth: OAuthConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +134,8 @@ pub struct ListenerConfig {
     pub upstream_timeout: Duration,
     pub pre_auth_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Accept `mailbox~client_id` logins whose password is a refresh token.
+    pub tilde_login: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -100,21 +146,128 @@ pub enum Provider {
     Custom,
 }
 
+/// How the relay gets tokens for an OAuth account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Delegated: a user signs in once (page, device code, paste) and the relay keeps the
+    /// refresh token.
+    Delegated,
+    /// App-only (client credentials): the app's own secret or certificate, no refresh token.
+    ClientCredentials,
+}
+
+/// A certificate credential for client-credentials assertions (RFC 7523).
+#[derive(Debug, Clone)]
+pub struct CertificateCredential {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// An OAuth account's settings as configured. Client id, tenant and secret may be left open
+/// and entered later on the account page; [`OAuthConfig::endpoints`] merges the two.
 #[derive(Debug, Clone)]
 pub struct OAuthConfig {
     pub provider: Provider,
+    pub flow: Flow,
     pub tenant: Option<String>,
+    /// Microsoft authority host (national clouds), without the tenant.
+    pub authority: String,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub certificate: Option<CertificateCredential>,
+    pub refresh_token: Option<Secret>,
+    pub token_url: Option<String>,
+    pub authorize_url: Option<String>,
+    pub device_url: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+/// App settings from outside the configuration (the account page), used where it leaves
+/// them open.
+#[derive(Debug, Clone, Default)]
+pub struct AppOverrides {
+    pub client_id: Option<String>,
+    pub tenant: Option<String>,
+    pub client_secret: Option<Secret>,
+}
+
+/// Everything a token request needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
     pub client_id: String,
     pub client_secret: Option<Secret>,
-    pub refresh_token: Option<Secret>,
     pub token_url: String,
+    pub authorize_url: String,
+    /// `None` where the provider has no device flow for these scopes (Gmail).
+    pub device_url: Option<String>,
     pub scopes: Vec<String>,
+}
+
+impl OAuthConfig {
+    /// Resolves the endpoints from the provider preset, the configuration and `overrides`
+    /// (used only for what the configuration leaves open).
+    pub fn endpoints(&self, overrides: &AppOverrides) -> Result<Endpoints, String> {
+        let client_id = self
+            .client_id
+            .clone()
+            .or_else(|| overrides.client_id.clone())
+            .ok_or("no client id yet: enter the app registration on the account page, or set client_id")?;
+        let client_secret = self
+            .client_secret
+            .clone()
+            .or_else(|| overrides.client_secret.clone());
+        let (token_url, authorize_url, device_url) = match self.provider {
+            Provider::Microsoft => {
+                let tenant = self
+                    .tenant
+                    .clone()
+                    .or_else(|| overrides.tenant.clone())
+                    .ok_or("no tenant yet: enter the directory (tenant) ID on the account page, or set tenant")?;
+                if !valid_tenant(&tenant) {
+                    return Err(format!("tenant {tenant:?} is not a tenant ID, a domain, organizations, common or consumers"));
+                }
+                let base = format!(
+                    "{}/{tenant}/oauth2/v2.0",
+                    self.authority.trim_end_matches('/')
+                );
+                (
+                    format!("{base}/token"),
+                    format!("{base}/authorize"),
+                    Some(format!("{base}/devicecode")),
+                )
+            }
+            Provider::Google => (
+                GOOGLE_TOKEN_URL.to_owned(),
+                GOOGLE_AUTHORIZE_URL.to_owned(),
+                // Google's device flow does not allow the Gmail scope.
+                None,
+            ),
+            Provider::Custom => (String::new(), String::new(), None),
+        };
+        let pick = |over: &Option<String>, preset: String| over.clone().unwrap_or(preset);
+        Ok(Endpoints {
+            client_id,
+            client_secret,
+            token_url: pick(&self.token_url, token_url),
+            authorize_url: pick(&self.authorize_url, authorize_url),
+            device_url: self.device_url.clone().or(device_url),
+            scopes: self.scopes.clone(),
+        })
+    }
+}
+
+pub fn valid_tenant(tenant: &str) -> bool {
+    !tenant.is_empty()
+        && tenant.len() <= 256
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
 }
 
 #[derive(Debug, Clone)]
 pub enum AccountAuth {
     /// XOAUTH2 with an access token the relay obtains and refreshes.
-    OAuth(OAuthConfig),
+    OAuth(Box<OAuthConfig>),
     /// AUTH PLAIN/LOGIN upstream with a stored app password.
     AppPassword(Secret),
     /// The client's own username and password are forwarded unchanged.
@@ -132,6 +285,23 @@ pub struct AccountConfig {
     /// The mailbox used upstream (XOAUTH2 `user=`).
     pub mailbox: String,
     pub auth: AccountAuth,
+    /// Sender addresses SMTP accepts after login (MAIL FROM); empty means only the mailbox, and
+    /// `"*"` turns the check off (for send-as permissions granted upstream).
+    pub allowed_from: Vec<String>,
+    /// True for accounts made up for one `mailbox~client_id` login: nothing is stored.
+    pub ephemeral: bool,
+}
+
+impl AccountConfig {
+    /// Whether SMTP may send as `address` (`<>` is always allowed).
+    pub fn may_send_as(&self, address: &str) -> bool {
+        address.is_empty()
+            || address.eq_ignore_ascii_case(&self.mailbox)
+            || self
+                .allowed_from
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(address))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -168,6 +338,9 @@ pub const MICROSOFT_SCOPES: [&str; 4] = [
 ];
 pub const GOOGLE_SCOPES: [&str; 1] = ["https://mail.google.com/"];
 pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+pub const GOOGLE_AUTHORIZE_URL: &str = "https://accounts.google.com/o/oauth2/v2/auth";
+/// The app-only scope for Exchange Online IMAP, POP and SMTP (client credentials).
+pub const MICROSOFT_APP_SCOPE: &str = "https://outlook.office365.com/.default";
 pub const MICROSOFT_AUTHORITY: &str = "https://login.microsoftonline.com";
 
 /// Loads and validates the configuration at `path`, with environment overrides.
@@ -230,6 +403,9 @@ fn read_root(root: Value, problems: &mut Problems) -> Option<Config> {
     let log = t.take_value("log");
     let security = t.take_value("security");
     let service = t.take_value("service");
+    let store = t.take_value("store");
+    let admin = t.take_value("admin");
+    let client_tables = t.take_value("client");
     t.finish();
 
     let mut listeners = Vec::new();
@@ -257,18 +433,133 @@ fn read_root(root: Value, problems: &mut Problems) -> Option<Config> {
             }
         }
     }
+    let mut clients = Vec::new();
+    if let Some(v) = client_tables {
+        if let Some(mut ct) = Table::new("client", v, problems) {
+            for (name, value) in ct.take_all() {
+                let path = format!("client.{name}");
+                if let Some(mut t) = Table::new(path, value, ct.problems()) {
+                    let oauth = read_oauth(&mut t, Flow::Delegated);
+                    if oauth.as_ref().is_some_and(|o| o.client_id.is_none()) {
+                        t.problem(
+                            "client_id",
+                            "missing (logins name the app by its client id)",
+                        );
+                    }
+                    t.finish();
+                    if let Some(oauth) = oauth {
+                        clients.push(ClientConfig { name, oauth });
+                    }
+                }
+            }
+        }
+    }
     check_unique_logins(&accounts, problems);
     check_unique_binds(&listeners, problems);
 
     let log = read_log(log, problems);
     let security = read_security(security, problems);
     let service = read_service(service, problems);
+    let store = read_store(store, problems);
+    let admin = read_admin(admin, problems);
     Some(Config {
         listeners,
         accounts,
         log: log?,
         security: security?,
         service: service?,
+        store: store?,
+        admin: admin?,
+        clients,
+    })
+}
+
+fn read_store(value: Option<Value>, problems: &mut Problems) -> Option<StoreConfig> {
+    let mut s = StoreConfig {
+        path: PathBuf::from("state/tokens.json"),
+        key: None,
+        keepalive: Duration::from_secs(7 * 86400),
+        check_interval: Duration::from_secs(60),
+    };
+    if let Some(v) = value {
+        let mut t = Table::new("store", v, problems)?;
+        if let Some(p) = t.optional::<PathBuf>("path") {
+            s.path = p;
+        }
+        s.key = t.secret("key");
+        if let Some(k) = &s.key {
+            if let Err(e) = crate::store::Key::from_key_file(k) {
+                t.problem("key", e);
+            }
+        }
+        if let Some(days) = t.optional::<u64>("keepalive_days") {
+            if !(1..=60).contains(&days) {
+                t.problem(
+                    "keepalive_days",
+                    "must be 1 to 60 (refresh tokens age out after 90 days unused)",
+                );
+            }
+            s.keepalive = Duration::from_secs(days * 86400);
+        }
+        if let Some(secs) = t.optional::<u64>("check_interval_secs") {
+            s.check_interval = Duration::from_secs(secs.max(1));
+        }
+        t.finish();
+    }
+    Some(s)
+}
+
+fn read_admin(value: Option<Value>, problems: &mut Problems) -> Option<AdminConfig> {
+    let mut listen: Option<SocketAddr> = Some(SocketAddr::from(([127, 0, 0, 1], 9090)));
+    let mut public_url = None;
+    let mut redirect_path = "/register_microsoft_graph_api/".to_owned();
+    if let Some(v) = value {
+        let mut t = Table::new("admin", v, problems)?;
+        let enabled: bool = t.optional("enabled").unwrap_or(true);
+        let allow_remote: bool = t.optional("allow_remote").unwrap_or(false);
+        if let Some(l) = t.optional::<String>("listen") {
+            match l.parse::<SocketAddr>() {
+                Ok(a) if !a.ip().is_loopback() && !allow_remote => t.problem(
+                    "listen",
+                    format!("{a} is not a loopback address; the admin pages hold the keys to every account: keep them on loopback, or set allow_remote = true behind your own access control"),
+                ),
+                Ok(a) => listen = Some(a),
+                Err(_) => t.problem("listen", format!("{l:?} is not an IP address and port")),
+            }
+        }
+        if !enabled {
+            listen = None;
+        }
+        public_url = t.optional::<String>("public_url");
+        if let Some(u) = &public_url {
+            match reqwest::Url::parse(u) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.path() == "/" => {}
+                _ => t.problem(
+                    "public_url",
+                    format!(
+                        "{u:?} must be an http(s) URL without a path, like http://localhost:9090"
+                    ),
+                ),
+            }
+        }
+        if let Some(p) = t.optional::<String>("redirect_path") {
+            if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+                t.problem(
+                    "redirect_path",
+                    "must be a path starting with /, like /register_microsoft_graph_api/",
+                );
+            }
+            redirect_path = p;
+        }
+        t.finish();
+    }
+    let port = listen.map_or(9090, |a| a.port());
+    Some(AdminConfig {
+        listen,
+        public_url: public_url
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| format!("http://localhost:{port}")),
+        redirect_path,
     })
 }
 
@@ -366,6 +657,7 @@ fn read_listener(
         _ => 15 * 60,
     };
     let idle_timeout = Duration::from_secs(t.optional("idle_timeout_secs").unwrap_or(idle_default));
+    let tilde_login: bool = t.optional("tilde_login").unwrap_or(false);
 
     let listen = listen.and_then(|s| match s.parse::<SocketAddr>() {
         Ok(a) => Some(a),
@@ -452,6 +744,7 @@ fn read_listener(
         upstream_timeout,
         pre_auth_timeout,
         idle_timeout,
+        tilde_login,
     })
 }
 
@@ -466,6 +759,7 @@ fn read_account(
     let password_hash = t.secret("password_hash");
     let mailbox: Option<String> = t.optional("mailbox");
     let mode: String = t.optional("auth").unwrap_or_else(|| "oauth".into());
+    let allowed_from: Vec<String> = t.optional("allowed_from").unwrap_or_default();
 
     if let Some(l) = &login {
         if crate::codec::sasl::parse_username(l.as_bytes()).is_err() {
@@ -481,7 +775,10 @@ fn read_account(
         }
     }
     let auth = match mode.as_str() {
-        "oauth" => read_oauth(&mut t).map(AccountAuth::OAuth),
+        "oauth" => read_oauth(&mut t, Flow::Delegated).map(|o| AccountAuth::OAuth(Box::new(o))),
+        "client_credentials" => {
+            read_oauth(&mut t, Flow::ClientCredentials).map(|o| AccountAuth::OAuth(Box::new(o)))
+        }
         "app_password" => match t.secret("app_password") {
             Some(p) => Some(AccountAuth::AppPassword(p)),
             None => {
@@ -496,7 +793,7 @@ fn read_account(
         other => {
             t.problem(
                 "auth",
-                format!("unknown value {other:?}, expected oauth, app_password or passthrough"),
+                format!("unknown value {other:?}, expected oauth, client_credentials, app_password or passthrough"),
             );
             None
         }
@@ -521,81 +818,132 @@ fn read_account(
         login,
         password_hash,
         auth: auth?,
+        allowed_from,
+        ephemeral: false,
     })
 }
 
-fn read_oauth(t: &mut Table<'_>) -> Option<OAuthConfig> {
+fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
     let provider: Option<Provider> = t.required("provider", "microsoft, google or custom");
     let tenant: Option<String> = t.optional("tenant");
-    let client_id: Option<String> = t.required("client_id", "the application (client) ID");
+    let client_id: Option<String> = t.optional("client_id");
     let client_secret = t.secret("client_secret");
+    let certificate: Option<PathBuf> = t.optional("certificate");
+    let certificate_key: Option<PathBuf> = t.optional("certificate_key");
     let refresh_token = t.secret("refresh_token");
     let token_url: Option<String> = t.optional("token_url");
+    let authorize_url: Option<String> = t.optional("authorize_url");
+    let device_url: Option<String> = t.optional("device_url");
     let authority: Option<String> = t.optional("authority");
     let scopes: Option<Vec<String>> = t.optional("scopes");
     let provider = provider?;
-    let token_url = match provider {
-        Provider::Microsoft => {
-            let tenant = match &tenant {
-                Some(tn)
-                    if !tn.is_empty()
-                        && tn
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) =>
-                {
-                    tn
-                }
-                Some(_) => {
-                    t.problem(
-                        "tenant",
-                        "must be a tenant ID, a domain, organizations, common or consumers",
-                    );
-                    return None;
-                }
-                None => {
-                    t.problem(
-                        "tenant",
-                        "missing (the directory (tenant) ID or domain; organizations, common or consumers for multi-tenant apps)",
-                    );
-                    return None;
-                }
-            };
-            let authority = authority.unwrap_or_else(|| MICROSOFT_AUTHORITY.into());
-            token_url.unwrap_or_else(|| {
-                format!(
-                    "{}/{tenant}/oauth2/v2.0/token",
-                    authority.trim_end_matches('/')
-                )
-            })
-        }
-        Provider::Google => token_url.unwrap_or_else(|| GOOGLE_TOKEN_URL.into()),
-        Provider::Custom => match token_url {
-            Some(u) => u,
-            None => {
-                t.problem("token_url", "missing (required for provider = \"custom\")");
-                return None;
+
+    for (key, url) in [
+        ("token_url", &token_url),
+        ("authorize_url", &authorize_url),
+        ("device_url", &device_url),
+        ("authority", &authority),
+    ] {
+        if let Some(u) = url {
+            if let Err(e) = check_endpoint_url(u) {
+                t.problem(key, e);
             }
-        },
+        }
+    }
+    if let Some(tn) = &tenant {
+        if !valid_tenant(tn) {
+            t.problem(
+                "tenant",
+                "must be a tenant ID, a domain, organizations, common or consumers",
+            );
+        }
+    }
+    if provider == Provider::Custom && token_url.is_none() {
+        t.problem("token_url", "missing (required for provider = \"custom\")");
+    }
+    let certificate = match (certificate, certificate_key) {
+        (Some(cert), Some(key)) => Some(CertificateCredential { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => {
+            t.problem(
+                "certificate_key",
+                "missing (the PEM private key of certificate)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            t.problem(
+                "certificate",
+                "missing (the PEM certificate of certificate_key)",
+            );
+            None
+        }
     };
-    if let Err(e) = reqwest::Url::parse(&token_url) {
-        t.problem("token_url", format!("{token_url:?} is not a URL: {e}"));
+    if flow == Flow::ClientCredentials {
+        if client_id.is_none() {
+            t.problem(
+                "client_id",
+                "missing (client credentials need the application (client) ID)",
+            );
+        }
+        if provider == Provider::Microsoft && tenant.is_none() {
+            t.problem("tenant", "missing (client credentials need the directory (tenant) ID; common or organizations cannot be used)");
+        }
+        if client_secret.is_none() && certificate.is_none() {
+            t.problem("client_secret", "missing (client credentials need client_secret, client_secret_file, or certificate and certificate_key)");
+        }
+        if refresh_token.is_some() {
+            t.problem(
+                "refresh_token",
+                "not used with auth = \"client_credentials\"",
+            );
+        }
+    }
+    if let Some(c) = &certificate {
+        if let Err(e) = crate::auth::assertion::CertificateSigner::load(&c.cert, &c.key) {
+            t.problem("certificate", e);
+        }
     }
     let scopes = scopes.unwrap_or_else(|| {
-        let defaults: &[&str] = match provider {
-            Provider::Google => &GOOGLE_SCOPES,
+        let defaults: &[&str] = match (provider, flow) {
+            (_, Flow::ClientCredentials) => &[MICROSOFT_APP_SCOPE],
+            (Provider::Google, _) => &GOOGLE_SCOPES,
             _ => &MICROSOFT_SCOPES,
         };
         defaults.iter().map(|s| s.to_string()).collect()
     });
     Some(OAuthConfig {
         provider,
+        flow,
         tenant,
-        client_id: client_id?,
+        authority: authority.unwrap_or_else(|| MICROSOFT_AUTHORITY.into()),
+        client_id,
         client_secret,
+        certificate,
         refresh_token,
         token_url,
+        authorize_url,
+        device_url,
         scopes,
     })
+}
+
+/// An identity provider URL must be https, or http to a loopback host (local test servers).
+fn check_endpoint_url(u: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(u).map_err(|e| format!("{u:?} is not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http"
+            if url.host_str().is_some_and(|h| {
+                is_loopback_host(h.trim_start_matches('[').trim_end_matches(']'))
+            }) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{u:?} must be an https URL (http only to a loopback host)"
+        )),
+    }
 }
 
 fn check_unique_logins(accounts: &[AccountConfig], problems: &mut Problems) {

@@ -46,10 +46,24 @@ fn minimal_config_has_sensible_defaults() {
     let AccountAuth::OAuth(o) = &a.auth else {
         panic!("oauth expected")
     };
+    let ep = o.endpoints(&Default::default()).unwrap();
     assert_eq!(
-        o.token_url,
+        ep.token_url,
         "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
     );
+    assert_eq!(
+        ep.authorize_url,
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/authorize"
+    );
+    assert_eq!(
+        ep.device_url.as_deref(),
+        Some("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode")
+    );
+    assert_eq!(
+        c.admin.redirect_uri(),
+        "http://localhost:9090/register_microsoft_graph_api/"
+    );
+    assert_eq!(c.store.path, std::path::PathBuf::from("state/tokens.json"));
     assert_eq!(o.scopes.len(), 4);
     assert!(format!("{c:?}").contains("[REDACTED]"));
     assert!(!format!("{c:?}").contains("argon2id"));
@@ -62,7 +76,10 @@ fn reports_every_problem_with_its_path() {
             "upstream_tls = \"starttls\"",
             "upstream_tls = \"startls\"\ncolour = \"blue\"",
         )
-        .replace("tenant = \"contoso.onmicrosoft.com\"\n", "");
+        .replace(
+            "tenant = \"contoso.onmicrosoft.com\"",
+            "tenant = \"contoso onmicrosoft\"",
+        );
     let problems = parse(&toml).unwrap_err();
     let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(problems.len(), 3, "{problems:?}");

@@ -7,9 +7,10 @@ use crate::auth::oauth::{ErrorClass, TokenError};
 use crate::auth::upstream::{credential, UpstreamCredential};
 use crate::codec::line::sanitize_for_reply;
 use crate::codec::sasl::Credentials;
-use crate::config::AccountConfig;
+use crate::config::{AccountAuth, AccountConfig};
+use crate::secret::Secret;
 use crate::session::upstream::UpstreamError;
-use crate::session::Shared;
+use crate::session::{ListenerContext, Shared};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,16 +61,27 @@ pub enum Login<R> {
 }
 
 pub async fn login<U: UpstreamLogin + Send>(
-    shared: &Shared,
+    ctx: &ListenerContext,
     credentials: &Credentials,
     upstream: &mut U,
 ) -> Login<U::Reply> {
+    let shared = &ctx.shared;
     let started = Instant::now();
-    let account = match shared
-        .directory
-        .verify(&credentials.username, &credentials.password)
-        .await
-    {
+    let tilde = ctx
+        .config
+        .tilde_login
+        .then(|| tilde_account(shared, &credentials.username, &credentials.password))
+        .flatten();
+    let local = match tilde {
+        Some(a) => LocalAuth::Accepted(a),
+        None => {
+            shared
+                .directory
+                .verify(&credentials.username, &credentials.password)
+                .await
+        }
+    };
+    let account = match local {
         LocalAuth::Accepted(a) => a,
         LocalAuth::Rejected => {
             let user = sanitize_for_reply(&credentials.username, 120);
@@ -129,6 +141,68 @@ pub async fn login<U: UpstreamLogin + Send>(
     }
 }
 
+/// The `mailbox~client_id` convention: the password is a refresh token of the app registration
+/// `[client.*]` with that client id, used for `mailbox`. Only for usernames that are no
+/// configured login. The made-up account is ephemeral: its tokens live in memory only, keyed by
+/// a digest of the refresh token, so one client's token is never used for another.
+fn tilde_account(shared: &Shared, username: &str, password: &Secret) -> Option<Arc<AccountConfig>> {
+    let (mailbox, client_id) = username.rsplit_once('~')?;
+    if mailbox.is_empty() || password.is_empty() || shared.directory.account(username).is_some() {
+        return None;
+    }
+    let client = shared
+        .clients
+        .iter()
+        .find(|c| c.oauth.client_id.as_deref() == Some(client_id))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, password.expose().as_bytes());
+    let tag: String = digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut oauth = client.oauth.clone();
+    oauth.refresh_token = Some(password.clone());
+    Some(Arc::new(AccountConfig {
+        id: format!("~{}:{}:{tag}", client.name, mailbox.to_ascii_lowercase()),
+        login: username.to_owned(),
+        password_hash: None,
+        mailbox: mailbox.to_owned(),
+        auth: AccountAuth::OAuth(Box::new(oauth)),
+        allowed_from: Vec::new(),
+        ephemeral: true,
+    }))
+}
+
+/// What a user can do about a Microsoft Entra error code (protocol.md §1.7).
+pub fn aadsts_advice(code: u32) -> Option<&'static str> {
+    Some(match code {
+        70008 | 700082 | 70000 | 50173 => "the refresh token expired or was revoked: re-authorize the account",
+        65001 => "consent is missing: an administrator must grant consent to the app (API permissions, Grant admin consent), then re-authorize",
+        7000215 => "wrong client secret: copy the secret's Value, not its Secret ID",
+        7000222 => "the client secret expired: create a new one in the app registration",
+        50076 | 50079 => "multi-factor authentication is required: re-authorize the account interactively",
+        53003 => "blocked by a Conditional Access policy: an administrator must allow this sign-in",
+        50194 => "a single-tenant app cannot use /common: set tenant to the directory (tenant) ID",
+        700016 => "the client id is not known in this tenant: check client_id and tenant",
+        50126 => "invalid user name or password at the identity provider",
+        _ => return None,
+    })
+}
+
+/// What a user can do about an upstream refusal, from its enhanced code and text.
+pub fn upstream_advice(text: &str) -> Option<&'static str> {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("security defaults") {
+        return Some("the tenant's security defaults block basic authentication and app passwords: use auth = \"oauth\"");
+    }
+    if lower.contains("5.7.139") || lower.contains("smtpclientauthentication is disabled") {
+        return Some("SMTP AUTH is disabled for this tenant or mailbox: enable Authenticated SMTP for the mailbox (Set-CASMailbox -SmtpClientAuthenticationDisabled $false)");
+    }
+    if lower.contains("application-specific password required") {
+        return Some("the provider requires an app password or OAuth for this account");
+    }
+    None
+}
+
 /// A failed token request in words every protocol shares; the session adds its own status
 /// (`454 4.7.0` or `535 5.7.8`, `-ERR [SYS/TEMP]` or `-ERR [AUTH]`).
 pub struct Explanation {
@@ -140,9 +214,27 @@ pub struct Explanation {
 
 /// Explains a failed token request (protocol.md §1.7): what happened, the code to look up, and
 /// what to do. Holds no secret; control characters are removed.
-pub fn explain_token_failure(account: &AccountConfig, e: &TokenError) -> Explanation {
+pub fn explain_token_failure(
+    shared: &Shared,
+    account: &AccountConfig,
+    e: &TokenError,
+) -> Explanation {
     let mailbox = sanitize_for_reply(&account.mailbox, 120);
     let code = e.code();
+    if let Some(advice) = e.aadsts.and_then(aadsts_advice) {
+        let where_ = if e.class == ErrorClass::Reauthorize && !account.ephemeral {
+            format!(" {}", shared.tokens.reauthorize_hint(&account.id))
+        } else {
+            String::new()
+        };
+        return Explanation {
+            temporary: e.class == ErrorClass::Temporary,
+            text: sanitize_for_reply(
+                &format!("Sign-in for {mailbox} failed ({code}): {advice}{where_}"),
+                400,
+            ),
+        };
+    }
     let (temporary, text) = match e.class {
         ErrorClass::Temporary => (
             true,
@@ -150,7 +242,11 @@ pub fn explain_token_failure(account: &AccountConfig, e: &TokenError) -> Explana
         ),
         ErrorClass::Reauthorize => (
             false,
-            format!("Sign-in for {mailbox} must be renewed ({code}): give account.{} a new refresh token", account.id),
+            if account.ephemeral {
+                format!("Sign-in for {mailbox} must be renewed ({code}): the refresh token sent as the password no longer works")
+            } else {
+                sanitize_for_reply(&format!("Sign-in for {mailbox} must be renewed ({code}): re-authorize {}", shared.tokens.reauthorize_hint(&account.id)), 400)
+            },
         ),
         ErrorClass::Configuration => (
             false,

@@ -14,7 +14,7 @@ pub mod upstream;
 
 use crate::auth::accounts::Directory;
 use crate::auth::tokens::TokenCache;
-use crate::config::ListenerConfig;
+use crate::config::{ClientConfig, ListenerConfig};
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -26,6 +26,8 @@ pub struct Shared {
     /// Cancelled when the drain deadline passes: sessions still running say their protocol's
     /// goodbye (before login) or close the pipe (after login).
     pub close_sessions: tokio_util::sync::CancellationToken,
+    /// App registrations for `mailbox~client_id` logins.
+    pub clients: Vec<ClientConfig>,
 }
 
 /// What the sessions of one listener share.

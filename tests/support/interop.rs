@@ -72,6 +72,8 @@ pub fn new_refresh_token(user: &str) -> String {
 }
 
 pub struct RelayProcess {
+    /// The account's upstream mailbox: the sender SMTP tests must use.
+    pub mailbox: String,
     child: Child,
     pub plain: u16,
     pub starttls: u16,
@@ -120,10 +122,11 @@ impl RelayProcess {
             )
         };
         let config = format!(
-            "{}{}{}[security]\nfailure_delay_ms = 200\n\n[account.scanner]\nlogin = \"scanner@example.com\"\npassword_hash = \"{hash}\"\nmailbox = \"{}\"\nprovider = \"custom\"\nclient_id = \"interop-client\"\nclient_secret = \"{CLIENT_SECRET}\"\ntoken_url = \"{}\"\n{rt_line}\n",
+            "{}{}{}[store]\npath = \"{}\"\n\n[admin]\nenabled = false\n\n[security]\nfailure_delay_ms = 200\n\n[account.scanner]\nlogin = \"scanner@example.com\"\npassword_hash = \"{hash}\"\nmailbox = \"{}\"\nprovider = \"custom\"\nclient_id = \"interop-client\"\nclient_secret = \"{CLIENT_SECRET}\"\ntoken_url = \"{}\"\n{rt_line}\n",
             listener("plain", plain, "none"),
             listener("starttls", starttls, "starttls"),
             listener("implicit", implicit, "implicit"),
+            dir.path().join("tokens.json").display(),
             account.mailbox,
             account.token_url,
         );
@@ -139,6 +142,7 @@ impl RelayProcess {
             .spawn()
             .unwrap();
         let relay = RelayProcess {
+            mailbox: account.mailbox.to_owned(),
             child,
             plain,
             starttls,

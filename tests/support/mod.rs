@@ -538,18 +538,29 @@ pub struct Relay {
     pub addr: SocketAddr,
     pub running: authrelay::app::Running,
     pub config: authrelay::config::Config,
+    pub store_dir: tempfile::TempDir,
 }
 
 impl Relay {
+    /// Starts a relay with `toml`. Unless the text has its own `[store]` and `[admin]`
+    /// tables, the token store goes to a fresh temporary directory and the admin server is off.
     pub async fn start(toml: &str) -> Self {
-        let config = authrelay::config::from_toml_str(toml)
+        let mut config = authrelay::config::from_toml_str(toml)
             .unwrap_or_else(|p| panic!("config problems: {p:?}"));
+        let store_dir = tempfile::tempdir().unwrap();
+        if !toml.contains("[store]") {
+            config.store.path = store_dir.path().join("tokens.json");
+        }
+        if !toml.contains("[admin]") {
+            config.admin.listen = None;
+        }
         let running = authrelay::app::start(&config).await.unwrap();
         let addr = running.addresses[0].1;
         Relay {
             addr,
             running,
             config,
+            store_dir,
         }
     }
 

@@ -356,9 +356,9 @@ impl Session {
     }
 
     async fn login(&mut self, tag: &[u8], credentials: Credentials) -> Next {
-        let shared = self.ctx.shared.clone();
+        let ctx = self.ctx.clone();
         self.upstream.login_tag = tag.to_vec();
-        match login(&shared, &credentials, &mut self.upstream).await {
+        match login(&ctx, &credentials, &mut self.upstream).await {
             Login::Accepted { account, reply } => {
                 if self
                     .client
@@ -391,7 +391,7 @@ impl Session {
 
     /// Answers a failed token request with RFC 5530 codes (protocol.md §4.7).
     async fn token_failure(&mut self, tag: &[u8], account: &AccountConfig, e: &TokenError) -> Next {
-        let text = explain_token_failure(account, e).text;
+        let text = explain_token_failure(&self.ctx.shared, account, e).text;
         let reply = match e.class {
             ErrorClass::Temporary => {
                 return self.tagged(tag, &format!("NO [UNAVAILABLE] {text}")).await

@@ -325,8 +325,8 @@ impl Session {
     }
 
     async fn login(&mut self, credentials: Credentials) -> Next {
-        let shared = self.ctx.shared.clone();
-        match login(&shared, &credentials, &mut self.upstream).await {
+        let ctx = self.ctx.clone();
+        match login(&ctx, &credentials, &mut self.upstream).await {
             Login::Accepted { account, reply } => {
                 if self.client.conn.send(&reply.raw).await.is_err() {
                     return Next::Done(Step::Close(Outcome::ClientLeft));
@@ -347,7 +347,7 @@ impl Session {
 
     /// Answers a failed token request (protocol.md §1.7).
     async fn token_failure(&mut self, account: &AccountConfig, e: &TokenError) -> Next {
-        let explained = explain_token_failure(account, e);
+        let explained = explain_token_failure(&self.ctx.shared, account, e);
         if explained.temporary {
             let line = format!("-ERR [SYS/TEMP] {}\r\n", explained.text);
             return self.reply(line.as_bytes()).await;

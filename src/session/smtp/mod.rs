@@ -20,7 +20,7 @@ use crate::net::conn::Conn;
 use crate::session::client::{
     accept_implicit_tls, read_sasl, refuse_upstream_unavailable, Challenge, ClientSide, Read, Sasl,
 };
-use crate::session::login::{explain_token_failure, login, Login};
+use crate::session::login::{explain_token_failure, login, upstream_advice, Login};
 use crate::session::relay;
 use crate::session::{ListenerContext, Outcome};
 use std::net::SocketAddr;
@@ -28,6 +28,8 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 use upstream::SmtpUpstream;
+
+mod sender;
 
 /// Failed logins allowed on one connection before it is closed (RFC 4954 §9: at least 3).
 pub const MAX_AUTH_FAILURES: u32 = 3;
@@ -107,7 +109,15 @@ pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) ->
         }
     };
     match result {
-        Ok(Step::Authenticated { account }) => session.relay(account).await,
+        Ok(Step::Authenticated { account }) => {
+            if sender::checks_sender(&account) {
+                if let Err(outcome) = session.await_sender(&account).await {
+                    session.close().await;
+                    return outcome;
+                }
+            }
+            session.relay(account.id.clone()).await
+        }
         Ok(Step::Close(outcome)) => {
             session.close().await;
             outcome
@@ -133,7 +143,7 @@ pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) ->
 /// What the dialogue loop decided.
 enum Step {
     Authenticated {
-        account: String,
+        account: Arc<AccountConfig>,
     },
     Close(Outcome),
     /// The relay is shutting down.
@@ -327,15 +337,13 @@ impl Session {
 
     /// Logs in (session::login) and answers the outcome.
     async fn login(&mut self, credentials: Credentials) -> Next {
-        let shared = self.ctx.shared.clone();
-        match login(&shared, &credentials, &mut self.upstream).await {
+        let ctx = self.ctx.clone();
+        match login(&ctx, &credentials, &mut self.upstream).await {
             Login::Accepted { account, reply } => {
                 if self.client.conn.send(&reply.raw).await.is_err() {
                     return Next::Done(Step::Close(Outcome::ClientLeft));
                 }
-                Next::Done(Step::Authenticated {
-                    account: account.id.clone(),
-                })
+                Next::Done(Step::Authenticated { account })
             }
             Login::LocalRejected => {
                 self.fail_login(None, "unknown user or wrong local password")
@@ -349,7 +357,7 @@ impl Session {
 
     /// Answers a failed token request (protocol.md §1.7).
     async fn token_failure(&mut self, account: &AccountConfig, e: &TokenError) -> Next {
-        let explained = explain_token_failure(account, e);
+        let explained = explain_token_failure(&self.ctx.shared, account, e);
         if explained.temporary {
             let line = format!("454 4.7.0 {}\r\n", explained.text);
             return self.reply(line.as_bytes()).await;
@@ -375,9 +383,18 @@ impl Session {
             );
             return self.reply(line.as_bytes()).await;
         }
+        let advice = upstream_advice(&text)
+            .map(|a| format!(": {a}"))
+            .unwrap_or_default();
         let line = format!(
-            "535 5.7.8 Upstream server refused the login ({} {detail})\r\n",
-            reply.code
+            "535 5.7.8 {}\r\n",
+            sanitize_for_reply(
+                &format!(
+                    "Upstream server refused the login ({} {detail}){advice}",
+                    reply.code
+                ),
+                480
+            )
         );
         self.fail_login(Some(line.as_bytes()), "upstream refused")
             .await

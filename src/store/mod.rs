@@ -1,0 +1,550 @@
+//! The token store: one local JSON file with every account's tokens, sealed at rest.
+//!
+//! Each account's secret fields (refresh token, access token, client secret) are encrypted with
+//! XChaCha20-Poly1305 under a 256-bit key, with `authrelay-store-v1`, the account and the field
+//! name as associated data, so a value cannot be moved to another account or field. The key is
+//! either
+//! - derived from the account's local password (Argon2id, random salt, parameters stored in the
+//!   entry): the default; tokens can be read only while someone who knows the password logs in;
+//! - or derived from a store key file (`[store] key_file`), for unattended sidecars: then the
+//!   relay can refresh in the background before any client logs in.
+//!
+//! Metadata (expiry, last refresh, last error, client id, tenant) is stored in the clear: it is
+//! what the account page and `/readyz` show.
+//!
+//! Writes take an exclusive lock on `PATH.lock` (so `authrelay login` and a running relay never
+//! interleave), re-read the file, apply the change, write `PATH.tmp`, fsync it, rename it over
+//! `PATH` and fsync the directory: a crash at any moment leaves the old or the new store. Readers
+//! notice a changed file by its size, inode and modification time and reload it.
+
+mod crypto;
+#[cfg(test)]
+mod tests;
+
+pub use crypto::{Key, Seal};
+
+use crate::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const VERSION: u32 = 1;
+
+/// Why the store could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("token store {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("token store {path} is not a valid store file: {message}")]
+    Corrupt { path: String, message: String },
+    /// The entry was sealed with another key (another local password, or the store key changed).
+    #[error("the stored tokens of account {0} were sealed with another key (was the local password or the store key changed?); authorize the account again")]
+    WrongKey(String),
+}
+
+/// One sealed value: random 24-byte nonce and ciphertext with tag, both base64.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Sealed {
+    nonce: String,
+    ct: String,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealed")
+    }
+}
+
+/// One account's entry as stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Entry {
+    /// How the secret fields are sealed; absent while the entry holds only metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<Seal>,
+    /// Bumped at every change of a token or of the app settings: readers compare it to decide
+    /// whether their cached tokens are still current.
+    #[serde(default)]
+    pub generation: u64,
+    /// A fixed value sealed with the entry's key: tells a wrong key (another password with the
+    /// same salt) from a right one before anything is overwritten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    check: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    access_token: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_secret: Option<Sealed>,
+    /// Unix seconds when the stored access token expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_expires_at: Option<u64>,
+    /// Unix seconds when the refresh token was obtained (authorization) or last rotated/used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorized_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_at: Option<u64>,
+    /// The last failed token request: code and description, never a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<u64>,
+    /// App settings entered on the account page (the configuration's own values win).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+const CHECK_VALUE: &str = "authrelay";
+
+impl Entry {
+    /// True when `key` is the key this entry's secrets are sealed with.
+    fn sealed_with(&self, account: &str, key: &Key) -> bool {
+        self.seal.as_ref() == Some(&key.seal)
+            && self.check.as_ref().is_some_and(|c| {
+                key.open(account, "check", c)
+                    .is_some_and(|v| v.expose() == CHECK_VALUE)
+            })
+    }
+
+    pub fn has_refresh_token(&self) -> bool {
+        self.refresh_token.is_some()
+    }
+    pub fn has_client_secret(&self) -> bool {
+        self.client_secret.is_some()
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoreFile {
+    version: u32,
+    #[serde(default)]
+    accounts: BTreeMap<String, Entry>,
+}
+
+/// The secrets of one entry, opened with its key.
+#[derive(Debug, Default)]
+pub struct Opened {
+    pub refresh_token: Option<Secret>,
+    /// The access token and when it expires.
+    pub access_token: Option<(Secret, SystemTime)>,
+    pub client_secret: Option<Secret>,
+}
+
+/// A change to one entry. Secret fields are sealed with the key given to [`Store::update`].
+#[derive(Debug, Default)]
+pub struct Change {
+    pub refresh_token: Option<Secret>,
+    pub access_token: Option<(Secret, SystemTime)>,
+    /// Drop the stored access token (it was refused upstream).
+    pub clear_access_token: bool,
+    pub client_secret: Option<Secret>,
+    pub client_id: Option<String>,
+    pub tenant: Option<String>,
+    /// A fresh authorization (page, device code, paste): clears the last error.
+    pub authorized: bool,
+    /// A successful refresh: records the time, clears the last error.
+    pub refreshed: bool,
+}
+
+/// File identity used to notice a change made by another process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    ino: u64,
+    mtime_ns: i128,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = fs::metadata(path).ok()?;
+    Some(Stamp {
+        len: m.len(),
+        ino: m.ino(),
+        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+    })
+}
+
+struct Loaded {
+    stamp: Option<Stamp>,
+    file: StoreFile,
+}
+
+/// The token store. Cheap to share behind an `Arc`; every method is safe to call concurrently.
+pub struct Store {
+    path: PathBuf,
+    /// Present when the store is sealed with a key file rather than with local passwords.
+    store_key: Option<Key>,
+    loaded: Mutex<Loaded>,
+    /// Password-derived keys of accounts whose password was verified since start.
+    password_keys: dashmap::DashMap<String, Key>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("sealed_with_key_file", &self.store_key.is_some())
+            .finish()
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn to_system_time(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn to_unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Store {
+    /// Opens (or prepares to create) the store at `path`. `key_material` is the content of the
+    /// store key file, when one is configured.
+    pub fn open(path: &Path, key_material: Option<&Secret>) -> Result<Arc<Store>, StoreError> {
+        let store_key = match key_material {
+            Some(m) => Some(Key::from_key_file(m).map_err(|message| StoreError::Io {
+                path: path.display().to_string(),
+                message,
+            })?),
+            None => None,
+        };
+        let store = Store {
+            path: path.to_owned(),
+            store_key,
+            loaded: Mutex::new(Loaded {
+                stamp: None,
+                file: StoreFile {
+                    version: VERSION,
+                    accounts: BTreeMap::new(),
+                },
+            }),
+            password_keys: Default::default(),
+        };
+        {
+            let mut loaded = store.loaded.lock().expect("store lock");
+            store.reload_if_changed(&mut loaded)?;
+        }
+        Ok(Arc::new(store))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when tokens are sealed with a key file (background refresh possible).
+    pub fn has_store_key(&self) -> bool {
+        self.store_key.is_some()
+    }
+
+    fn io_error(&self, what: &str, e: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: self.path.display().to_string(),
+            message: format!("{what}: {e}"),
+        }
+    }
+
+    fn read_file(&self) -> Result<(Option<Stamp>, StoreFile), StoreError> {
+        let before = stamp(&self.path);
+        let text = match fs::read(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((
+                    None,
+                    StoreFile {
+                        version: VERSION,
+                        ..Default::default()
+                    },
+                ))
+            }
+            Err(e) => return Err(self.io_error("cannot read", e)),
+        };
+        let file: StoreFile = serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            // The message of a data error may quote a value: keep only its position and kind.
+            message: format!(
+                "{:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        })?;
+        if file.version != VERSION {
+            return Err(StoreError::Corrupt {
+                path: self.path.display().to_string(),
+                message: format!(
+                    "version {} is not supported (expected {VERSION})",
+                    file.version
+                ),
+            });
+        }
+        Ok((before, file))
+    }
+
+    fn reload_if_changed(&self, loaded: &mut Loaded) -> Result<(), StoreError> {
+        let now = stamp(&self.path);
+        if now.is_some() && now == loaded.stamp {
+            return Ok(());
+        }
+        let (stamp, file) = self.read_file()?;
+        loaded.stamp = stamp;
+        loaded.file = file;
+        Ok(())
+    }
+
+    /// Re-reads the file if another process changed it. A file that cannot be read keeps the
+    /// last good contents in memory, and the error is returned for the caller to report.
+    pub fn refresh_view(&self) -> Result<(), StoreError> {
+        let mut loaded = self.loaded.lock().expect("store lock");
+        self.reload_if_changed(&mut loaded)
+    }
+
+    /// The entry of `account` as last read (metadata and sealed values).
+    pub fn entry(&self, account: &str) -> Option<Entry> {
+        let mut loaded = self.loaded.lock().expect("store lock");
+        let _ = self.reload_if_changed(&mut loaded);
+        loaded.file.accounts.get(account).cloned()
+    }
+
+    /// The generation of `account`'s entry (0 when there is none).
+    pub fn generation(&self, account: &str) -> u64 {
+        self.entry(account).map_or(0, |e| e.generation)
+    }
+
+    /// The key for `account`: the store key, or the one derived from the local password (the
+    /// caller has verified the password). Argon2id runs on a blocking thread, once per account
+    /// and process; the derived key is then kept in memory.
+    pub async fn unlock(&self, account: &str, password: Option<&Secret>) -> Option<Key> {
+        if let Some(k) = &self.store_key {
+            return Some(k.clone());
+        }
+        let existing = self.entry(account).and_then(|e| e.seal);
+        if let Some(k) = self.password_keys.get(account) {
+            let matches = match &existing {
+                Some(seal) => *seal == k.seal,
+                None => true,
+            };
+            if matches {
+                return Some(k.clone());
+            }
+        }
+        let password = password?.clone();
+        let seal = match existing {
+            Some(s @ Seal::Password { .. }) => s,
+            _ => Seal::new_password(),
+        };
+        let key = tokio::task::spawn_blocking(move || Key::from_password(&password, seal))
+            .await
+            .ok()??;
+        self.password_keys.insert(account.to_owned(), key.clone());
+        Some(key)
+    }
+
+    /// The key already known for `account` without a password (store key, or a password key
+    /// derived earlier in this process).
+    pub fn known_key(&self, account: &str) -> Option<Key> {
+        if let Some(k) = &self.store_key {
+            return Some(k.clone());
+        }
+        let k = self.password_keys.get(account)?.clone();
+        match self.entry(account).and_then(|e| e.seal) {
+            Some(seal) if seal != k.seal => None,
+            _ => Some(k),
+        }
+    }
+
+    /// Forgets password-derived keys (the configuration changed).
+    pub fn forget_keys(&self) {
+        self.password_keys.clear();
+    }
+
+    /// Opens the secret fields of `account`'s entry. An entry sealed with another key is an
+    /// error and is left untouched.
+    pub fn open_entry(&self, account: &str, key: &Key) -> Result<Opened, StoreError> {
+        let Some(entry) = self.entry(account) else {
+            return Ok(Opened::default());
+        };
+        match &entry.seal {
+            None => return Ok(Opened::default()),
+            Some(_) if !entry.sealed_with(account, key) => {
+                return Err(StoreError::WrongKey(account.to_owned()))
+            }
+            Some(_) => {}
+        }
+        let open = |field: &str, sealed: &Option<Sealed>| -> Result<Option<Secret>, StoreError> {
+            match sealed {
+                None => Ok(None),
+                Some(s) => key
+                    .open(account, field, s)
+                    .map(Some)
+                    .ok_or_else(|| StoreError::WrongKey(account.to_owned())),
+            }
+        };
+        Ok(Opened {
+            refresh_token: open("refresh_token", &entry.refresh_token)?,
+            access_token: open("access_token", &entry.access_token)?
+                .zip(entry.access_expires_at.map(to_system_time)),
+            client_secret: open("client_secret", &entry.client_secret)?,
+        })
+    }
+
+    /// Applies `change` to `account`'s entry and writes the store atomically. Secret fields are
+    /// sealed with `key`; when the entry was sealed with another key, its old secret fields are
+    /// dropped (they could never be opened again), but only when `change` brings a refresh token
+    /// or a client secret of its own.
+    pub fn update(
+        &self,
+        account: &str,
+        key: Option<&Key>,
+        change: Change,
+    ) -> Result<u64, StoreError> {
+        let carries_secret = change.refresh_token.is_some()
+            || change.access_token.is_some()
+            || change.client_secret.is_some();
+        if carries_secret && key.is_none() {
+            return Err(StoreError::WrongKey(account.to_owned()));
+        }
+        self.modify(|file| {
+            let entry = file.accounts.entry(account.to_owned()).or_default();
+            if let Some(key) = key.filter(|_| carries_secret) {
+                if entry.seal.is_some() && !entry.sealed_with(account, key) {
+                    if change.refresh_token.is_none() && change.client_secret.is_none() {
+                        return Err(StoreError::WrongKey(account.to_owned()));
+                    }
+                    entry.refresh_token = None;
+                    entry.access_token = None;
+                    entry.access_expires_at = None;
+                    entry.client_secret = None;
+                    entry.check = None;
+                }
+                if entry.seal.is_none() || entry.check.is_none() {
+                    entry.check = Some(key.seal_value(account, "check", &Secret::new(CHECK_VALUE)));
+                }
+                entry.seal = Some(key.seal.clone());
+            }
+            let now = unix_now();
+            if let (Some(rt), Some(key)) = (&change.refresh_token, key) {
+                entry.refresh_token = Some(key.seal_value(account, "refresh_token", rt));
+                entry.refresh_token_at = Some(now);
+            }
+            if change.clear_access_token {
+                entry.access_token = None;
+                entry.access_expires_at = None;
+            }
+            if let (Some((at, expires)), Some(key)) = (&change.access_token, key) {
+                entry.access_token = Some(key.seal_value(account, "access_token", at));
+                entry.access_expires_at = Some(to_unix(*expires));
+            }
+            if let (Some(cs), Some(key)) = (&change.client_secret, key) {
+                entry.client_secret = Some(key.seal_value(account, "client_secret", cs));
+            }
+            if let Some(id) = change.client_id.clone() {
+                entry.client_id = Some(id);
+            }
+            if let Some(t) = change.tenant.clone() {
+                entry.tenant = Some(t);
+            }
+            if change.authorized {
+                entry.authorized_at = Some(now);
+            }
+            if change.refreshed {
+                entry.last_refresh_at = Some(now);
+                entry.refresh_token_at = Some(now);
+            }
+            if change.authorized || change.refreshed {
+                entry.last_error = None;
+                entry.last_error_at = None;
+            }
+            entry.generation += 1;
+            Ok(entry.generation)
+        })
+    }
+
+    /// Records a failed token request (no secret: a code and a description).
+    pub fn record_error(&self, account: &str, error: &str) -> Result<(), StoreError> {
+        self.modify(|file| {
+            let entry = file.accounts.entry(account.to_owned()).or_default();
+            entry.last_error = Some(error.to_owned());
+            entry.last_error_at = Some(unix_now());
+            Ok(())
+        })
+    }
+
+    /// Read, modify, write under the cross-process lock.
+    fn modify<T>(
+        &self,
+        f: impl FnOnce(&mut StoreFile) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut loaded = self.loaded.lock().expect("store lock");
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| self.io_error("cannot create its directory", e))?;
+            }
+        }
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.sibling("lock"))
+            .map_err(|e| self.io_error("cannot open the lock file", e))?;
+        lock.lock().map_err(|e| self.io_error("cannot lock", e))?;
+        let (_, mut file) = self.read_file()?;
+        let result = f(&mut file)?;
+        self.write_atomically(&file)?;
+        loaded.stamp = stamp(&self.path);
+        loaded.file = file;
+        drop(lock);
+        Ok(result)
+    }
+
+    fn sibling(&self, suffix: &str) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".");
+        name.push(suffix);
+        self.path.with_file_name(name)
+    }
+
+    fn write_atomically(&self, file: &StoreFile) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(file).expect("the store serializes");
+        let tmp = self.sibling("tmp");
+        let mut out = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| self.io_error("cannot create the temporary file", e))?;
+        out.write_all(&bytes)
+            .and_then(|_| out.sync_all())
+            .map_err(|e| self.io_error("cannot write the temporary file", e))?;
+        drop(out);
+        fs::rename(&tmp, &self.path).map_err(|e| self.io_error("cannot replace the store", e))?;
+        if let Some(dir) = self.path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
