@@ -716,3 +716,80 @@ async fn shutdown_drains_then_says_goodbye_and_closes() {
         .expect("stop returns after the drain")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_sender_other_than_the_signed_in_mailbox_is_refused_before_upstream() {
+    let w = world().await;
+    let mut c = ehloed(&w).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("user@example.com", PASSWORD)
+    ))
+    .await;
+    assert_eq!(c.reply().await, "235 2.7.0 Authentication successful\r\n");
+    // Commands before MAIL go upstream and come back unchanged.
+    c.send("NOOP\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 Ok\r\n");
+    // A pipelined transaction with the wrong sender: MAIL refused, RCPT and DATA out of order.
+    c.send("MAIL FROM:<boss@example.com> SIZE=100\r\nRCPT TO:<rcpt@example.com>\r\nDATA\r\n")
+        .await;
+    assert_eq!(
+        c.reply().await,
+        "550 5.7.60 Sender <boss@example.com> is not the signed-in mailbox <mailbox@example.com>; the provider would refuse it (SendAsDenied). Send as <mailbox@example.com>, or add the address to allowed_from if the mailbox may send as it\r\n"
+    );
+    assert_eq!(c.reply().await, "503 5.5.1 Error: need MAIL command\r\n");
+    assert_eq!(c.reply().await, "503 5.5.1 Error: need MAIL command\r\n");
+    c.send("MAIL FROM:<>\r\n").await;
+    assert!(!c.reply().await.starts_with("550 5.7.60"));
+    // The right sender (any case) goes through, and the rest is piped.
+    let mut c = ehloed(&w).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("user@example.com", PASSWORD)
+    ))
+    .await;
+    c.reply().await;
+    c.send("MAIL FROM:<Mailbox@Example.com>\r\nRCPT TO:<rcpt@example.com>\r\nDATA\r\n")
+        .await;
+    assert_eq!(c.reply().await, "250 2.1.0 Ok\r\n");
+    assert_eq!(c.reply().await, "250 2.1.0 Ok\r\n");
+    assert_eq!(c.reply().await, "354 End data with <CR><LF>.<CR><LF>\r\n");
+    c.send("Subject: ok\r\n\r\nbody\r\n.\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 Ok: queued as FAKE\r\n");
+    assert_eq!(w.upstream.log.lock().unwrap().messages.len(), 1);
+}
+
+#[tokio::test]
+async fn allowed_from_lists_send_as_addresses_or_turns_the_check_off() {
+    for (allowed, sender, expect) in [
+        (
+            r#"["shared@example.com"]"#,
+            "shared@example.com",
+            "250 2.1.0 Ok\r\n",
+        ),
+        (
+            r#"["shared@example.com"]"#,
+            "other@example.com",
+            "550 5.7.60",
+        ),
+        (r#"["*"]"#, "anyone@example.com", "250 2.1.0 Ok\r\n"),
+    ] {
+        let w = world_with(
+            UpstreamOptions::default(),
+            "none",
+            "",
+            &format!("allowed_from = {allowed}"),
+            None,
+        )
+        .await;
+        let mut c = ehloed(&w).await;
+        c.send(&format!(
+            "AUTH PLAIN {}\r\n",
+            plain("user@example.com", PASSWORD)
+        ))
+        .await;
+        c.reply().await;
+        c.send(&format!("MAIL FROM:<{sender}>\r\n")).await;
+        assert!(c.reply().await.starts_with(expect), "{allowed} {sender}");
+    }
+}

@@ -23,7 +23,7 @@ if [ -s "$RUN/pids/dovecot.pid" ] && healthy; then
   exit 0
 fi
 
-PKGS=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-submissiond dovecot-lmtpd postfix openssl python3 curl
+PKGS=(python3-selenium chromium chromium-driver dovecot-core dovecot-imapd dovecot-pop3d dovecot-submissiond dovecot-lmtpd postfix openssl python3 curl
       swaks libnet-ssleay-perl libio-socket-ssl-perl msmtp fetchmail mutt isync s-nail tmux iproute2)
 if [ -z "${HARNESS_SKIP_INSTALL:-}" ]; then
   missing=()
