@@ -178,7 +178,7 @@ fn password_field(v: &AccountView<'_>, why: &str) -> String {
         return String::new();
     }
     format!(
-        "<label>Local password of this account ({why})<br><input type=\"password\" name=\"password\" id=\"password\" autocomplete=\"current-password\" required></label>"
+        "<label>Local password of this account ({why})<br><input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label>"
     )
 }
 

@@ -349,7 +349,8 @@ impl TokenCache {
     }
 
     fn report_failure(&self, account: &AccountConfig, e: &TokenError) {
-        if account.ephemeral {
+        // Not authorized or not configured yet: a state the page shows, not a failure.
+        if account.ephemeral || matches!(e.error.as_str(), "no_refresh_token" | "not_configured") {
             return;
         }
         let text = format!("{}: {}", e.code(), e.description);

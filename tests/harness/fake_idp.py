@@ -26,6 +26,8 @@ Microsoft-shaped endpoints under /{tenant}/oauth2/v2.0/ (and /token for older te
   POST /admin/revoke  {"user": U}                revokes every access and refresh token of U.
   POST /admin/revoke-access {"user": U}          revokes only U's access tokens.
   GET  /stats         counters.
+  GET  /seen          every code, state, PKCE challenge and verifier, device code and client
+                      assertion handled, for the tests' secret scans.
 """
 import argparse, base64, hashlib, html, json, os, re, secrets, subprocess, tempfile, threading, time
 import urllib.parse
@@ -38,6 +40,8 @@ CLIENTS = {}   # client_id -> {"secret", "cert_pem", "mailbox", "slow_down"}
 CODES = {}     # authorization code -> {"user", "client_id", "redirect_uri", "challenge"}
 DEVICES = {}   # device_code -> {"user_code", "client_id", "user", "expires", "slow_down"}
 FAIL = {"mode": None, "count": 0}
+SEEN = []      # every code, state, PKCE verifier, device code and client assertion handled:
+               # the tests scan the relay's logs and pages for them
 STATS = {"token_requests": 0, "introspections": 0, "active": 0, "inactive": 0,
          "grants": {}, "assertions_verified": 0}
 TENANT_PATH = re.compile(r"^/([A-Za-z0-9._-]+)/oauth2/v2\.0/(authorize|token|devicecode)$")
@@ -155,6 +159,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         parts = urllib.parse.urlsplit(self.path)
         q = {k: v[0] for k, v in urllib.parse.parse_qs(parts.query).items()}
+        if parts.path == "/seen":
+            with LOCK:
+                return self.send_json(200, [v for v in SEEN if v])
         if parts.path == "/stats":
             with LOCK:
                 return self.send_json(200, dict(STATS, access=len(ACCESS), refresh=len(REFRESH)))
@@ -181,6 +188,8 @@ class Handler(BaseHTTPRequestHandler):
         fields = "".join('<input type=hidden name="%s" value="%s">' % (html.escape(k), html.escape(v))
                          for k, v in q.items()
                          if k in ("client_id", "redirect_uri", "state", "code_challenge", "scope"))
+        with LOCK:
+            SEEN.extend([q["state"], q["code_challenge"]])
         log("authorize page for %s" % q.get("login_hint", "?"))
         return self.send_html(200, '<h1>Sign in to %s</h1><form method="post" action="/%s/oauth2/v2.0/authorize">%s'
                               '<label>Account <input name="user" id="user" value="%s"></label>'
@@ -250,6 +259,7 @@ class Handler(BaseHTTPRequestHandler):
                 "error_description": "AADSTS65004: User declined to consent to access the app."}))
         code = "code-" + secrets.token_hex(16)
         with LOCK:
+            SEEN.append(code)
             CODES[code] = {"user": form.get("user", ""), "client_id": form.get("client_id"),
                            "redirect_uri": form.get("redirect_uri"), "challenge": form.get("code_challenge")}
         log("consent given for %s" % form.get("user"))
@@ -263,6 +273,7 @@ class Handler(BaseHTTPRequestHandler):
                                                    "Application with identifier was not found in the directory."))
         dc, uc = "dc-" + secrets.token_hex(16), secrets.token_hex(4).upper()
         with LOCK:
+            SEEN.append(dc)
             DEVICES[dc] = {"user_code": uc, "client_id": form["client_id"], "user": None,
                            "expires": time.time() + 900, "slow_down": client.get("slow_down", 0)}
         uri = self.base() + "/devicelogin"
@@ -321,6 +332,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def code_grant(self, form, client, secret_ok):
         with LOCK:
+            SEEN.append(form.get("code_verifier", ""))
             c = CODES.pop(form.get("code", ""), None)
         if c is None or c["client_id"] != form.get("client_id"):
             return self.send_json(400, entra_error("invalid_grant", 70000,
@@ -361,6 +373,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(400, entra_error("invalid_scope", 1002012,
                                                    "Client credential flows must have a scope value with /.default."))
         if "client_assertion" in form:
+            with LOCK:
+                SEEN.append(form["client_assertion"])
             problem = (verify_assertion(form["client_assertion"], client, token_url)
                        if client.get("cert_pem") else "no certificate registered")
             if problem:

@@ -1,0 +1,677 @@
+//! Getting tokens the four ways a user would, end to end: the account page in headless
+//! Chromium, `authrelay login --device`, `authrelay login --paste`, and client credentials (secret
+//! and certificate), each against the fake identity provider and proved by a login through a
+//! running authrelay that Dovecot accepts (it introspects every token at the same provider).
+//! Also the `mailbox~client_id` convention for IMAP and SMTP. Every log and page is scanned for
+//! the secrets, tokens, codes, states and PKCE verifiers the provider handled.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::interop::*;
+
+/// An authrelay process with an IMAP and an SMTP listener (plaintext towards the client),
+/// Dovecot and Postfix submission upstream, the admin server, and `accounts` (TOML).
+struct Relay {
+    child: Child,
+    config: PathBuf,
+    imap: u16,
+    smtp: u16,
+    admin: u16,
+    log: PathBuf,
+    store: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Relay {
+    fn start(accounts: &str, extra: &str) -> Relay {
+        stack();
+        let dir = tempfile::tempdir().unwrap();
+        let (imap, smtp, admin) = (free_port(), free_port(), free_port());
+        let store = dir.path().join("state/tokens.json");
+        let ca = upstream_ca();
+        let config = format!(
+            r#"[listener.imap]
+protocol = "imap"
+listen = "127.0.0.1:{imap}"
+upstream = "{IMAP}"
+upstream_tls = "starttls"
+upstream_ca = "{ca}"
+upstream_name = "localhost"
+tilde_login = true
+
+[listener.smtp]
+protocol = "smtp"
+listen = "127.0.0.1:{smtp}"
+upstream = "{SUBMISSION}"
+upstream_tls = "starttls"
+upstream_ca = "{ca}"
+upstream_name = "localhost"
+tilde_login = true
+
+[admin]
+listen = "127.0.0.1:{admin}"
+public_url = "http://localhost:{admin}"
+
+[store]
+path = "{store}"
+
+[security]
+failure_delay_ms = 100
+token_timeout_secs = 10
+
+{extra}
+
+{accounts}
+"#,
+            ca = ca.display(),
+            store = store.display(),
+        );
+        let path = dir.path().join("authrelay.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = dir.path().join("authrelay.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
+            .args(["run", "--log-level", "trace", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let r = Relay {
+            child,
+            config: path,
+            imap,
+            smtp,
+            admin,
+            log,
+            store,
+            dir,
+        };
+        for port in [imap, smtp, admin] {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "no listener on {port}: {}",
+                    r.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        r
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn admin_url(&self) -> String {
+        format!("http://localhost:{}", self.admin)
+    }
+
+    /// `authrelay login ACCOUNT ARGS` against this relay's configuration.
+    fn login_command(&self, account: &str, args: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_authrelay"))
+            .args(["login", account, "--config"])
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn imap_count(&self, user: &str, password: &str) -> String {
+        let out = run(Command::new("python3")
+            .arg(root().join("tests/interop/imap_client.py"))
+            .args([&self.imap.to_string(), "plain", "login", user, password])
+            .arg(upstream_ca())
+            .arg("count"));
+        text(&out).trim().to_owned()
+    }
+
+    fn smtp_send(&self, user: &str, password: &str, from: &str, to: &str, file: &Path) -> String {
+        let out = run(Command::new("python3")
+            .arg(root().join("tests/interop/smtp_client.py"))
+            .args([
+                &self.smtp.to_string(),
+                "plain",
+                "PLAIN",
+                user,
+                password,
+                from,
+                to,
+            ])
+            .arg(file));
+        text(&out).trim().to_owned()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's Python, which has Debian's selenium (another python3 may come first in PATH).
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
+fn http_get(url: &str) -> String {
+    let out = run(Command::new("curl").args(["-s", "--max-time", "10", url]));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Everything the fake provider saw that must stay secret.
+fn provider_secrets() -> Vec<String> {
+    let seen: Vec<String> = serde_json::from_str(&http_get(&format!("http://{IDP}/seen"))).unwrap();
+    seen.into_iter().filter(|s| s.len() >= 8).collect()
+}
+
+fn assert_clean(what: &str, text: &str, canaries: &[String]) {
+    let mut all = canaries.to_vec();
+    all.extend(provider_secrets());
+    if let Some(found) = find_secret(text, &all) {
+        panic!("{found} is in the {what}");
+    }
+    for prefix in ["code-", "dc-"] {
+        if let Some(i) = text.find(prefix) {
+            let hex = text
+                .get(i + prefix.len()..i + prefix.len() + 32)
+                .unwrap_or("");
+            assert!(
+                !hex.bytes().all(|b| b.is_ascii_hexdigit()) || hex.len() < 32,
+                "a provider {prefix} value is in the {what}"
+            );
+        }
+    }
+}
+
+fn microsoft_account(name: &str, mailbox: &str, client_id: &str, extra: &str) -> String {
+    let hash = hash_password(LOCAL_PASSWORD);
+    format!(
+        "[account.{name}]\nlogin = \"{name}@device.local\"\npassword_hash = \"{hash}\"\nmailbox = \"{mailbox}\"\nprovider = \"microsoft\"\nauthority = \"http://{IDP}\"\ntenant = \"contoso\"\nclient_id = \"{client_id}\"\n{extra}\n"
+    )
+}
+
+fn register_client(json: &str) {
+    idp_post("/admin/client", json);
+}
+
+#[test]
+fn consent_page_in_headless_chromium_then_an_imap_login() {
+    stack();
+    let user = unique_user("page");
+    let client_id = format!("page-client-{}", free_port());
+    let secret = format!("page-secret-canary-{}", free_port());
+    register_client(&format!(
+        r#"{{"client_id":"{client_id}","secret":"{secret}"}}"#
+    ));
+    // The configuration leaves the client secret open: it is entered on the page.
+    let r = Relay::start(&microsoft_account("scanner", &user, &client_id, ""), "");
+    let before = r.imap_count("scanner@device.local", LOCAL_PASSWORD);
+    assert!(before.starts_with("ERR"), "no token yet: {before}");
+
+    let shots = std::env::var_os("AUTHRELAY_SHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| r.dir.path().join("shots"));
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = run(Command::new(DEBIAN_PYTHON)
+        .arg(root().join("tests/interop/consent_browser.py"))
+        .args([&r.admin_url(), "scanner", LOCAL_PASSWORD, &secret])
+        .arg(&shots));
+    assert!(out.status.success(), "browser: {}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["saved"], "App registration saved.");
+    assert_eq!(
+        result["login_hint"],
+        user.as_str(),
+        "the mailbox is the login hint"
+    );
+    assert_eq!(
+        result["url"],
+        format!("{}/account/scanner?authorized=1", r.admin_url()).as_str()
+    );
+    assert_eq!(result["notice"], "Authorized: the refresh token is stored.");
+    let state = result["state"].as_str().unwrap();
+    assert!(state.starts_with("valid until "), "{state}");
+
+    // The running relay logs in with the new token; Dovecot checks it at the provider.
+    assert_eq!(
+        r.imap_count("scanner@device.local", LOCAL_PASSWORD),
+        "COUNT 0"
+    );
+    // The store holds no token in the clear.
+    let stored = std::fs::read_to_string(&r.store).unwrap();
+    let pages = std::fs::read_to_string(shots.join("pages.html")).unwrap();
+    let canaries = vec![secret.clone(), LOCAL_PASSWORD.to_owned()];
+    assert_clean("token store", &stored, &canaries);
+    assert_clean("pages", &pages, &canaries);
+    assert_clean("relay log", &r.log_text(), &canaries);
+    assert!(r
+        .log_text()
+        .contains("account authorized on the account page"));
+}
+
+#[test]
+fn a_declined_consent_is_explained_on_the_page() {
+    stack();
+    let client_id = format!("decline-client-{}", free_port());
+    register_client(&format!(
+        r#"{{"client_id":"{client_id}","secret":"s-{client_id}"}}"#
+    ));
+    let r = Relay::start(
+        &microsoft_account(
+            "scanner",
+            &unique_user("decline"),
+            &client_id,
+            &format!("client_secret = \"s-{client_id}\""),
+        ),
+        "",
+    );
+    let shots = r.dir.path().join("shots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = run(Command::new(DEBIAN_PYTHON)
+        .arg(root().join("tests/interop/consent_browser.py"))
+        .args([&r.admin_url(), "scanner", LOCAL_PASSWORD, "-"])
+        .arg(&shots)
+        .arg("decline"));
+    assert!(out.status.success(), "browser: {}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        result["error"],
+        "The identity provider refused the sign-in (AADSTS65004): User declined to consent to access the app."
+    );
+    assert!(result["state"]
+        .as_str()
+        .unwrap()
+        .contains("not authorized yet"));
+}
+
+#[test]
+fn the_admin_pages_refuse_other_hosts_and_forged_forms() {
+    stack();
+    let r = Relay::start(
+        &microsoft_account("scanner", &unique_user("guard"), "guard-client", ""),
+        "",
+    );
+    // DNS rebinding: a page on another name that resolves to 127.0.0.1.
+    let out = run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: attacker.example",
+        &format!("http://127.0.0.1:{}/", r.admin),
+    ]));
+    assert_eq!(text(&out), "421");
+    // A cross-site form post without the CSRF token.
+    let out = run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-d",
+        &format!("csrf=forged&password={LOCAL_PASSWORD}"),
+        &format!("{}/account/scanner/authorize", r.admin_url()),
+    ]));
+    assert_eq!(text(&out), "403");
+    // A wrong local password on the page: refused, nothing stored.
+    let page = http_get(&format!("{}/account/scanner", r.admin_url()));
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let out = run(Command::new("curl").args([
+        "-s",
+        "-d",
+        &format!("csrf={csrf}&password=wrong"),
+        &format!("{}/account/scanner/authorize", r.admin_url()),
+    ]));
+    assert!(text(&out).contains("Wrong local password for this account. Nothing was changed."));
+    assert!(!r.store.exists());
+    // Security headers.
+    let out = run(Command::new("curl").args([
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("{}/", r.admin_url()),
+    ]));
+    let headers = text(&out).to_ascii_lowercase();
+    assert!(headers.contains("cache-control: no-store"));
+    assert!(headers.contains("content-security-policy: default-src 'none'"));
+}
+
+/// Reads the child's stdout until a line contains `needle`; returns the lines read.
+fn read_until(out: &mut BufReader<std::process::ChildStdout>, needle: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "ended before {needle:?}: {lines:?}"
+        );
+        let done = line.contains(needle);
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
+fn finish(mut child: Child) -> (bool, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            if let Some(mut s) = child.stdout.take() {
+                let _ = s.read_to_string(&mut out);
+            }
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.success(), out + &err);
+        }
+        assert!(Instant::now() < deadline, "authrelay login did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn device_code_login_while_the_relay_runs() {
+    stack();
+    let user = unique_user("device");
+    let client_id = format!("device-client-{}", free_port());
+    // The provider asks to slow down once: the poll interval grows by 5 s.
+    register_client(&format!(r#"{{"client_id":"{client_id}","slow_down":1}}"#));
+    let r = Relay::start(&microsoft_account("scanner", &user, &client_id, ""), "");
+    assert!(r
+        .imap_count("scanner@device.local", LOCAL_PASSWORD)
+        .starts_with("ERR"));
+
+    let mut child = r.login_command("scanner", &["--device"]);
+    writeln!(child.stdin.take().unwrap(), "{LOCAL_PASSWORD}").unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let lines = read_until(&mut out, "enter the code");
+    let prompt = lines.last().unwrap();
+    let url = prompt
+        .split("open ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let code = prompt.trim().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(url, format!("http://{IDP}/devicelogin"));
+    // The user enters the code on the provider's page (any browser).
+    let started = Instant::now();
+    let page = run(Command::new("curl").args([
+        "-s",
+        "-d",
+        &format!("user_code={code}&user={user}"),
+        &url,
+    ]));
+    assert!(
+        text(&page).contains("You have signed in"),
+        "{}",
+        text(&page)
+    );
+    child.stdout = Some(out.into_inner());
+    let (ok, output) = finish(child);
+    assert!(ok, "{output}");
+    assert!(output.contains("account scanner: authorized"), "{output}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "slow_down was honoured"
+    );
+
+    // No restart: the running relay uses the stored token at the next login.
+    assert_eq!(
+        r.imap_count("scanner@device.local", LOCAL_PASSWORD),
+        "COUNT 0"
+    );
+    assert_clean("login output", &output, &[LOCAL_PASSWORD.to_owned()]);
+    assert_clean("relay log", &r.log_text(), &[LOCAL_PASSWORD.to_owned()]);
+}
+
+#[test]
+fn device_code_with_a_wrong_local_password_changes_nothing() {
+    stack();
+    let client_id = format!("device-wrong-{}", free_port());
+    register_client(&format!(r#"{{"client_id":"{client_id}"}}"#));
+    let r = Relay::start(
+        &microsoft_account("scanner", &unique_user("dw"), &client_id, ""),
+        "",
+    );
+    let mut child = r.login_command("scanner", &["--device"]);
+    writeln!(child.stdin.take().unwrap(), "not the password").unwrap();
+    let (ok, output) = finish(child);
+    assert!(!ok);
+    assert!(
+        output.contains("error: wrong local password for this account; nothing was changed"),
+        "{output}"
+    );
+    assert!(!r.store.exists());
+}
+
+#[test]
+fn paste_the_redirect_address_then_send_mail() {
+    stack();
+    let user = unique_user("paste");
+    let client_id = format!("paste-client-{}", free_port());
+    let secret = format!("paste-secret-canary-{}", free_port());
+    register_client(&format!(
+        r#"{{"client_id":"{client_id}","secret":"{secret}"}}"#
+    ));
+    let r = Relay::start(
+        &microsoft_account(
+            "scanner",
+            &user,
+            &client_id,
+            &format!("client_secret = \"{secret}\""),
+        ),
+        "",
+    );
+    let mut child = r.login_command("scanner", &["--paste"]);
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{LOCAL_PASSWORD}").unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let lines = read_until(&mut out, "/authorize?");
+    let authorize_url = lines.last().unwrap().trim().to_owned();
+    assert!(authorize_url.contains("code_challenge_method=S256"));
+    assert!(authorize_url.contains(&format!(
+        "redirect_uri=http%3A%2F%2Flocalhost%3A{}%2Fregister_microsoft_graph_api%2F",
+        r.admin
+    )));
+    // The user signs in elsewhere; the browser ends at the redirect address (here: curl
+    // posts the consent form and reads where it redirects).
+    let page = http_get(&authorize_url);
+    let field = |name: &str| {
+        page.split(&format!("name=\"{name}\" value=\""))
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_else(|| panic!("no {name} in {page}"))
+            .replace("&amp;", "&")
+    };
+    let form: Vec<String> = [
+        "client_id",
+        "redirect_uri",
+        "state",
+        "code_challenge",
+        "scope",
+    ]
+    .iter()
+    .flat_map(|n| ["--data-urlencode".to_owned(), format!("{n}={}", field(n))])
+    .collect();
+    let consent = run(Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{redirect_url}"])
+        .args(&form)
+        .args([
+            "--data-urlencode",
+            &format!("user={user}"),
+            "--data-urlencode",
+            "decision=accept",
+            &format!("http://{IDP}/contoso/oauth2/v2.0/authorize"),
+        ]));
+    let landed = text(&consent);
+    assert!(
+        landed.contains("/register_microsoft_graph_api/?code="),
+        "{landed}"
+    );
+    let _ = read_until(&mut out, "paste it here");
+    writeln!(stdin, "{landed}").unwrap();
+    drop(stdin);
+    child.stdout = Some(out.into_inner());
+    let (ok, output) = finish(child);
+    assert!(ok, "{output}");
+
+    // Mail through the running relay, sent as the signed-in mailbox, reaches Dovecot.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("paste-{}", free_port());
+    let file = dir.path().join("m.eml");
+    std::fs::write(&file, message(&marker, 0)).unwrap();
+    assert_eq!(
+        r.smtp_send("scanner@device.local", LOCAL_PASSWORD, &user, &user, &file),
+        "OK"
+    );
+    assert!(delivered(&user, &marker, Duration::from_secs(30)).is_some());
+    // A wrong sender is refused by the relay with a reply that says why.
+    let refused = r.smtp_send(
+        "scanner@device.local",
+        LOCAL_PASSWORD,
+        "boss@example.com",
+        &user,
+        &file,
+    );
+    assert!(
+        refused
+            .starts_with("ERR 550 5.7.60 Sender <boss@example.com> is not the signed-in mailbox"),
+        "{refused}"
+    );
+    let canaries = vec![secret, LOCAL_PASSWORD.to_owned()];
+    assert_clean("login output", &output, &canaries);
+    assert_clean("relay log", &r.log_text(), &canaries);
+}
+
+#[test]
+fn client_credentials_with_a_secret_and_with_a_certificate() {
+    stack();
+    let (secret_user, cert_user) = (unique_user("app-secret"), unique_user("app-cert"));
+    let secret_client = format!("app-secret-client-{}", free_port());
+    let cert_client = format!("app-cert-client-{}", free_port());
+    let secret = format!("app-secret-canary-{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("app.pem"), dir.path().join("app.key"));
+    let made = run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=authrelay-test-app",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert!(made.status.success(), "{}", text(&made));
+    let cert_pem = std::fs::read_to_string(&cert).unwrap();
+    register_client(&format!(
+        r#"{{"client_id":"{secret_client}","secret":"{secret}","mailbox":"{secret_user}"}}"#
+    ));
+    register_client(
+        &serde_json::json!({"client_id": cert_client, "cert_pem": cert_pem, "mailbox": cert_user})
+            .to_string(),
+    );
+    let accounts = microsoft_account(
+        "appsecret",
+        &secret_user,
+        &secret_client,
+        &format!("auth = \"client_credentials\"\nclient_secret = \"{secret}\""),
+    ) + &microsoft_account(
+        "appcert",
+        &cert_user,
+        &cert_client,
+        &format!(
+            "auth = \"client_credentials\"\ncertificate = \"{}\"\ncertificate_key = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let r = Relay::start(&accounts, "");
+    // `authrelay login` proves the app registration works.
+    let mut child = r.login_command("appcert", &[]);
+    writeln!(child.stdin.take().unwrap(), "{LOCAL_PASSWORD}").unwrap();
+    let (ok, output) = finish(child);
+    assert!(ok, "{output}");
+    assert!(output.contains("app-only token obtained"), "{output}");
+    // Both log in through the relay; Dovecot accepts the app-only tokens.
+    assert_eq!(
+        r.imap_count("appsecret@device.local", LOCAL_PASSWORD),
+        "COUNT 0"
+    );
+    assert_eq!(
+        r.imap_count("appcert@device.local", LOCAL_PASSWORD),
+        "COUNT 0"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(&format!("http://{IDP}/stats"))).unwrap();
+    // The token `authrelay login` stored was used by the relay: one assertion in all.
+    assert!(stats["assertions_verified"].as_u64().unwrap() >= 1);
+    let canaries = vec![secret, LOCAL_PASSWORD.to_owned()];
+    assert_clean("relay log", &r.log_text(), &canaries);
+    assert_clean(
+        "token store",
+        &std::fs::read_to_string(&r.store).unwrap(),
+        &canaries,
+    );
+}
+
+#[test]
+fn the_tilde_convention_for_imap_and_smtp() {
+    stack();
+    let user = unique_user("tilde");
+    let client_id = format!("tilde-client-{}", free_port());
+    let secret = format!("tilde-secret-canary-{}", free_port());
+    register_client(&format!(
+        r#"{{"client_id":"{client_id}","secret":"{secret}"}}"#
+    ));
+    let clients = format!(
+        "[client.legacyapp]\nprovider = \"microsoft\"\nauthority = \"http://{IDP}\"\ntenant = \"contoso\"\nclient_id = \"{client_id}\"\nclient_secret = \"{secret}\"\n"
+    );
+    let r = Relay::start("", &clients);
+    let login = format!("{user}~{client_id}");
+    let rt = new_refresh_token(&user);
+    assert_eq!(r.imap_count(&login, &rt), "COUNT 0");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("tilde-{}", free_port());
+    let file = dir.path().join("m.eml");
+    std::fs::write(&file, message(&marker, 0)).unwrap();
+    assert_eq!(r.smtp_send(&login, &rt, &user, &user, &file), "OK");
+    assert!(delivered(&user, &marker, Duration::from_secs(30)).is_some());
+    // Another client id is not configured: an ordinary failed login.
+    let other = r.imap_count(&format!("{user}~unknown-client"), &rt);
+    assert_eq!(other, "ERR [AUTHENTICATIONFAILED] Invalid credentials");
+    assert_clean("relay log", &r.log_text(), &[secret, rt]);
+    assert!(!r.store.exists(), "nothing of a ~ login is stored");
+}
