@@ -675,3 +675,159 @@ fn the_tilde_convention_for_imap_and_smtp() {
     assert_clean("relay log", &r.log_text(), &[secret, rt]);
     assert!(!r.store.exists(), "nothing of a ~ login is stored");
 }
+
+/// README.md, "Try it locally", step by step: the same commands, the same configuration file
+/// (only the store goes to a temporary directory).
+#[test]
+fn the_readme_walkthrough_sets_up_three_accounts_three_ways() {
+    stack();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("try-tokens.json");
+    for body in [
+        r#"{"client_id":"demo-client","secret":"demo-secret"}"#,
+        r#"{"client_id":"demo-app","secret":"demo-app-secret","mailbox":"app@example.com"}"#,
+    ] {
+        let out = run(Command::new("curl").args([
+            "-s",
+            "-d",
+            body,
+            &format!("http://{IDP}/admin/client"),
+        ]));
+        assert_eq!(text(&out).trim(), r#"{"ok": true}"#);
+    }
+    let authrelay = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_authrelay"));
+        c.current_dir(root())
+            .args(args)
+            .args(["--config", "config/authrelay.try.toml"])
+            .env("AUTHRELAY__STORE__PATH", &store);
+        c
+    };
+    let log = dir.path().join("authrelay.log");
+    let mut relay = authrelay(&["run", "--log-level", "trace"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for port in [1143, 2525, 9090] {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let status = |user: &str| {
+        let out = run(Command::new("curl").args([
+            "-s",
+            "--max-time",
+            "20",
+            "--url",
+            "imap://127.0.0.1:1143/INBOX",
+            "--user",
+            &format!("{user}:demo-password"),
+            "-X",
+            "STATUS INBOX (MESSAGES)",
+        ]));
+        text(&out).trim().to_owned()
+    };
+    assert_eq!(
+        status("demo@device.local"),
+        "",
+        "not authorized yet: no answer"
+    );
+
+    // The page.
+    let shots = dir.path().join("shots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = run(Command::new(DEBIAN_PYTHON)
+        .arg(root().join("tests/interop/consent_browser.py"))
+        .args([
+            "http://localhost:9090",
+            "demo",
+            "demo-password",
+            "demo-secret",
+        ])
+        .arg(&shots));
+    assert!(out.status.success(), "browser: {}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        result["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("valid until "),
+        "{result}"
+    );
+
+    // Device code.
+    let mut child = authrelay(&["login", "device", "--device"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "demo-password").unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let lines = read_until(&mut out, "enter the code");
+    let prompt = lines.last().unwrap();
+    let url = prompt
+        .split("open ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let code = prompt.trim().rsplit(' ').next().unwrap().to_owned();
+    let page = run(Command::new("curl").args([
+        "-s",
+        "-d",
+        &format!("user_code={code}&user=device@example.com"),
+        &url,
+    ]));
+    assert!(text(&page).contains("You have signed in"));
+    child.stdout = Some(out.into_inner());
+    let (ok, output) = finish(child);
+    assert!(
+        ok && output.contains("account device: authorized"),
+        "{output}"
+    );
+
+    // Client credentials.
+    let mut child = authrelay(&["login", "app"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "demo-password").unwrap();
+    let (ok, output) = finish(child);
+    assert!(ok && output.contains("app-only token obtained"), "{output}");
+
+    // All three log in through the relay that kept running.
+    for user in [
+        "demo@device.local",
+        "device@device.local",
+        "app@device.local",
+    ] {
+        assert!(
+            status(user).starts_with("* STATUS INBOX (MESSAGES "),
+            "{user}: {}",
+            status(user)
+        );
+    }
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_clean(
+        "relay log",
+        &log,
+        &[
+            "demo-secret".into(),
+            "demo-app-secret".into(),
+            "demo-password".into(),
+        ],
+    );
+}

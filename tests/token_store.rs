@@ -341,7 +341,7 @@ fn kill_9_during_store_writes_never_leaves_an_unreadable_store() {
                 .refresh_token;
             if let Some(rt) = rt {
                 let n: i64 = rt.expose().trim_start_matches("rt-").parse().unwrap();
-                assert!(n >= 0 && n < 1000);
+                assert!((0..1000).contains(&n));
                 writes_seen += 1;
                 last = n;
             }
