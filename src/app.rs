@@ -9,6 +9,7 @@ use crate::net::{conn, listener, tls};
 use crate::session::{ListenerContext, Shared};
 use crate::store::Store;
 use rustls::pki_types::ServerName;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
@@ -21,9 +22,109 @@ pub struct Running {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub shared: Arc<Shared>,
+    /// The accept loop of each listener, by name (replaced on reload).
+    listeners: tokio::sync::Mutex<HashMap<String, ListenerHandle>>,
+    /// What a reload cannot change without a restart.
+    fixed: (crate::config::AdminConfig, crate::config::StoreConfig),
+}
+
+struct ListenerHandle {
+    config: ListenerConfig,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
+    /// Applies a new, already validated configuration without dropping running sessions:
+    /// accounts and app registrations are replaced (new logins see them at once), listeners
+    /// that were added, removed or changed are started or stopped (their sessions go on). Returns
+    /// what changed; on error nothing of the accounts changed and the old listeners still run,
+    /// except a changed listener whose new address could not be bound (named in the error).
+    pub async fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
+        let mut changes = Vec::new();
+        let mut current = self.listeners.lock().await;
+        // Everything that can fail before anything changes: TLS files, server names.
+        let mut starting = Vec::new();
+        for l in &config.listeners {
+            if current.get(&l.name).is_some_and(|h| h.config == *l) {
+                continue;
+            }
+            starting.push(Arc::new(listener_context(l, self.shared.clone())?));
+        }
+        let stopping: Vec<String> = current
+            .iter()
+            .filter(|(name, h)| {
+                !config
+                    .listeners
+                    .iter()
+                    .any(|l| l.name == **name && l == &h.config)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stopping {
+            if let Some(h) = current.remove(&name) {
+                h.stop.cancel();
+                let _ = h.task.await;
+                changes.push(format!("listener.{name} stopped (its sessions go on)"));
+            }
+        }
+        let mut errors = Vec::new();
+        for ctx in starting {
+            let name = ctx.config.name.clone();
+            match listener::bind(ctx).await {
+                Ok(b) => {
+                    current.insert(name.clone(), self.spawn_listener(b));
+                    changes.push(format!("listener.{name} started"));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let before: Vec<String> = self
+            .shared
+            .directory()
+            .accounts()
+            .map(|a| a.id.clone())
+            .collect();
+        let directory = Directory::new(
+            &config.accounts,
+            config.security.hash_concurrency,
+            config.security.failure_delay,
+        );
+        self.shared
+            .replace_accounts(directory, config.clients.clone());
+        for a in &config.accounts {
+            if !before.contains(&a.id) {
+                changes.push(format!("account.{} added", a.id));
+            }
+        }
+        for id in before {
+            if !config.accounts.iter().any(|a| a.id == id) {
+                changes.push(format!("account.{id} removed"));
+            }
+        }
+        let (admin, store) = &self.fixed;
+        if admin.listen != config.admin.listen
+            || admin.public_url != config.admin.public_url
+            || store.path != config.store.path
+        {
+            changes.push("[admin] and [store] changes need a restart".to_owned());
+        }
+        if errors.is_empty() {
+            Ok(changes)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    fn spawn_listener(&self, b: listener::Bound) -> ListenerHandle {
+        let stop = self.shutdown.child_token();
+        let config = b.ctx.config.clone();
+        let task = self
+            .tasks
+            .spawn(listener::serve(b, stop.clone(), self.tasks.clone()));
+        ListenerHandle { config, stop, task }
+    }
+
     /// Stops accepting, lets running sessions go on for up to `drain`, then closes the rest
     /// (pre-login sessions get their protocol's goodbye) and waits for them to end.
     pub async fn stop(self, drain: std::time::Duration) {
@@ -80,8 +181,8 @@ async fn upkeep(
     keepalive: std::time::Duration,
     shutdown: CancellationToken,
 ) {
-    let accounts: Vec<_> = shared.directory.accounts().cloned().collect();
     loop {
+        let accounts: Vec<_> = shared.directory().accounts().cloned().collect();
         shared.tokens.maintain(&accounts, keepalive).await;
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -92,6 +193,7 @@ async fn upkeep(
 
 /// Binds every listener (all or nothing) and starts serving.
 pub async fn start(config: &Config) -> Result<Running, String> {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let store = Store::open(&config.store.path, config.store.key.as_ref())
         .map_err(|e| format!("store: {e}"))?;
     let admin_url = config.admin.listen.map(|_| config.admin.public_url.clone());
@@ -100,18 +202,19 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         config.security.refresh_margin,
         store,
         admin_url,
+        metrics.clone(),
     );
     let directory = Directory::new(
         &config.accounts,
         config.security.hash_concurrency,
         config.security.failure_delay,
     );
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(Shared::new(
         directory,
+        config.clients.clone(),
         tokens,
-        close_sessions: CancellationToken::new(),
-        clients: config.clients.clone(),
-    });
+        metrics,
+    ));
     let mut bound = Vec::new();
     for l in &config.listeners {
         let ctx = Arc::new(listener_context(l, shared.clone())?);
@@ -127,14 +230,24 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let mut addresses = Vec::new();
+    let mut running = Running {
+        addresses: Vec::new(),
+        shutdown,
+        tasks,
+        shared: shared.clone(),
+        listeners: Default::default(),
+        fixed: (config.admin.clone(), config.store.clone()),
+    };
     for b in bound {
         let addr = b.socket.local_addr().map_err(|e| e.to_string())?;
-        addresses.push((b.ctx.config.name.clone(), addr));
-        tasks.spawn(listener::serve(b, shutdown.clone(), tasks.clone()));
+        running.addresses.push((b.ctx.config.name.clone(), addr));
+        let name = b.ctx.config.name.clone();
+        let handle = running.spawn_listener(b);
+        running.listeners.get_mut().insert(name, handle);
     }
+    let (shutdown, tasks) = (running.shutdown.clone(), running.tasks.clone());
     if let Some(l) = admin_listener {
-        addresses.push((
+        running.addresses.push((
             "admin".to_owned(),
             l.local_addr().map_err(|e| e.to_string())?,
         ));
@@ -151,10 +264,5 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         config.store.keepalive,
         shutdown.clone(),
     ));
-    Ok(Running {
-        addresses,
-        shutdown,
-        tasks,
-        shared,
-    })
+    Ok(running)
 }

@@ -9,6 +9,7 @@
 //! - [`admin`]: the admin HTTP server: account pages and the consent flow;
 //! - [`config`]: the typed configuration and its validation;
 //! - [`store`]: the token store, a local file with tokens sealed at rest;
+//! - [`metrics`]: counters for `/metrics`;
 //! - [`secret`]: types that keep secrets out of logs.
 
 pub mod admin;
@@ -16,6 +17,7 @@ pub mod app;
 pub mod auth;
 pub mod codec;
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod secret;
 pub mod session;

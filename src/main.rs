@@ -48,6 +48,13 @@ enum Command {
     },
     /// Read a password on standard input and print its Argon2id hash (for password_hash).
     HashPassword,
+    /// Ask a running relay's admin server whether it is alive (GET /healthz); exit 0 if it is.
+    /// For container HEALTHCHECKs, where there is no curl.
+    Health {
+        /// The admin server's address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        addr: std::net::SocketAddr,
+    },
     /// Authorize an OAuth account and keep its tokens in the token store.
     ///
     /// Works while `authrelay run` is running: the relay uses the new token at the next login.
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config.config),
         Command::HashPassword => hash_password(),
+        Command::Health { addr } => health(addr),
         Command::Login {
             account,
             device,
@@ -179,6 +187,33 @@ fn hash_password() -> ExitCode {
     }
 }
 
+fn health(addr: std::net::SocketAddr) -> ExitCode {
+    use std::io::Write;
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    })();
+    match answer {
+        Ok(a) if a.starts_with("HTTP/1.0 200") || a.starts_with("HTTP/1.1 200") => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Ok(a) => {
+            eprintln!("unhealthy: {}", a.lines().next().unwrap_or(""));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -238,7 +273,7 @@ fn run(
         for (name, addr) in &running.addresses {
             tracing::info!(listener = %name, address = %addr, "ready");
         }
-        wait_for_signal().await;
+        serve_signals(&running, path).await;
         tracing::info!(
             drain_secs = cfg.service.drain.as_secs(),
             "shutting down: no new connections; waiting for running sessions"
@@ -248,11 +283,42 @@ fn run(
     })
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT; reloads the configuration on each SIGHUP meanwhile.
+async fn serve_signals(running: &authrelay::app::Running, path: &std::path::Path) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => reload(running, path).await,
+        }
+    }
+}
+
+/// A new configuration that does not validate is refused with its problems; the running one
+/// stays.
+async fn reload(running: &authrelay::app::Running, path: &std::path::Path) {
+    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+    match config::load(path) {
+        Err(problems) => {
+            for p in &problems {
+                tracing::error!(problem = %p, "configuration not reloaded");
+            }
+            tracing::error!(
+                problems = problems.len(),
+                "configuration not reloaded; the running configuration stays"
+            );
+        }
+        Ok(cfg) => match running.reload(&cfg).await {
+            Ok(changes) if changes.is_empty() => {
+                tracing::info!("configuration reloaded: no change")
+            }
+            Ok(changes) => {
+                tracing::info!(changes = %changes.join("; "), "configuration reloaded")
+            }
+            Err(e) => tracing::error!("configuration reloaded only in part: {e}"),
+        },
     }
 }

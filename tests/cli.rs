@@ -198,6 +198,7 @@ fn run_starts_with_the_example_config_and_stops_on_sigterm() {
             "AUTHRELAY__LISTENER__SMTP__LISTEN",
             format!("127.0.0.1:{port}"),
         )
+        .env("AUTHRELAY__ADMIN__LISTEN", "127.0.0.1:0")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(Stdio::piped())
         .spawn()

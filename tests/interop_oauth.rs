@@ -8,155 +8,11 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::interop::FullRelay;
 use support::interop::*;
-
-/// An authrelay process with an IMAP and an SMTP listener (plaintext towards the client),
-/// Dovecot and Postfix submission upstream, the admin server, and `accounts` (TOML).
-struct Relay {
-    child: Child,
-    config: PathBuf,
-    imap: u16,
-    smtp: u16,
-    admin: u16,
-    log: PathBuf,
-    store: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Relay {
-    fn start(accounts: &str, extra: &str) -> Relay {
-        stack();
-        let dir = tempfile::tempdir().unwrap();
-        let (imap, smtp, admin) = (free_port(), free_port(), free_port());
-        let store = dir.path().join("state/tokens.json");
-        let ca = upstream_ca();
-        let config = format!(
-            r#"[listener.imap]
-protocol = "imap"
-listen = "127.0.0.1:{imap}"
-upstream = "{IMAP}"
-upstream_tls = "starttls"
-upstream_ca = "{ca}"
-upstream_name = "localhost"
-tilde_login = true
-
-[listener.smtp]
-protocol = "smtp"
-listen = "127.0.0.1:{smtp}"
-upstream = "{SUBMISSION}"
-upstream_tls = "starttls"
-upstream_ca = "{ca}"
-upstream_name = "localhost"
-tilde_login = true
-
-[admin]
-listen = "127.0.0.1:{admin}"
-public_url = "http://localhost:{admin}"
-
-[store]
-path = "{store}"
-
-[security]
-failure_delay_ms = 100
-token_timeout_secs = 10
-
-{extra}
-
-{accounts}
-"#,
-            ca = ca.display(),
-            store = store.display(),
-        );
-        let path = dir.path().join("authrelay.toml");
-        std::fs::write(&path, config).unwrap();
-        let log = dir.path().join("authrelay.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
-            .args(["run", "--log-level", "trace", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let r = Relay {
-            child,
-            config: path,
-            imap,
-            smtp,
-            admin,
-            log,
-            store,
-            dir,
-        };
-        for port in [imap, smtp, admin] {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "no listener on {port}: {}",
-                    r.log_text()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        r
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn admin_url(&self) -> String {
-        format!("http://localhost:{}", self.admin)
-    }
-
-    /// `authrelay login ACCOUNT ARGS` against this relay's configuration.
-    fn login_command(&self, account: &str, args: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_authrelay"))
-            .args(["login", account, "--config"])
-            .arg(&self.config)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-
-    fn imap_count(&self, user: &str, password: &str) -> String {
-        let out = run(Command::new("python3")
-            .arg(root().join("tests/interop/imap_client.py"))
-            .args([&self.imap.to_string(), "plain", "login", user, password])
-            .arg(upstream_ca())
-            .arg("count"));
-        text(&out).trim().to_owned()
-    }
-
-    fn smtp_send(&self, user: &str, password: &str, from: &str, to: &str, file: &Path) -> String {
-        let out = run(Command::new("python3")
-            .arg(root().join("tests/interop/smtp_client.py"))
-            .args([
-                &self.smtp.to_string(),
-                "plain",
-                "PLAIN",
-                user,
-                password,
-                from,
-                to,
-            ])
-            .arg(file));
-        text(&out).trim().to_owned()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Debian's Python, which has Debian's selenium (another python3 may come first in PATH).
 const DEBIAN_PYTHON: &str = "/usr/bin/python3";
@@ -212,7 +68,7 @@ fn consent_page_in_headless_chromium_then_an_imap_login() {
         r#"{{"client_id":"{client_id}","secret":"{secret}"}}"#
     ));
     // The configuration leaves the client secret open: it is entered on the page.
-    let r = Relay::start(&microsoft_account("scanner", &user, &client_id, ""), "");
+    let r = FullRelay::start(&microsoft_account("scanner", &user, &client_id, ""), "");
     let before = r.imap_count("scanner@device.local", LOCAL_PASSWORD);
     assert!(before.starts_with("ERR"), "no token yet: {before}");
 
@@ -264,7 +120,7 @@ fn a_declined_consent_is_explained_on_the_page() {
     register_client(&format!(
         r#"{{"client_id":"{client_id}","secret":"s-{client_id}"}}"#
     ));
-    let r = Relay::start(
+    let r = FullRelay::start(
         &microsoft_account(
             "scanner",
             &unique_user("decline"),
@@ -295,7 +151,7 @@ fn a_declined_consent_is_explained_on_the_page() {
 #[test]
 fn the_admin_pages_refuse_other_hosts_and_forged_forms() {
     stack();
-    let r = Relay::start(
+    let r = FullRelay::start(
         &microsoft_account("scanner", &unique_user("guard"), "guard-client", ""),
         "",
     );
@@ -399,7 +255,7 @@ fn device_code_login_while_the_relay_runs() {
     let client_id = format!("device-client-{}", free_port());
     // The provider asks to slow down once: the poll interval grows by 5 s.
     register_client(&format!(r#"{{"client_id":"{client_id}","slow_down":1}}"#));
-    let r = Relay::start(&microsoft_account("scanner", &user, &client_id, ""), "");
+    let r = FullRelay::start(&microsoft_account("scanner", &user, &client_id, ""), "");
     assert!(r
         .imap_count("scanner@device.local", LOCAL_PASSWORD)
         .starts_with("ERR"));
@@ -455,7 +311,7 @@ fn device_code_with_a_wrong_local_password_changes_nothing() {
     stack();
     let client_id = format!("device-wrong-{}", free_port());
     register_client(&format!(r#"{{"client_id":"{client_id}"}}"#));
-    let r = Relay::start(
+    let r = FullRelay::start(
         &microsoft_account("scanner", &unique_user("dw"), &client_id, ""),
         "",
     );
@@ -479,7 +335,7 @@ fn paste_the_redirect_address_then_send_mail() {
     register_client(&format!(
         r#"{{"client_id":"{client_id}","secret":"{secret}"}}"#
     ));
-    let r = Relay::start(
+    let r = FullRelay::start(
         &microsoft_account(
             "scanner",
             &user,
@@ -618,7 +474,7 @@ fn client_credentials_with_a_secret_and_with_a_certificate() {
             key.display()
         ),
     );
-    let r = Relay::start(&accounts, "");
+    let r = FullRelay::start(&accounts, "");
     // `authrelay login` proves the app registration works.
     let mut child = r.login_command("appcert", &[]);
     writeln!(child.stdin.take().unwrap(), "{LOCAL_PASSWORD}").unwrap();
@@ -659,7 +515,7 @@ fn the_tilde_convention_for_imap_and_smtp() {
     let clients = format!(
         "[client.legacyapp]\nprovider = \"microsoft\"\nauthority = \"http://{IDP}\"\ntenant = \"contoso\"\nclient_id = \"{client_id}\"\nclient_secret = \"{secret}\"\n"
     );
-    let r = Relay::start("", &clients);
+    let r = FullRelay::start("", &clients);
     let login = format!("{user}~{client_id}");
     let rt = new_refresh_token(&user);
     assert_eq!(r.imap_count(&login, &rt), "COUNT 0");
@@ -704,10 +560,12 @@ fn the_readme_walkthrough_sets_up_three_accounts_three_ways() {
         c
     };
     let log = dir.path().join("authrelay.log");
-    let mut relay = authrelay(&["run", "--log-level", "trace"])
+    let relay = authrelay(&["run", "--log-level", "trace"])
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    // Killed however the test ends: it holds the walk-through's fixed ports.
+    let _relay = KillOnDrop(relay);
     let deadline = Instant::now() + Duration::from_secs(20);
     for port in [1143, 2525, 9090] {
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -818,8 +676,6 @@ fn the_readme_walkthrough_sets_up_three_accounts_three_ways() {
             status(user)
         );
     }
-    let _ = relay.kill();
-    let _ = relay.wait();
     let log = std::fs::read_to_string(&log).unwrap();
     assert_clean(
         "relay log",
@@ -830,4 +686,13 @@ fn the_readme_walkthrough_sets_up_three_accounts_three_ways() {
             "demo-password".into(),
         ],
     );
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

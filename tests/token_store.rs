@@ -37,7 +37,7 @@ fn account(relay: &Relay) -> Arc<AccountConfig> {
     relay
         .running
         .shared
-        .directory
+        .directory()
         .account("user@example.com")
         .unwrap()
         .clone()

@@ -86,15 +86,20 @@ pub async fn serve(
         hosts,
         config: config.clone(),
     });
-    let app = Router::new()
+    // Health, readiness and metrics hold no secret and are scraped by name from other hosts
+    // (container networks): no host check for them.
+    let probes = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    let pages = Router::new()
         .route("/", get(overview))
         .route("/account/{name}", get(account_page))
         .route("/account/{name}/authorize", post(start_authorization))
         .route("/account/{name}/app", post(save_app))
         .route(&config.redirect_path, get(callback))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .layer(middleware::from_fn_with_state(admin.clone(), guard))
-        .with_state(admin);
+        .layer(middleware::from_fn_with_state(admin.clone(), guard));
+    let app = pages.merge(probes).with_state(admin);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -146,18 +151,74 @@ async fn guard(State(admin): AdminState, request: Request, next: Next) -> Respon
 }
 
 fn oauth_accounts(shared: &Shared) -> Vec<Arc<AccountConfig>> {
-    let mut v: Vec<_> = shared.directory.accounts().cloned().collect();
+    let directory = shared.directory();
+    let mut v: Vec<_> = directory.accounts().cloned().collect();
     v.sort_by(|a, b| a.id.cmp(&b.id));
     v
 }
 
 fn find_account(admin: &Admin, name: &str) -> Option<Arc<AccountConfig>> {
-    admin
-        .shared
-        .directory
-        .accounts()
-        .find(|a| a.id == name)
-        .cloned()
+    let directory = admin.shared.directory();
+    let found = directory.accounts().find(|a| a.id == name).cloned();
+    found
+}
+
+/// 200 when the relay can serve: listeners bound (it is running), the token store readable.
+/// The body lists every account with its state, or the reason it cannot be used yet.
+async fn readyz(State(admin): AdminState) -> Response {
+    let store = admin.shared.tokens.store();
+    if let Err(e) = store.refresh_view() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response();
+    }
+    if admin.shared.close_sessions.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n",
+        )
+            .into_response();
+    }
+    let mut body = String::from("ready\n");
+    for a in oauth_accounts(&admin.shared) {
+        let entry = store.entry(&a.id);
+        let (state, usable) = html::state(&a, entry.as_ref(), &admin.shared.tokens);
+        let plain = html::strip_tags(&state);
+        body.push_str(&format!(
+            "account {}: {} ({plain})\n",
+            a.id,
+            if usable { "usable" } else { "not usable" }
+        ));
+    }
+    body.into_response()
+}
+
+async fn metrics(State(admin): AdminState) -> Response {
+    let now = crate::store::unix_now() as f64;
+    let tokens = &admin.shared.tokens;
+    let expiry: Vec<(String, Option<f64>)> = oauth_accounts(&admin.shared)
+        .iter()
+        .filter(|a| matches!(a.auth, crate::config::AccountAuth::OAuth(_)))
+        .map(|a| {
+            let secs = tokens
+                .remaining(&a.id)
+                .map(|r| r.as_secs_f64())
+                .or_else(|| {
+                    tokens
+                        .store()
+                        .entry(&a.id)
+                        .and_then(|e| e.access_expires_at)
+                        .map(|t| t as f64 - now)
+                });
+            (a.id.clone(), secs.filter(|s| *s > 0.0))
+        })
+        .collect();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        admin.shared.metrics.render(&expiry),
+    )
+        .into_response()
 }
 
 async fn overview(State(admin): AdminState) -> Response {
@@ -256,7 +317,7 @@ async fn unlock(
     }
     match admin
         .shared
-        .directory
+        .directory()
         .verify(&account.login, &password)
         .await
     {

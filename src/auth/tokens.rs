@@ -85,6 +85,7 @@ pub struct TokenCache {
     signers: DashMap<String, Arc<CertificateSigner>>,
     /// Where an administrator re-authorizes an account (the admin server), for warnings.
     admin_url: Option<String>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl TokenCache {
@@ -93,6 +94,7 @@ impl TokenCache {
         margin: Duration,
         store: Arc<Store>,
         admin_url: Option<String>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         TokenCache {
             http,
@@ -102,6 +104,7 @@ impl TokenCache {
             store,
             signers: DashMap::new(),
             admin_url,
+            metrics,
         }
     }
 
@@ -201,6 +204,13 @@ impl TokenCache {
             }
         }
         let result = self.request(account, oauth, &overrides, &state).await;
+        self.metrics.refresh(
+            match &result {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => e.code(),
+            }
+            .as_str(),
+        );
         let grant = match result {
             Ok(g) => g,
             Err(e) => {

@@ -8,5 +8,6 @@
 pub mod imap;
 pub mod line;
 pub mod pop3;
+pub mod proxy;
 pub mod sasl;
 pub mod smtp;

@@ -110,7 +110,7 @@ pub enum UpstreamTls {
     None,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub name: String,
     pub protocol: Protocol,
@@ -136,6 +136,11 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     /// Accept `mailbox~client_id` logins whose password is a refresh token.
     pub tilde_login: bool,
+    /// Expect a PROXY protocol v2 header from `proxy_trusted` peers (load balancers).
+    pub proxy_protocol: bool,
+    pub proxy_trusted: Vec<crate::codec::proxy::Cidr>,
+    /// Client addresses allowed to connect; empty: any.
+    pub allow: Vec<crate::codec::proxy::Cidr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -658,6 +663,15 @@ fn read_listener(
     };
     let idle_timeout = Duration::from_secs(t.optional("idle_timeout_secs").unwrap_or(idle_default));
     let tilde_login: bool = t.optional("tilde_login").unwrap_or(false);
+    let proxy_protocol: bool = t.optional("proxy_protocol").unwrap_or(false);
+    let proxy_trusted = read_cidrs(&mut t, "proxy_trusted");
+    let allow = read_cidrs(&mut t, "allow");
+    if proxy_protocol && proxy_trusted.is_empty() {
+        t.problem(
+            "proxy_trusted",
+            "missing: with proxy_protocol = true, list the load balancers' addresses (CIDR ranges) whose PROXY headers to believe",
+        );
+    }
 
     let listen = listen.and_then(|s| match s.parse::<SocketAddr>() {
         Ok(a) => Some(a),
@@ -745,7 +759,22 @@ fn read_listener(
         pre_auth_timeout,
         idle_timeout,
         tilde_login,
+        proxy_protocol,
+        proxy_trusted,
+        allow,
     })
+}
+
+fn read_cidrs(t: &mut Table<'_>, key: &str) -> Vec<crate::codec::proxy::Cidr> {
+    let list: Vec<String> = t.optional(key).unwrap_or_default();
+    let mut out = Vec::new();
+    for item in list {
+        match item.parse() {
+            Ok(c) => out.push(c),
+            Err(e) => t.problem(key, e),
+        }
+    }
+    out
 }
 
 fn read_account(

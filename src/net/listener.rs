@@ -1,10 +1,15 @@
 //! Listeners: bind every configured address, accept connections within the listener's limit,
 //! and run one session task per connection, each inside its own tracing span.
 
+use crate::codec::proxy;
 use crate::config::{LocalTls, Protocol};
+use crate::metrics;
+use crate::net::conn::Conn;
 use crate::session::{imap, pop3, smtp, ListenerContext};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -60,22 +65,88 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken, tasks: TaskTracker
             tasks.spawn(refuse_busy(tcp, ctx.config.protocol, ctx.config.tls));
             continue;
         };
-        let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("session", id, listener = %ctx.config.name, %peer, account = tracing::field::Empty);
         let ctx = ctx.clone();
-        tasks.spawn(
+        tasks.spawn(async move {
+            let Some((conn, peer)) = admit(&ctx, tcp, peer).await else {
+                return;
+            };
+            let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+            let protocol = ctx.config.protocol;
+            let span = tracing::info_span!("session", id, listener = %ctx.config.name,
+                protocol = metrics::protocol_name(protocol), %peer,
+                account = tracing::field::Empty, outcome = tracing::field::Empty);
             async move {
-                let outcome = match ctx.config.protocol {
-                    Protocol::Smtp => smtp::run(ctx.clone(), tcp, peer).await,
-                    Protocol::Pop3 => pop3::run(ctx.clone(), tcp, peer).await,
-                    Protocol::Imap => imap::run(ctx.clone(), tcp, peer).await,
+                ctx.shared.metrics.session_started(protocol);
+                let outcome = match protocol {
+                    Protocol::Smtp => smtp::run(ctx.clone(), conn, peer).await,
+                    Protocol::Pop3 => pop3::run(ctx.clone(), conn, peer).await,
+                    Protocol::Imap => imap::run(ctx.clone(), conn, peer).await,
                 };
-                tracing::info!(outcome = ?outcome, "session ended");
-                drop(permit);
+                ctx.shared.metrics.session_ended(protocol, outcome);
+                tracing::Span::current().record("outcome", metrics::outcome_name(outcome));
+                tracing::info!("session ended");
             }
-            .instrument(span),
-        );
+            .instrument(span)
+            .await;
+            drop(permit);
+        });
     }
+}
+
+/// How long a trusted proxy may take to send its PROXY header.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The client's address (from a PROXY v2 header when the listener expects one, and only from
+/// a trusted proxy), checked against the listener's allow list. `None`: close the connection.
+async fn admit(
+    ctx: &ListenerContext,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<(Conn, SocketAddr)> {
+    let config = &ctx.config;
+    let mut conn = Conn::new(tcp);
+    let mut client = peer;
+    if config.proxy_protocol {
+        if !config.proxy_trusted.iter().any(|c| c.contains(peer.ip())) {
+            tracing::warn!(%peer, listener = %config.name, "connection from an address that is not a trusted proxy (proxy_trusted); closing");
+            return None;
+        }
+        let header = tokio::time::timeout(PROXY_HEADER_TIMEOUT, async {
+            loop {
+                match proxy::parse(conn.buffered()) {
+                    Ok(Some((header, used))) => {
+                        conn.consume(used);
+                        return Ok(header);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("{e:?}")),
+                }
+                match conn.fill().await {
+                    Ok(0) => return Err("closed".to_owned()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        match header {
+            Ok(Ok(proxy::Header::Proxy { source, .. })) => client = source,
+            Ok(Ok(proxy::Header::Local)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, listener = %config.name, error = %e, "no valid PROXY v2 header; closing");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, listener = %config.name, "no PROXY v2 header within 5 s; closing");
+                return None;
+            }
+        }
+    }
+    if !config.allow.is_empty() && !config.allow.iter().any(|c| c.contains(client.ip())) {
+        tracing::warn!(%client, listener = %config.name, "client address not in the listener's allow list; closing");
+        return None;
+    }
+    Some((conn, client))
 }
 
 /// Tells a client over the connection limit to come back later, in its protocol, and closes.

@@ -33,6 +33,8 @@ pub enum AuthResult<R> {
 /// A protocol's upstream client, as far as the login is concerned.
 pub trait UpstreamLogin {
     type Reply;
+    /// The reply's status for metrics: `235`, `535`, `OK`, `NO`, `+OK`, `-ERR`.
+    fn reply_code(reply: &Self::Reply) -> String;
     fn authenticate(
         &mut self,
         credential: &UpstreamCredential,
@@ -76,7 +78,7 @@ pub async fn login<U: UpstreamLogin + Send>(
         Some(a) => LocalAuth::Accepted(a),
         None => {
             shared
-                .directory
+                .directory()
                 .verify(&credentials.username, &credentials.password)
                 .await
         }
@@ -85,6 +87,7 @@ pub async fn login<U: UpstreamLogin + Send>(
         LocalAuth::Accepted(a) => a,
         LocalAuth::Rejected => {
             let user = sanitize_for_reply(&credentials.username, 120);
+            shared.metrics.local_failure();
             tracing::info!(user = %user, "login failed: unknown user or wrong local password");
             return Login::LocalRejected;
         }
@@ -112,8 +115,17 @@ pub async fn login<U: UpstreamLogin + Send>(
             Ok(r) => r,
             Err(e) => return Login::UpstreamLost(e),
         };
+        let protocol = ctx.config.protocol;
+        match &result {
+            AuthResult::Accepted(reply) | AuthResult::Rejected { reply, .. } => {
+                shared
+                    .metrics
+                    .upstream_auth(protocol, &U::reply_code(reply));
+            }
+        }
         match result {
             AuthResult::Accepted(reply) => {
+                shared.metrics.login_latency(started.elapsed());
                 tracing::info!(
                     latency_ms = started.elapsed().as_millis() as u64,
                     "upstream login accepted"
@@ -147,11 +159,11 @@ pub async fn login<U: UpstreamLogin + Send>(
 /// a digest of the refresh token, so one client's token is never used for another.
 fn tilde_account(shared: &Shared, username: &str, password: &Secret) -> Option<Arc<AccountConfig>> {
     let (mailbox, client_id) = username.rsplit_once('~')?;
-    if mailbox.is_empty() || password.is_empty() || shared.directory.account(username).is_some() {
+    if mailbox.is_empty() || password.is_empty() || shared.directory().account(username).is_some() {
         return None;
     }
-    let client = shared
-        .clients
+    let clients = shared.clients();
+    let client = clients
         .iter()
         .find(|c| c.oauth.client_id.as_deref() == Some(client_id))?;
     let digest = ring::digest::digest(&ring::digest::SHA256, password.expose().as_bytes());

@@ -123,16 +123,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 /// Runs the pipe for an authenticated session until it ends or `close` is cancelled (shutdown),
 /// and logs how it ended (byte counts only).
 pub async fn run_authenticated(
+    ctx: &crate::session::ListenerContext,
     client: Conn,
     upstream: Conn,
-    idle: Duration,
     account: &str,
-    close: &tokio_util::sync::CancellationToken,
 ) -> crate::session::Outcome {
+    let close = &ctx.shared.close_sessions;
     let result = tokio::select! {
-        r = pipe(client, upstream, idle) => r,
+        r = pipe(client, upstream, ctx.config.idle_timeout) => r,
         _ = close.cancelled() => Err(io::Error::other("closed at shutdown")),
     };
+    if let Ok(t) = &result {
+        ctx.shared.metrics.relayed(
+            ctx.config.protocol,
+            t.client_to_upstream,
+            t.upstream_to_client,
+        );
+    }
     match result {
         Ok(t) => tracing::info!(
             account,

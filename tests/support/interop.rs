@@ -501,3 +501,165 @@ impl Raw {
         )
     }
 }
+
+/// An authrelay process with an IMAP and an SMTP listener (plaintext towards the client),
+/// Dovecot and Postfix submission upstream, the admin server, and `accounts` (TOML).
+pub struct FullRelay {
+    pub child: Child,
+    pub config: PathBuf,
+    /// The configuration as written, for tests that change it and send SIGHUP.
+    pub config_text: String,
+    pub imap: u16,
+    pub smtp: u16,
+    pub admin: u16,
+    pub log: PathBuf,
+    pub store: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl FullRelay {
+    pub fn start(accounts: &str, extra: &str) -> FullRelay {
+        Self::start_with(accounts, extra, "")
+    }
+
+    /// With `listener_extra` added to both listener tables.
+    pub fn start_with(accounts: &str, extra: &str, listener_extra: &str) -> FullRelay {
+        stack();
+        let dir = tempfile::tempdir().unwrap();
+        let (imap, smtp, admin) = (free_port(), free_port(), free_port());
+        let store = dir.path().join("state/tokens.json");
+        let ca = upstream_ca();
+        let config = format!(
+            r#"[listener.imap]
+protocol = "imap"
+listen = "127.0.0.1:{imap}"
+upstream = "{IMAP}"
+upstream_tls = "starttls"
+upstream_ca = "{ca}"
+upstream_name = "localhost"
+tilde_login = true
+{listener_extra}
+
+[listener.smtp]
+protocol = "smtp"
+listen = "127.0.0.1:{smtp}"
+upstream = "{SUBMISSION}"
+upstream_tls = "starttls"
+upstream_ca = "{ca}"
+upstream_name = "localhost"
+tilde_login = true
+{listener_extra}
+
+[admin]
+listen = "127.0.0.1:{admin}"
+public_url = "http://localhost:{admin}"
+
+[store]
+path = "{store}"
+
+[security]
+failure_delay_ms = 100
+token_timeout_secs = 10
+
+{extra}
+
+{accounts}
+"#,
+            ca = ca.display(),
+            store = store.display(),
+        );
+        let path = dir.path().join("authrelay.toml");
+        std::fs::write(&path, &config).unwrap();
+        let log = dir.path().join("authrelay.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
+            .args(["run", "--log-level", "trace", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let r = FullRelay {
+            child,
+            config: path,
+            config_text: config,
+            imap,
+            smtp,
+            admin,
+            log,
+            store,
+            dir,
+        };
+        for port in [imap, smtp, admin] {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "no listener on {port}: {}",
+                    r.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        r
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://localhost:{}", self.admin)
+    }
+
+    /// `authrelay login ACCOUNT ARGS` against this relay's configuration.
+    pub fn login_command(&self, account: &str, args: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_authrelay"))
+            .args(["login", account, "--config"])
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn imap_count(&self, user: &str, password: &str) -> String {
+        let out = run(Command::new("python3")
+            .arg(root().join("tests/interop/imap_client.py"))
+            .args([&self.imap.to_string(), "plain", "login", user, password])
+            .arg(upstream_ca())
+            .arg("count"));
+        text(&out).trim().to_owned()
+    }
+
+    pub fn smtp_send(
+        &self,
+        user: &str,
+        password: &str,
+        from: &str,
+        to: &str,
+        file: &Path,
+    ) -> String {
+        let out = run(Command::new("python3")
+            .arg(root().join("tests/interop/smtp_client.py"))
+            .args([
+                &self.smtp.to_string(),
+                "plain",
+                "PLAIN",
+                user,
+                password,
+                from,
+                to,
+            ])
+            .arg(file));
+        text(&out).trim().to_owned()
+    }
+}
+
+impl Drop for FullRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

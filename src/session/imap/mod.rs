@@ -24,7 +24,6 @@ use crate::session::relay;
 use crate::session::{ListenerContext, Outcome};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 use upstream::{ImapUpstream, LoginReply};
 
@@ -44,9 +43,10 @@ const BYE_LINE_TOO_LONG: &[u8] = b"* BYE [TOOBIG] Line too long\r\n";
 const BAD_NO_TAG: &[u8] = b"* BAD Invalid tag\r\n";
 
 /// Runs one IMAP session to its end.
-pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) -> Outcome {
+/// `conn` is the accepted connection (any PROXY header already read); `peer` the client.
+pub async fn run(ctx: Arc<ListenerContext>, conn: Conn, peer: SocketAddr) -> Outcome {
     let deadline = tokio::time::Instant::now() + ctx.config.pre_auth_timeout;
-    let mut client = Conn::new(tcp);
+    let mut client = conn;
     if !accept_implicit_tls(&ctx, &mut client, deadline).await {
         return Outcome::Refused;
     }
@@ -89,16 +89,9 @@ pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) ->
         }
     } {
         Ok(Step::Authenticated { account }) => {
-            let idle = session.ctx.config.idle_timeout;
-            let session_close = session.ctx.shared.close_sessions.clone();
-            relay::run_authenticated(
-                session.client.conn,
-                session.upstream.conn,
-                idle,
-                &account,
-                &session_close,
-            )
-            .await
+            let ctx = session.ctx.clone();
+            relay::run_authenticated(&ctx, session.client.conn, session.upstream.conn, &account)
+                .await
         }
         Ok(Step::Close(outcome)) => {
             session.close().await;

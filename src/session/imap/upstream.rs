@@ -316,6 +316,15 @@ pub fn has_capability(list: &[u8], cap: &[u8]) -> bool {
 impl UpstreamLogin for ImapUpstream {
     type Reply = LoginReply;
 
+    fn reply_code(reply: &LoginReply) -> String {
+        match reply.tagged.parsed() {
+            Some(imap::Response::Tagged { status, .. }) => {
+                format!("{status:?}").to_ascii_uppercase()
+            }
+            _ => "OTHER".to_owned(),
+        }
+    }
+
     async fn authenticate(
         &mut self,
         credential: &UpstreamCredential,

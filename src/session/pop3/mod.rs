@@ -24,7 +24,6 @@ use crate::session::relay;
 use crate::session::{ListenerContext, Outcome};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 use upstream::{Line, Pop3Upstream};
 
@@ -64,9 +63,10 @@ const REPLY_TLS_UNAVAILABLE: &[u8] = b"-ERR STLS not available\r\n";
 const REPLY_BYE: &[u8] = b"+OK Bye\r\n";
 
 /// Runs one POP3 session to its end.
-pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) -> Outcome {
+/// `conn` is the accepted connection (any PROXY header already read); `peer` the client.
+pub async fn run(ctx: Arc<ListenerContext>, conn: Conn, peer: SocketAddr) -> Outcome {
     let deadline = tokio::time::Instant::now() + ctx.config.pre_auth_timeout;
-    let mut client = Conn::new(tcp);
+    let mut client = conn;
     if !accept_implicit_tls(&ctx, &mut client, deadline).await {
         return Outcome::Refused;
     }
@@ -391,15 +391,7 @@ impl Session {
     }
 
     async fn relay(self, account: String) -> Outcome {
-        let idle = self.ctx.config.idle_timeout;
-        let session_close = self.ctx.shared.close_sessions.clone();
-        relay::run_authenticated(
-            self.client.conn,
-            self.upstream.conn,
-            idle,
-            &account,
-            &session_close,
-        )
-        .await
+        let ctx = self.ctx.clone();
+        relay::run_authenticated(&ctx, self.client.conn, self.upstream.conn, &account).await
     }
 }

@@ -234,6 +234,10 @@ fn finish(r: Line) -> AuthResult<Line> {
 impl UpstreamLogin for Pop3Upstream {
     type Reply = Line;
 
+    fn reply_code(reply: &Line) -> String {
+        if reply.ok { "+OK" } else { "-ERR" }.to_owned()
+    }
+
     async fn authenticate(
         &mut self,
         credential: &UpstreamCredential,

@@ -25,7 +25,6 @@ use crate::session::relay;
 use crate::session::{ListenerContext, Outcome};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 use upstream::SmtpUpstream;
 
@@ -68,9 +67,10 @@ const REPLY_TLS_ACTIVE: &[u8] = b"503 5.5.1 Error: TLS already active\r\n";
 const REPLY_STARTTLS_SYNTAX: &[u8] = b"501 5.5.4 Syntax: STARTTLS takes no parameters\r\n";
 
 /// Runs one SMTP session to its end.
-pub async fn run(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) -> Outcome {
+/// `conn` is the accepted connection (any PROXY header already read); `peer` the client.
+pub async fn run(ctx: Arc<ListenerContext>, conn: Conn, peer: SocketAddr) -> Outcome {
     let deadline = tokio::time::Instant::now() + ctx.config.pre_auth_timeout;
-    let mut client = Conn::new(tcp);
+    let mut client = conn;
     if !accept_implicit_tls(&ctx, &mut client, deadline).await {
         return Outcome::Refused;
     }
@@ -412,15 +412,7 @@ impl Session {
     }
 
     async fn relay(self, account: String) -> Outcome {
-        let idle = self.ctx.config.idle_timeout;
-        let session_close = self.ctx.shared.close_sessions.clone();
-        relay::run_authenticated(
-            self.client.conn,
-            self.upstream.conn,
-            idle,
-            &account,
-            &session_close,
-        )
-        .await
+        let ctx = self.ctx.clone();
+        relay::run_authenticated(&ctx, self.client.conn, self.upstream.conn, &account).await
     }
 }

@@ -230,6 +230,10 @@ impl SmtpUpstream {
 impl UpstreamLogin for SmtpUpstream {
     type Reply = OwnedReply;
 
+    fn reply_code(reply: &OwnedReply) -> String {
+        reply.code.to_string()
+    }
+
     async fn authenticate(
         &mut self,
         credential: &UpstreamCredential,
