@@ -554,8 +554,7 @@ tilde_login = true
 listen = "127.0.0.1:{admin}"
 public_url = "http://localhost:{admin}"
 
-[store]
-path = "{store}"
+{store_table}
 
 [security]
 failure_delay_ms = 100
@@ -566,7 +565,11 @@ token_timeout_secs = 10
 {accounts}
 "#,
             ca = ca.display(),
-            store = store.display(),
+            store_table = if extra.contains("[store]") {
+                String::new()
+            } else {
+                format!("[store]\npath = \"{}\"", store.display())
+            },
         );
         let path = dir.path().join("authrelay.toml");
         std::fs::write(&path, &config).unwrap();
