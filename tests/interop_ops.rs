@@ -298,6 +298,18 @@ fn the_compose_configuration_runs_natively_and_the_legacy_app_sends_mail() {
         log.contains("\"level\":\"INFO\""),
         "JSON logs in the container configuration"
     );
+    // One span per session: id, protocol, account and outcome on its last line.
+    let ended = log
+        .lines()
+        .find(|l| l.contains("session ended") && l.contains("\"account\":\"app\""))
+        .unwrap_or_else(|| panic!("{log}"));
+    for field in [
+        "\"protocol\":\"smtp\"",
+        "\"outcome\":\"relayed\"",
+        "\"id\":",
+    ] {
+        assert!(ended.contains(field), "{field} in {ended}");
+    }
     assert!(find_secret(&log, &[secret, LOCAL_PASSWORD.to_owned()]).is_none());
 }
 

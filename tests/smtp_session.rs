@@ -793,3 +793,55 @@ async fn allowed_from_lists_send_as_addresses_or_turns_the_check_off() {
         assert!(c.reply().await.starts_with(expect), "{allowed} {sender}");
     }
 }
+
+#[tokio::test]
+async fn upstream_refusals_come_with_what_to_do() {
+    for (refusal, advice) in [
+        (
+            "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.",
+            "SMTP AUTH is disabled for this tenant or mailbox: enable Authenticated SMTP for the mailbox (Set-CASMailbox -SmtpClientAuthenticationDisabled $false)",
+        ),
+        (
+            "535 5.7.139 Authentication unsuccessful, user is locked by your organization's security defaults policy.",
+            "the tenant's security defaults block basic authentication and app passwords: use auth = \"oauth\"",
+        ),
+    ] {
+        let upstream = FakeUpstream::start(
+            UpstreamOptions {
+                auth_failure: Some(refusal),
+                ..Default::default()
+            },
+            None,
+        )
+        .await;
+        let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+        let relay = Relay::start(&relay_toml(upstream.addr, "none", &tokens.url(), "", "")).await;
+        let mut c = Client::connect(relay.addr).await;
+        c.reply().await;
+        c.ehlo().await;
+        c.send(&format!(
+            "AUTH PLAIN {}\r\n",
+            plain("user@example.com", PASSWORD)
+        ))
+        .await;
+        assert_eq!(
+            c.reply().await,
+            format!("535 5.7.8 Upstream server refused the login ({refusal}): {advice}\r\n")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_outside_the_allow_list_is_closed_without_a_greeting() {
+    let w = world_with(
+        UpstreamOptions::default(),
+        "none",
+        "allow = [\"127.0.0.2/32\", \"10.0.0.0/8\"]",
+        "",
+        None,
+    )
+    .await;
+    let mut c = Client::connect(w.relay.addr).await;
+    assert!(c.closed().await);
+    assert!(w.upstream.log.lock().unwrap().commands.is_empty());
+}

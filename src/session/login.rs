@@ -270,3 +270,28 @@ pub fn explain_token_failure(
     };
     Explanation { temporary, text }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_entra_code_has_advice() {
+        for (code, words) in [
+            (700082, "re-authorize"),
+            (70008, "re-authorize"),
+            (65001, "consent"),
+            (7000215, "Value, not its Secret ID"),
+            (50076, "multi-factor"),
+            (50079, "multi-factor"),
+            (53003, "Conditional Access"),
+            (50194, "single-tenant app cannot use /common"),
+        ] {
+            let advice = aadsts_advice(code).unwrap_or_else(|| panic!("{code}"));
+            assert!(advice.contains(words), "{code}: {advice}");
+        }
+        assert_eq!(aadsts_advice(12345), None);
+        assert!(upstream_advice("535 5.7.3 Authentication unsuccessful").is_none());
+        assert!(upstream_advice("534-5.7.9 Application-specific password required").is_some());
+    }
+}

@@ -250,6 +250,8 @@ pub struct UpstreamOptions {
     pub json_challenge: bool,
     /// Greeting to send (default `220 fake.upstream ESMTP`).
     pub greeting: Option<&'static str>,
+    /// The reply to a refused AUTH (default `535 5.7.3 Authentication unsuccessful [FAKE]`).
+    pub auth_failure: Option<&'static str>,
 }
 
 #[derive(Debug, Default)]
@@ -416,8 +418,10 @@ async fn serve_smtp(
                     w.write_all(b"235 2.7.0 Authentication successful\r\n")
                         .await?;
                 } else {
-                    w.write_all(b"535 5.7.3 Authentication unsuccessful [FAKE]\r\n")
-                        .await?;
+                    let line = opts
+                        .auth_failure
+                        .unwrap_or("535 5.7.3 Authentication unsuccessful [FAKE]");
+                    w.write_all(format!("{line}\r\n").as_bytes()).await?;
                 }
                 continue;
             }
@@ -485,8 +489,10 @@ async fn serve_smtp(
                             .await?;
                     }
                 } else {
-                    w.write_all(b"535 5.7.3 Authentication unsuccessful [FAKE]\r\n")
-                        .await?;
+                    let line = opts
+                        .auth_failure
+                        .unwrap_or("535 5.7.3 Authentication unsuccessful [FAKE]");
+                    w.write_all(format!("{line}\r\n").as_bytes()).await?;
                 }
             }
         } else if upper.starts_with("MAIL FROM") || upper.starts_with("RCPT TO") {
