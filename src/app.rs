@@ -209,11 +209,17 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         config.security.hash_concurrency,
         config.security.failure_delay,
     );
+    let throttle = crate::auth::throttle::Throttle::new(
+        config.security.max_failures_per_address,
+        config.security.max_failures_per_username,
+        config.security.throttle_window,
+    );
     let shared = Arc::new(Shared::new(
         directory,
         config.clients.clone(),
         tokens,
         metrics,
+        throttle,
     ));
     let mut bound = Vec::new();
     for l in &config.listeners {

@@ -845,3 +845,38 @@ async fn a_client_outside_the_allow_list_is_closed_without_a_greeting() {
     assert!(c.closed().await);
     assert!(w.upstream.log.lock().unwrap().commands.is_empty());
 }
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_username_and_per_address() {
+    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
+    upstream.accept_token("access-1", "mailbox@example.com");
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let toml = relay_toml(upstream.addr, "none", &tokens.url(), "", "").replace(
+        "token_timeout_secs = 2",
+        "token_timeout_secs = 2\nmax_failures_per_username = 2\nmax_failures_per_address = 4",
+    );
+    let relay = Relay::start(&toml).await;
+    let attempt = |user: &'static str, pass: &'static str| {
+        let addr = relay.addr;
+        async move {
+            let mut c = Client::connect(addr).await;
+            c.reply().await;
+            c.ehlo().await;
+            c.send(&format!("AUTH PLAIN {}\r\n", plain(user, pass)))
+                .await;
+            c.reply().await
+        }
+    };
+    const BAD: &str = "535 5.7.8 Authentication credentials invalid\r\n";
+    const THROTTLED: &str =
+        "454 4.7.0 Too many failed logins from this address or for this user, try again later\r\n";
+    assert_eq!(attempt("user@example.com", "wrong-1").await, BAD);
+    assert_eq!(attempt("USER@example.com", "wrong-2").await, BAD);
+    // Over the username's limit: even the right password is not tried.
+    assert_eq!(attempt("user@example.com", PASSWORD).await, THROTTLED);
+    assert_eq!(tokens.count(), 0);
+    // Unknown usernames count the same way, and the address has its own limit.
+    assert_eq!(attempt("nobody@example.com", "x").await, BAD);
+    assert_eq!(attempt("nobody2@example.com", "x").await, BAD);
+    assert_eq!(attempt("nobody3@example.com", "x").await, THROTTLED);
+}

@@ -53,6 +53,11 @@ impl Directory {
         self.by_login.values()
     }
 
+    /// The pause before a failed login is answered.
+    pub fn failure_delay(&self) -> Duration {
+        self.failure_delay
+    }
+
     pub fn account(&self, login: &str) -> Option<&Arc<AccountConfig>> {
         self.by_login.get(&login.to_ascii_lowercase())
     }

@@ -7,6 +7,7 @@
 //!   client credentials) and error classification.
 //! - [`assertion`]: signed certificate assertions for client credentials.
 //! - [`authorize`]: what the account page and `authrelay login` share.
+//! - [`throttle`]: failed logins counted per address and per username.
 //! - [`tokens`]: the access-token cache with one refresh at a time per account.
 //! - [`upstream`]: what the sessions need to log in upstream, whatever the account's mode.
 
@@ -15,5 +16,6 @@ pub mod assertion;
 pub mod authorize;
 pub mod oauth;
 pub mod password;
+pub mod throttle;
 pub mod tokens;
 pub mod upstream;

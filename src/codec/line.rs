@@ -33,6 +33,15 @@ pub fn has_forbidden_controls(line: &[u8]) -> bool {
     line.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f)
 }
 
+/// True when the line is an HTTP request line (`METHOD target HTTP/1.x`): the stricter test for
+/// IMAP, where `GET` could be a client's tag.
+pub fn is_http_request_line(line: &[u8]) -> bool {
+    let line = line.trim_ascii_end();
+    looks_like_http(line)
+        && line.len() >= 9
+        && line[line.len() - 9..line.len() - 1].eq_ignore_ascii_case(b" HTTP/1.")
+}
+
 /// True when the line looks like the start of an HTTP request: a web page can make a browser
 /// send one to any local port, and such a connection is closed at once.
 pub fn looks_like_http(line: &[u8]) -> bool {
@@ -106,6 +115,10 @@ mod tests {
         assert!(looks_like_http(b"GET / HTTP/1.1"));
         assert!(looks_like_http(b"post /x HTTP/1.0"));
         assert!(!looks_like_http(b"EHLO getter"));
+        assert!(is_http_request_line(b"GET / HTTP/1.1\r\n"));
+        assert!(is_http_request_line(b"CONNECT mail:143 HTTP/1.0"));
+        assert!(!is_http_request_line(b"GET LOGIN user pass"));
+        assert!(!is_http_request_line(b"get SELECT \"HTTP/1.x folder\""));
     }
 
     #[test]

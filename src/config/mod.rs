@@ -332,6 +332,11 @@ pub struct SecurityConfig {
     pub refresh_margin: Duration,
     /// Timeout of one token endpoint request.
     pub token_timeout: Duration,
+    /// Failed logins from one address, or for one username, within `throttle_window` after
+    /// which further logins are refused unchecked (0: no limit).
+    pub max_failures_per_address: u32,
+    pub max_failures_per_username: u32,
+    pub throttle_window: Duration,
 }
 
 /// Scopes that give one Microsoft token for IMAP, POP and SMTP (protocol.md §1.2).
@@ -606,6 +611,9 @@ fn read_security(value: Option<Value>, problems: &mut Problems) -> Option<Securi
         failure_delay: Duration::from_millis(1000),
         refresh_margin: Duration::from_secs(600),
         token_timeout: Duration::from_secs(15),
+        max_failures_per_address: 30,
+        max_failures_per_username: 10,
+        throttle_window: Duration::from_secs(900),
     };
     if let Some(v) = value {
         let mut t = Table::new("security", v, problems)?;
@@ -623,6 +631,15 @@ fn read_security(value: Option<Value>, problems: &mut Problems) -> Option<Securi
         }
         if let Some(secs) = t.optional::<u64>("token_timeout_secs") {
             s.token_timeout = Duration::from_secs(secs.max(1));
+        }
+        if let Some(n) = t.optional::<u32>("max_failures_per_address") {
+            s.max_failures_per_address = n;
+        }
+        if let Some(n) = t.optional::<u32>("max_failures_per_username") {
+            s.max_failures_per_username = n;
+        }
+        if let Some(secs) = t.optional::<u64>("throttle_window_secs") {
+            s.throttle_window = Duration::from_secs(secs.max(1));
         }
         t.finish();
     }

@@ -11,6 +11,7 @@ use crate::config::{AccountAuth, AccountConfig};
 use crate::secret::Secret;
 use crate::session::upstream::UpstreamError;
 use crate::session::{ListenerContext, Shared};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,8 @@ pub enum Login<R> {
     },
     /// Unknown user or wrong local password (already logged and delayed).
     LocalRejected,
+    /// Too many failed logins from this address or for this username: not tried at all.
+    Throttled,
     /// No upstream credential could be had.
     TokenFailed {
         account: Arc<AccountConfig>,
@@ -64,11 +67,19 @@ pub enum Login<R> {
 
 pub async fn login<U: UpstreamLogin + Send>(
     ctx: &ListenerContext,
+    peer: IpAddr,
     credentials: &Credentials,
     upstream: &mut U,
 ) -> Login<U::Reply> {
     let shared = &ctx.shared;
     let started = Instant::now();
+    if let Some(why) = shared.throttle.check(peer, &credentials.username) {
+        let user = sanitize_for_reply(&credentials.username, 120);
+        tracing::warn!(user = %user, over = ?why, "login refused: too many failed logins");
+        shared.metrics.local_failure();
+        tokio::time::sleep(shared.directory().failure_delay()).await;
+        return Login::Throttled;
+    }
     let tilde = ctx
         .config
         .tilde_login
@@ -87,11 +98,13 @@ pub async fn login<U: UpstreamLogin + Send>(
         LocalAuth::Accepted(a) => a,
         LocalAuth::Rejected => {
             let user = sanitize_for_reply(&credentials.username, 120);
+            shared.throttle.failed(peer, &credentials.username);
             shared.metrics.local_failure();
             tracing::info!(user = %user, "login failed: unknown user or wrong local password");
             return Login::LocalRejected;
         }
     };
+    shared.throttle.succeeded(&credentials.username);
     tracing::Span::current().record("account", account.id.as_str());
     let mut rejected_token = None;
     let mut attempt = 0;

@@ -29,6 +29,8 @@ pub struct Shared {
     /// goodbye (before login) or close the pipe (after login).
     pub close_sessions: tokio_util::sync::CancellationToken,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Failed logins per address and per username (kept across reloads).
+    pub throttle: crate::auth::throttle::Throttle,
 }
 
 impl Shared {
@@ -37,8 +39,10 @@ impl Shared {
         clients: Vec<ClientConfig>,
         tokens: TokenCache,
         metrics: Arc<crate::metrics::Metrics>,
+        throttle: crate::auth::throttle::Throttle,
     ) -> Self {
         Shared {
+            throttle,
             directory: RwLock::new(Arc::new(directory)),
             clients: RwLock::new(Arc::new(clients)),
             tokens,

@@ -511,6 +511,7 @@ pub struct FullRelay {
     pub config_text: String,
     pub imap: u16,
     pub smtp: u16,
+    pub pop3: u16,
     pub admin: u16,
     pub log: PathBuf,
     pub store: PathBuf,
@@ -526,7 +527,7 @@ impl FullRelay {
     pub fn start_with(accounts: &str, extra: &str, listener_extra: &str) -> FullRelay {
         stack();
         let dir = tempfile::tempdir().unwrap();
-        let (imap, smtp, admin) = (free_port(), free_port(), free_port());
+        let (imap, smtp, pop3, admin) = (free_port(), free_port(), free_port(), free_port());
         let store = dir.path().join("state/tokens.json");
         let ca = upstream_ca();
         let config = format!(
@@ -550,21 +551,33 @@ upstream_name = "localhost"
 tilde_login = true
 {listener_extra}
 
+[listener.pop3]
+protocol = "pop3"
+listen = "127.0.0.1:{pop3}"
+upstream = "{POP3}"
+upstream_tls = "starttls"
+upstream_ca = "{ca}"
+upstream_name = "localhost"
+{listener_extra}
+
 [admin]
 listen = "127.0.0.1:{admin}"
 public_url = "http://localhost:{admin}"
 
 {store_table}
 
-[security]
-failure_delay_ms = 100
-token_timeout_secs = 10
+{security_table}
 
 {extra}
 
 {accounts}
 "#,
             ca = ca.display(),
+            security_table = if extra.contains("[security]") {
+                String::new()
+            } else {
+                "[security]\nfailure_delay_ms = 100\ntoken_timeout_secs = 10".to_owned()
+            },
             store_table = if extra.contains("[store]") {
                 String::new()
             } else {
@@ -587,12 +600,13 @@ token_timeout_secs = 10
             config_text: config,
             imap,
             smtp,
+            pop3,
             admin,
             log,
             store,
             dir,
         };
-        for port in [imap, smtp, admin] {
+        for port in [imap, smtp, pop3, admin] {
             let deadline = Instant::now() + Duration::from_secs(20);
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
                 assert!(

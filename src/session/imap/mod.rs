@@ -205,6 +205,10 @@ impl Session {
     }
 
     async fn handle(&mut self, command: &[u8]) -> Next {
+        if crate::codec::line::is_http_request_line(command) {
+            tracing::info!("HTTP request on the IMAP port; closing");
+            return Next::Done(Step::Close(Outcome::Refused));
+        }
         let parsed = match imap::parse_command(command) {
             Ok(p) => p,
             Err(imap::ParseError::NoTag) => return self.reply(BAD_NO_TAG).await,
@@ -351,7 +355,7 @@ impl Session {
     async fn login(&mut self, tag: &[u8], credentials: Credentials) -> Next {
         let ctx = self.ctx.clone();
         self.upstream.login_tag = tag.to_vec();
-        match login(&ctx, &credentials, &mut self.upstream).await {
+        match login(&ctx, self.peer.ip(), &credentials, &mut self.upstream).await {
             Login::Accepted { account, reply } => {
                 if self
                     .client
@@ -368,6 +372,15 @@ impl Session {
             }
             Login::LocalRejected => {
                 self.fail_login(tag, None, "unknown user or wrong local password")
+                    .await
+            }
+            Login::Throttled => {
+                let reply = [
+                    tag,
+                    b" NO [UNAVAILABLE] Too many failed logins from this address or for this user, try again later\r\n",
+                ]
+                .concat();
+                self.fail_login(tag, Some(reply), "too many failed logins")
                     .await
             }
             Login::TokenFailed { account, error } => {

@@ -326,7 +326,7 @@ impl Session {
 
     async fn login(&mut self, credentials: Credentials) -> Next {
         let ctx = self.ctx.clone();
-        match login(&ctx, &credentials, &mut self.upstream).await {
+        match login(&ctx, self.peer.ip(), &credentials, &mut self.upstream).await {
             Login::Accepted { account, reply } => {
                 if self.client.conn.send(&reply.raw).await.is_err() {
                     return Next::Done(Step::Close(Outcome::ClientLeft));
@@ -338,6 +338,13 @@ impl Session {
             Login::LocalRejected => {
                 self.fail_login(None, "unknown user or wrong local password")
                     .await
+            }
+            Login::Throttled => {
+                self.fail_login(
+                    Some(b"-ERR [SYS/TEMP] Too many failed logins from this address or for this user, try again later\r\n"),
+                    "too many failed logins",
+                )
+                .await
             }
             Login::TokenFailed { account, error } => self.token_failure(&account, &error).await,
             Login::UpstreamRejected { reply } => self.upstream_refused(&reply).await,

@@ -50,12 +50,15 @@ const REPLY_HELO_FIRST: &[u8] = b"503 5.5.1 Error: send HELO/EHLO first\r\n";
 const REPLY_AUTH_REQUIRED: &[u8] = b"530 5.7.0 Authentication required\r\n";
 const REPLY_ENCRYPTION_REQUIRED: &[u8] =
     b"538 5.7.11 Encryption required for requested authentication mechanism\r\n";
+const REPLY_AUTH_SYNTAX: &[u8] = b"501 5.5.4 Syntax: AUTH mechanism\r\n";
 const REPLY_UNKNOWN_MECHANISM: &[u8] = b"504 5.5.4 Unrecognized authentication type\r\n";
 const REPLY_CANCELLED: &[u8] = b"501 5.7.0 Authentication cancelled\r\n";
 const REPLY_BAD_BASE64: &[u8] = b"501 5.5.2 Cannot decode base64\r\n";
 const REPLY_MALFORMED_SASL: &[u8] = b"501 5.5.2 Malformed authentication response\r\n";
 pub const REPLY_INVALID_CREDENTIALS: &[u8] = b"535 5.7.8 Authentication credentials invalid\r\n";
 const REPLY_OK: &[u8] = b"250 2.0.0 OK\r\n";
+const REPLY_THROTTLED: &[u8] =
+    b"454 4.7.0 Too many failed logins from this address or for this user, try again later\r\n";
 const REPLY_BYE: &[u8] = b"221 2.0.0 Bye\r\n";
 const REPLY_TLS_READY: &[u8] = b"220 2.0.0 Ready to start TLS\r\n";
 const CHALLENGE: Challenge = Challenge {
@@ -300,6 +303,9 @@ impl Session {
         if !self.local_channel_acceptable() {
             return self.reply(REPLY_ENCRYPTION_REQUIRED).await;
         }
+        if mechanism.is_empty() {
+            return self.reply(REPLY_AUTH_SYNTAX).await;
+        }
         let Some(mechanism) = Mechanism::parse(mechanism) else {
             return self.reply(REPLY_UNKNOWN_MECHANISM).await;
         };
@@ -338,7 +344,7 @@ impl Session {
     /// Logs in (session::login) and answers the outcome.
     async fn login(&mut self, credentials: Credentials) -> Next {
         let ctx = self.ctx.clone();
-        match login(&ctx, &credentials, &mut self.upstream).await {
+        match login(&ctx, self.peer.ip(), &credentials, &mut self.upstream).await {
             Login::Accepted { account, reply } => {
                 if self.client.conn.send(&reply.raw).await.is_err() {
                     return Next::Done(Step::Close(Outcome::ClientLeft));
@@ -347,6 +353,10 @@ impl Session {
             }
             Login::LocalRejected => {
                 self.fail_login(None, "unknown user or wrong local password")
+                    .await
+            }
+            Login::Throttled => {
+                self.fail_login(Some(REPLY_THROTTLED), "too many failed logins")
                     .await
             }
             Login::TokenFailed { account, error } => self.token_failure(&account, &error).await,
