@@ -377,8 +377,25 @@ fn read_sources(path: &Path) -> Result<Value, String> {
                 .try_parsing(true),
         )
         .build()
-        .map_err(|e| e.to_string())?;
-    built.try_deserialize::<Value>().map_err(|e| e.to_string())
+        .map_err(|e| without_source_excerpt(&e.to_string()))?;
+    built
+        .try_deserialize::<Value>()
+        .map_err(|e| without_source_excerpt(&e.to_string()))
+}
+
+/// A TOML syntax error quotes the offending line, which may hold a secret: keep the position
+/// and the explanation only.
+fn without_source_excerpt(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.len() < 3 || !lines.iter().any(|l| l.trim_start().starts_with('|')) {
+        return message.to_owned();
+    }
+    let last = lines[lines.len() - 1];
+    format!("{}: {last}", lines[0])
 }
 
 /// Loads a configuration from TOML text, without environment overrides (tests, tools).
@@ -390,7 +407,7 @@ pub fn from_toml_str(toml: &str) -> Result<Config, Vec<Problem>> {
         .map_err(|e| {
             vec![Problem {
                 path: "(toml)".into(),
-                message: e.to_string(),
+                message: without_source_excerpt(&e.to_string()),
             }]
         })?;
     from_value(value)

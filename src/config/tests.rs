@@ -159,3 +159,15 @@ fn host_port_parsing() {
     );
     assert!(!is_loopback_host("10.0.0.1"));
 }
+
+#[test]
+fn a_syntax_error_does_not_quote_the_line() {
+    let toml = minimal().replace(
+        "refresh_token = \"rt\"",
+        "refresh_token = \"rt-secret-canary-9x",
+    );
+    let problems = from_toml_str(&toml).unwrap_err();
+    let text = format!("{problems:?}");
+    assert!(!text.contains("canary"), "{text}");
+    assert!(text.contains("TOML parse error at line"), "{text}");
+}
