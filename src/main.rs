@@ -101,6 +101,7 @@ enum CliLogFormat {
 }
 
 fn main() -> ExitCode {
+    return_large_allocations_to_the_system();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config.config),
@@ -117,6 +118,18 @@ fn main() -> ExitCode {
             log_format,
             log_level,
         } => run(&config.config, log_format, log_level),
+    }
+}
+
+/// Each password check allocates Argon2's 19 MiB working memory. glibc's malloc raises its mmap
+/// threshold after such a block is freed and then keeps later ones in its arenas, so a relay that
+/// checked a few hundred passwords would hold hundreds of MiB it no longer uses. A fixed
+/// threshold keeps every large block mmapped, and returned to the system when freed.
+fn return_large_allocations_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

@@ -523,8 +523,18 @@ impl FullRelay {
         Self::start_with(accounts, extra, "")
     }
 
-    /// With `listener_extra` added to both listener tables.
+    /// With `listener_extra` added to every listener table.
     pub fn start_with(accounts: &str, extra: &str, listener_extra: &str) -> FullRelay {
+        Self::start_opts(accounts, extra, listener_extra, "trace")
+    }
+
+    /// With a log level of its own (a long soak at trace level would fill the disk).
+    pub fn start_opts(
+        accounts: &str,
+        extra: &str,
+        listener_extra: &str,
+        log_level: &str,
+    ) -> FullRelay {
         stack();
         let dir = tempfile::tempdir().unwrap();
         let (imap, smtp, pop3, admin) = (free_port(), free_port(), free_port(), free_port());
@@ -588,7 +598,7 @@ public_url = "http://localhost:{admin}"
         std::fs::write(&path, &config).unwrap();
         let log = dir.path().join("authrelay.log");
         let child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
-            .args(["run", "--log-level", "trace", "--config"])
+            .args(["run", "--log-level", log_level, "--config"])
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
