@@ -179,7 +179,7 @@ fn mixed_load_keeps_memory_flat() {
                     } else {
                         counts[4].fetch_add(1, Ordering::Relaxed);
                     }
-                    if n % 10 == 0 {
+                    if n.is_multiple_of(10) {
                         if let Ok(s) = TcpStream::connect(("127.0.0.1", r.imap)) {
                             idle.push(s);
                         }
@@ -230,14 +230,16 @@ fn mixed_load_keeps_memory_flat() {
         errors * 100 <= total,
         "{errors} failed operations out of {total}"
     );
-    // Flat: after the first quarter (allocator and caches warmed up), growth stays small.
-    let warm = samples[samples.len() / 4];
-    let last = *samples.last().unwrap();
-    let peak = *samples.iter().max().unwrap();
-    println!("RSS: warm {warm} KiB, last {last} KiB, peak {peak} KiB; {total} operations, {errors} errors");
+    // Flat: each password check holds Argon2's 19 MiB while it runs, so single samples swing;
+    // the peak of the second half must stay within 16 MiB of the peak of the first.
+    let (first, second) = samples.split_at(samples.len() / 2);
+    let first_peak = first.iter().copied().max().unwrap_or(0);
+    let second_peak = second.iter().copied().max().unwrap_or(0);
+    let min = samples.iter().copied().min().unwrap_or(0);
+    println!("RSS: min {min} KiB, peak of the first half {first_peak} KiB, of the second {second_peak} KiB; {total} operations, {errors} errors");
     assert!(
-        last <= warm + 16 * 1024,
-        "RSS grew from {warm} KiB to {last} KiB"
+        second_peak <= first_peak + 16 * 1024,
+        "RSS grew from {first_peak} KiB to {second_peak} KiB"
     );
     assert!(find_secret(&r.log_text(), &[LOCAL_PASSWORD.into(), rt]).is_none());
 }
