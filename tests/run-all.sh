@@ -4,7 +4,8 @@
 #   2. starts the loopback interop stack (tests/harness/start.sh)
 #   3. formatting and clippy, unit tests, in-process integration tests, real-server interop tests
 #   4. every fuzz target for FUZZ_SECONDS (default 20) each, from the committed seed corpora
-# Env: FUZZ_SECONDS=N, SKIP_FUZZ=1, KEEP_STACK=1 (leave Dovecot/Postfix running afterwards).
+# Env: FUZZ_SECONDS=N, SKIP_FUZZ=1, KEEP_STACK=1 (leave Dovecot/Postfix running afterwards),
+#      SOAK_SECS=N (the soak test's length, default 20).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
@@ -22,7 +23,12 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
-step "cargo test (unit, integration, interop)"
+step "supply chain: cargo deny check licenses bans sources"
+command -v cargo-deny >/dev/null 2>&1 || cargo install cargo-deny --locked
+# advisories need the RustSec database from GitHub, which these machines cannot reach: see deny.toml.
+cargo deny check licenses bans sources
+
+step "cargo test (unit, integration, interop, fault matrix, hostile input, soak ${SOAK_SECS:-20}s)"
 cargo test --all-targets --locked
 
 if [ -z "${SKIP_FUZZ:-}" ]; then
