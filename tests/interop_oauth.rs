@@ -687,12 +687,3 @@ fn the_readme_walkthrough_sets_up_three_accounts_three_ways() {
         ],
     );
 }
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}

@@ -235,7 +235,7 @@ fn the_compose_configuration_runs_natively_and_the_legacy_app_sends_mail() {
     let log = dir.path().join("authrelay.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_authrelay"));
     native(&mut cmd);
-    let relay = Killed(
+    let relay = KillOnDrop(
         cmd.args(["run", "--log-level", "debug"])
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -311,15 +311,6 @@ fn the_compose_configuration_runs_natively_and_the_legacy_app_sends_mail() {
         assert!(ended.contains(field), "{field} in {ended}");
     }
     assert!(find_secret(&log, &[secret, LOCAL_PASSWORD.to_owned()]).is_none());
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // ------------------------------------------------------------------ health, readiness, metrics
@@ -595,7 +586,7 @@ fn haproxy_with_proxy_v2_in_front_of_two_relays() {
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("haproxy.cfg"), cfg).unwrap();
-    let _haproxy = Killed(
+    let _haproxy = KillOnDrop(
         Command::new("haproxy")
             .args(["-db", "-f"])
             .arg(dir.path().join("haproxy.cfg"))

@@ -690,3 +690,13 @@ impl Drop for FullRelay {
         let _ = self.child.wait();
     }
 }
+
+/// A child process killed (and reaped) however the test ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
