@@ -351,3 +351,25 @@ fn kill_9_during_store_writes_never_leaves_an_unreadable_store() {
     assert!(writes_seen > 0 && last >= 0);
     println!("{kills} kills during writes; the store was readable after each");
 }
+
+#[tokio::test]
+async fn every_log_line_of_these_tests_is_captured_and_scanned() {
+    let w = world("").await;
+    assert_eq!(
+        smtp_login(&w.relay, PASSWORD).await,
+        "235 2.7.0 Authentication successful\r\n"
+    );
+    let log = captured_log();
+    assert!(log.contains("upstream login accepted"), "{log}");
+    assert!(log.contains("TRACE"), "trace level is captured");
+    // The scanner finds each kind of secret.
+    for planted in [
+        format!("x {PASSWORD} y"),
+        "token=access-12 ".into(),
+        "refresh \"rt-3\"".into(),
+        "client-secret-canary-91ab".into(),
+    ] {
+        assert!(find_secret_in(&planted).is_some(), "{planted}");
+    }
+    assert!(find_secret_in("access token refreshed, sort-1 rt-initial").is_none());
+}

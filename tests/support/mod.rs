@@ -19,6 +19,80 @@ use tokio::net::{TcpListener, TcpStream};
 pub const PASSWORD: &str = "local-password-canary-7f3e";
 pub const HASH_OF_PASSWORD: &str = "$argon2id$v=19$m=19456,t=2,p=1$B4rerc+owRWnclVGCT9cjw$SLto+lNnxNskib1Ja9AQf2xzJEDgu1+dAEz1kb2dpLY";
 
+// ------------------------------------------------------------------ every log line, scanned
+
+/// Everything the relays of this test binary logged, at trace level.
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends every relay log line of this test binary, at trace level, to a buffer that
+/// [`assert_logs_clean`] scans.
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .try_init();
+    });
+}
+
+/// What the relays of this test binary have logged so far.
+pub fn captured_log() -> String {
+    String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned()
+}
+
+/// The first secret found in `log`: the secrets the in-process tests use, the password's
+/// base64 (a SASL blob), and the shapes of the tokens the fake endpoint issues (access-N, rt-N).
+pub fn find_secret_in(log: &str) -> Option<String> {
+    let canaries = [
+        PASSWORD,
+        "client-secret-canary-91ab",
+        "rt-initial-canary-55cd",
+        "app-password-canary-0c1d",
+    ];
+    let password_b64 = STANDARD.encode(PASSWORD);
+    if let Some(c) = canaries
+        .iter()
+        .copied()
+        .chain([&password_b64[..16]])
+        .find(|c| log.contains(c))
+    {
+        return Some(c.to_owned());
+    }
+    for prefix in ["access-", " rt-", "=rt-", "\"rt-"] {
+        for (i, _) in log.match_indices(prefix) {
+            if log[i + prefix.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+            {
+                return Some(log[i..(i + 20).min(log.len())].to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// Fails when anything logged so far holds a secret.
+pub fn assert_logs_clean() {
+    if let Some(found) = find_secret_in(&captured_log()) {
+        panic!("{found} is in the relay log");
+    }
+}
+
 /// A self-signed certificate for 127.0.0.1 and localhost, written to a temporary directory.
 pub struct TestCert {
     pub dir: tempfile::TempDir,
@@ -545,12 +619,14 @@ pub struct Relay {
     pub running: authrelay::app::Running,
     pub config: authrelay::config::Config,
     pub store_dir: tempfile::TempDir,
+    pub log_scan: LogScan,
 }
 
 impl Relay {
     /// Starts a relay with `toml`. Unless the text has its own `[store]` and `[admin]`
     /// tables, the token store goes to a fresh temporary directory and the admin server is off.
     pub async fn start(toml: &str) -> Self {
+        capture_logs();
         let mut config = authrelay::config::from_toml_str(toml)
             .unwrap_or_else(|p| panic!("config problems: {p:?}"));
         let store_dir = tempfile::tempdir().unwrap();
@@ -567,6 +643,7 @@ impl Relay {
             running,
             config,
             store_dir,
+            log_scan: LogScan,
         }
     }
 
@@ -706,3 +783,14 @@ pub fn plain(user: &str, pass: &str) -> String {
     b64(format!("\0{user}\0{pass}").as_bytes())
 }
 pub mod interop;
+
+/// Held by every [`Relay`]: when the test is done with it, everything logged so far is scanned.
+pub struct LogScan;
+
+impl Drop for LogScan {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_logs_clean();
+        }
+    }
+}
