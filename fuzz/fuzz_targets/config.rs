@@ -10,6 +10,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // The canary must only ever be a secret's value: an input that already holds it (as a key
+    // name, say, which problems rightly quote) proves nothing.
+    if text.contains("Zq9") {
+        return;
+    }
     // Put a known secret into every secret key the input names, so that a problem message
     // that quotes a value would show it.
     let text = text
