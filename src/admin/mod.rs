@@ -298,6 +298,32 @@ fn csrf_ok(admin: &Admin, given: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The account a form was posted for, if it exists and the form carries this server's CSRF
+/// token; otherwise the page to answer with.
+fn posted_account(
+    admin: &Admin,
+    name: &str,
+    csrf: &str,
+) -> Result<Arc<AccountConfig>, Box<Response>> {
+    let Some(account) = find_account(admin, name) else {
+        return Err(Box::new(not_found(name)));
+    };
+    if !csrf_ok(admin, csrf) {
+        return Err(Box::new(refuse(
+            admin,
+            &account,
+            "The form expired; reload the page and try again.",
+            StatusCode::FORBIDDEN,
+        )));
+    }
+    Ok(account)
+}
+
+/// The account page with an error at its top.
+fn refuse(admin: &Admin, account: &AccountConfig, error: &str, status: StatusCode) -> Response {
+    render_account(admin, account, None, Some(error), status)
+}
+
 /// The account's store key: the store key file's, or the one derived from the local password
 /// typed on the page (verified like a login, with its delay on failure).
 async fn unlock(
@@ -334,47 +360,30 @@ async fn start_authorization(
     Path(name): Path<String>,
     Form(form): Form<AuthorizeForm>,
 ) -> Response {
-    let Some(account) = find_account(&admin, &name) else {
-        return not_found(&name);
+    let account = match posted_account(&admin, &name, &form.csrf) {
+        Ok(a) => a,
+        Err(refused) => return *refused,
     };
-    if !csrf_ok(&admin, &form.csrf) {
-        return render_account(
-            &admin,
-            &account,
-            None,
-            Some("The form expired; reload the page and try again."),
-            StatusCode::FORBIDDEN,
-        );
-    }
     match authorize::oauth_of(&account) {
         Ok(o) if o.flow == Flow::Delegated => {}
         Ok(_) => {
-            return render_account(
+            return refuse(
                 &admin,
                 &account,
-                None,
-                Some("This account uses client credentials: it needs no sign-in."),
+                "This account uses client credentials: it needs no sign-in.",
                 StatusCode::BAD_REQUEST,
             )
         }
-        Err(e) => return render_account(&admin, &account, None, Some(&e), StatusCode::BAD_REQUEST),
+        Err(e) => return refuse(&admin, &account, &e, StatusCode::BAD_REQUEST),
     }
     let key = match unlock(&admin, &account, form.password).await {
         Ok(k) => k,
-        Err(e) => return render_account(&admin, &account, None, Some(e), StatusCode::FORBIDDEN),
+        Err(e) => return refuse(&admin, &account, e, StatusCode::FORBIDDEN),
     };
     let store = admin.shared.tokens.store();
     let ep = match authorize::endpoints(store, &account, Some(&key)) {
         Ok(ep) => ep,
-        Err(e) => {
-            return render_account(
-                &admin,
-                &account,
-                None,
-                Some(&e.description),
-                StatusCode::BAD_REQUEST,
-            )
-        }
+        Err(e) => return refuse(&admin, &account, &e.description, StatusCode::BAD_REQUEST),
     };
     let request = match oauth::authorization_request(
         &ep,
@@ -382,25 +391,16 @@ async fn start_authorization(
         Some(&account.mailbox),
     ) {
         Ok(r) => r,
-        Err(e) => {
-            return render_account(
-                &admin,
-                &account,
-                None,
-                Some(&e.description),
-                StatusCode::BAD_REQUEST,
-            )
-        }
+        Err(e) => return refuse(&admin, &account, &e.description, StatusCode::BAD_REQUEST),
     };
     admin
         .pending
         .retain(|_, p| p.started.elapsed() < PENDING_TTL);
     if admin.pending.len() >= MAX_PENDING {
-        return render_account(
+        return refuse(
             &admin,
             &account,
-            None,
-            Some("Too many sign-ins are under way; finish or wait for them."),
+            "Too many sign-ins are under way; finish or wait for them.",
             StatusCode::TOO_MANY_REQUESTS,
         );
     }
@@ -454,14 +454,13 @@ async fn callback(State(admin): AdminState, Query(q): Query<CallbackQuery>) -> R
             e.code(),
             e.description
         );
-        return render_account(&admin, &account, None, Some(&text), StatusCode::BAD_REQUEST);
+        return refuse(&admin, &account, &text, StatusCode::BAD_REQUEST);
     }
     let Some(code) = q.code.map(Secret::new) else {
-        return render_account(
+        return refuse(
             &admin,
             &account,
-            None,
-            Some("The identity provider sent no code."),
+            "The identity provider sent no code.",
             StatusCode::BAD_REQUEST,
         );
     };
@@ -487,7 +486,7 @@ async fn callback(State(admin): AdminState, Query(q): Query<CallbackQuery>) -> R
                 e.code(),
                 e.description
             );
-            return render_account(&admin, &account, None, Some(&text), StatusCode::BAD_GATEWAY);
+            return refuse(&admin, &account, &text, StatusCode::BAD_GATEWAY);
         }
     };
     if grant.refresh_token.is_none() {
@@ -500,11 +499,10 @@ async fn callback(State(admin): AdminState, Query(q): Query<CallbackQuery>) -> R
         }
         Err(e) => {
             tracing::error!(account = %account.id, "cannot store the tokens: {e}");
-            render_account(
+            refuse(
                 &admin,
                 &account,
-                None,
-                Some(&format!("The tokens could not be stored: {e}")),
+                &format!("The tokens could not be stored: {e}"),
                 StatusCode::INTERNAL_SERVER_ERROR,
             )
         }
@@ -529,18 +527,10 @@ async fn save_app(
     Path(name): Path<String>,
     Form(form): Form<AppForm>,
 ) -> Response {
-    let Some(account) = find_account(&admin, &name) else {
-        return not_found(&name);
+    let account = match posted_account(&admin, &name, &form.csrf) {
+        Ok(a) => a,
+        Err(refused) => return *refused,
     };
-    if !csrf_ok(&admin, &form.csrf) {
-        return render_account(
-            &admin,
-            &account,
-            None,
-            Some("The form expired; reload the page and try again."),
-            StatusCode::FORBIDDEN,
-        );
-    }
     let nonempty = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     let client_id = nonempty(form.client_id);
     let tenant = nonempty(form.tenant);
@@ -551,20 +541,23 @@ async fn save_app(
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
         {
-            return render_account(&admin, &account, None, Some("The client id must be the Application (client) ID, letters, digits and dashes."), StatusCode::BAD_REQUEST);
+            return refuse(
+                &admin,
+                &account,
+                "The client id must be the Application (client) ID, letters, digits and dashes.",
+                StatusCode::BAD_REQUEST,
+            );
         }
     }
     if let Some(t) = &tenant {
         if !crate::config::valid_tenant(t) {
-            return render_account(&admin, &account, None, Some("The tenant must be a Directory (tenant) ID, a domain, organizations, common or consumers."), StatusCode::BAD_REQUEST);
+            return refuse(&admin, &account, "The tenant must be a Directory (tenant) ID, a domain, organizations, common or consumers.", StatusCode::BAD_REQUEST);
         }
     }
     let key = if client_secret.is_some() {
         match unlock(&admin, &account, form.password).await {
             Ok(k) => Some(k),
-            Err(e) => {
-                return render_account(&admin, &account, None, Some(e), StatusCode::FORBIDDEN)
-            }
+            Err(e) => return refuse(&admin, &account, e, StatusCode::FORBIDDEN),
         }
     } else {
         None
@@ -582,11 +575,10 @@ async fn save_app(
         .update(&account.id, key.as_ref(), change)
     {
         Ok(_) => Redirect::to(&format!("/account/{}?saved=1", account.id)).into_response(),
-        Err(e) => render_account(
+        Err(e) => refuse(
             &admin,
             &account,
-            None,
-            Some(&e.to_string()),
+            &e.to_string(),
             StatusCode::INTERNAL_SERVER_ERROR,
         ),
     }
