@@ -224,3 +224,79 @@ fn run_starts_with_the_example_config_and_stops_on_sigterm() {
     assert!(child.wait().unwrap().success(), "{seen}{rest}");
     assert!(rest.contains("shutting down"), "{rest}");
 }
+
+/// Each password check allocates Argon2's 19 MiB; the relay must give it back to the system
+/// afterwards (glibc would otherwise keep it: 129 MB resident after three logins).
+#[test]
+fn password_checks_do_not_leave_their_memory_resident() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::net::{TcpListener, TcpStream};
+    // A POP3 upstream that only greets: the local password check happens before any login
+    // upstream.
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in upstream.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = s.write_all(b"+OK ready\r\n");
+                let _ = s.read_to_end(&mut Vec::new());
+            });
+        }
+    });
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listener.pop3]\nprotocol = \"pop3\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{upstream_addr}\"\nupstream_tls = \"none\"\n\n[admin]\nenabled = false\n\n[store]\npath = \"{}\"\n\n[security]\nfailure_delay_ms = 0\nmax_failures_per_address = 0\nmax_failures_per_username = 0\n\n[account.a]\nlogin = \"a@example.com\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$MU94ng1n/4lRz6cR7lqPIA$K2jT1rxrDDJDO0vBsM+K23hAUXmLOj3Nhz9TI77Hs2A\"\nprovider = \"custom\"\nclient_id = \"c\"\ntoken_url = \"http://127.0.0.1:1/token\"\n",
+            dir.path().join("tokens.json").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for _ in 0..10 {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        r.get_mut()
+            .write_all(b"USER a@example.com\r\nPASS wrong\r\n")
+            .unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "-ERR [AUTH] Authentication failed\r\n");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    println!("RSS after 10 password checks: {rss_kib} KiB");
+    assert!(
+        rss_kib < 48 * 1024,
+        "{rss_kib} KiB resident after 10 password checks"
+    );
+}
