@@ -85,11 +85,7 @@ impl Running {
             .accounts()
             .map(|a| a.id.clone())
             .collect();
-        let directory = Directory::new(
-            &config.accounts,
-            config.security.hash_concurrency,
-            config.security.failure_delay,
-        );
+        let directory = Directory::new(&config.accounts, &config.security);
         self.shared
             .replace_accounts(directory, config.clients.clone());
         for a in &config.accounts {
@@ -204,11 +200,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         admin_url,
         metrics.clone(),
     );
-    let directory = Directory::new(
-        &config.accounts,
-        config.security.hash_concurrency,
-        config.security.failure_delay,
-    );
+    let directory = Directory::new(&config.accounts, &config.security);
     let throttle = crate::auth::throttle::Throttle::new(
         config.security.max_failures_per_address,
         config.security.max_failures_per_username,

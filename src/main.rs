@@ -133,6 +133,32 @@ fn return_large_allocations_to_the_system() {
     }
 }
 
+/// Every session holds two sockets (client and upstream), so the usual soft limit of 1,024 open
+/// files would refuse connections long before `max_connections`. Raise it to the hard limit,
+/// as servers do; the hard limit (systemd's LimitNOFILE=, docker's --ulimit) stays the cap.
+fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur as u64
+}
+
 fn print_problems(problems: &[config::Problem]) {
     for p in problems {
         eprintln!("error: {p}");
@@ -267,6 +293,20 @@ fn run(
         None => cfg.log.format,
     };
     init_logging(&level, format);
+    let open_files = raise_open_files_limit();
+    let wanted: u64 = cfg
+        .listeners
+        .iter()
+        .map(|l| 2 * l.max_connections as u64)
+        .sum::<u64>()
+        + 64;
+    if open_files != 0 && open_files < wanted {
+        tracing::warn!(
+            open_files,
+            wanted,
+            "the open-files limit is below what max_connections needs (two sockets per session); raise LimitNOFILE= or the container's nofile ulimit"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -2,7 +2,8 @@
 # Runs every test authrelay has, on a fresh Debian machine as root:
 #   1. installs what the tests need (Dovecot, Postfix and the mail clients with apt-get; cargo-fuzz)
 #   2. starts the loopback interop stack (tests/harness/start.sh)
-#   3. formatting and clippy, unit tests, in-process integration tests, real-server interop tests
+#   3. formatting and clippy, unit tests, in-process integration tests, real-server interop tests,
+#      and the short form of the benchmarks (figures printed, not asserted)
 #   4. every fuzz target for FUZZ_SECONDS (default 20) each, from the committed seed corpora
 # Env: FUZZ_SECONDS=N, SKIP_FUZZ=1, KEEP_STACK=1 (leave Dovecot/Postfix running afterwards),
 #      SOAK_SECS=N (the soak test's length, default 20).
@@ -30,6 +31,9 @@ cargo deny check licenses bans sources
 
 step "cargo test (unit, integration, interop, fault matrix, hostile input, soak ${SOAK_SECS:-20}s)"
 cargo test --all-targets --locked
+
+step "benchmarks, short form (benches/run.sh --quick; the full run: bash benches/run.sh)"
+bash benches/run.sh --quick
 
 if [ -z "${SKIP_FUZZ:-}" ]; then
   step "fuzz targets, ${FUZZ_SECONDS}s each"

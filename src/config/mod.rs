@@ -328,6 +328,9 @@ pub struct SecurityConfig {
     pub hash_concurrency: usize,
     /// Delay before answering a failed local login.
     pub failure_delay: Duration,
+    /// How long a successful password check is remembered (as a keyed HMAC) so that the same
+    /// password is accepted again without Argon2 (0: check every login).
+    pub password_cache: Duration,
     /// Refresh an access token when less than this remains.
     pub refresh_margin: Duration,
     /// Timeout of one token endpoint request.
@@ -626,6 +629,7 @@ fn read_security(value: Option<Value>, problems: &mut Problems) -> Option<Securi
     let mut s = SecurityConfig {
         hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
         failure_delay: Duration::from_millis(1000),
+        password_cache: Duration::from_secs(3600),
         refresh_margin: Duration::from_secs(600),
         token_timeout: Duration::from_secs(15),
         max_failures_per_address: 30,
@@ -642,6 +646,9 @@ fn read_security(value: Option<Value>, problems: &mut Problems) -> Option<Securi
         }
         if let Some(ms) = t.optional::<u64>("failure_delay_ms") {
             s.failure_delay = Duration::from_millis(ms);
+        }
+        if let Some(secs) = t.optional::<u64>("password_cache_secs") {
+            s.password_cache = Duration::from_secs(secs);
         }
         if let Some(secs) = t.optional::<u64>("refresh_margin_secs") {
             s.refresh_margin = Duration::from_secs(secs);

@@ -25,13 +25,31 @@ pub struct Bound {
     pub socket: TcpListener,
 }
 
+/// Connections the kernel may hold for us before they are accepted (capped by
+/// net.core.somaxconn). The usual 128 is too few for a whole office's devices reconnecting at
+/// once: past it, SYN cookies let a client believe it is connected while the relay never hears
+/// of it, and a server-speaks-first client then waits for a greeting that never comes.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds a listener's address. The error names the listener and the address.
 pub async fn bind(ctx: Arc<ListenerContext>) -> Result<Bound, String> {
     let addr = ctx.config.listen;
-    let socket = TcpListener::bind(addr)
-        .await
+    let socket = listen(addr)
         .map_err(|e| format!("listener.{}: cannot listen on {addr}: {e}", ctx.config.name))?;
     Ok(Bound { ctx, socket })
+}
+
+/// A listening socket with SO_REUSEADDR (a restart does not wait for TIME_WAIT) and a deep
+/// backlog.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Accepts connections until `shutdown` is cancelled. Sessions are tracked by `tasks` so the

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Reproduces every table in BENCHMARKS.md on this machine, in one go:
+#   1. installs email-oauth2-proxy (PyPI `emailproxy`) into a venv (target/bench-venv)
+#   2. runs the criterion codec micro-benchmarks
+#   3. runs the load benchmark (benches/load): direct, bare TLS relay, authrelay and
+#      email-oauth2-proxy against the same fast upstream, and rewrites the generated part of
+#      BENCHMARKS.md (the hand-written notes around it are kept)
+#
+#   bash benches/run.sh            the full run (about 10 minutes on 2 cores), writes BENCHMARKS.md
+#   bash benches/run.sh --quick    the short form (smaller sizes, debug build; part of the test
+#                                  command so the benchmark cannot rot); prints, writes nothing
+#
+# Needs python3 with venv (Debian: python3-venv) and network access to PyPI for step 1.
+# Everything runs on 127.0.0.1; figures are printed, never asserted.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+quick=""
+[ "${1:-}" = "--quick" ] && quick=1
+
+venv=target/bench-venv
+if [ ! -x "$venv/bin/emailproxy" ]; then
+  echo "==> installing email-oauth2-proxy into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check emailproxy
+fi
+peer=(--emailproxy "$venv/bin/emailproxy" --python "$venv/bin/python")
+
+if [ -n "$quick" ]; then
+  # The dev profile reuses the test build; figures from it are for checking, not for reading.
+  cargo bench --profile dev --bench codecs -- --quick --noplot >/dev/null
+  cargo bench --profile dev --bench load -- --quick "${peer[@]}" --criterion target/criterion
+else
+  cargo bench --bench codecs -- --noplot
+  cargo bench --bench load -- "${peer[@]}" --criterion target/criterion --out BENCHMARKS.md
+fi
