@@ -156,7 +156,7 @@ fn raise_open_files_limit() -> u64 {
             }
         }
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }
 
 fn print_problems(problems: &[config::Problem]) {

@@ -180,3 +180,30 @@ async fn refuse_busy(mut tcp: TcpStream, protocol: Protocol, tls: LocalTls) {
     let _ = tcp.write_all(line).await;
     let _ = tcp.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the usual backlog of 128, connections beyond it are dropped (or only SYN-cookied) while
+    /// the relay is busy, and are never accepted: a burst must wait in the queue instead.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_to_be_accepted() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..400 {
+            let connect = tokio::net::TcpStream::connect(addr);
+            if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+                clients.push(c);
+            }
+        }
+        let mut accepted = 0;
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(500), listener.accept()).await
+        {
+            accepted += 1;
+        }
+        assert_eq!(accepted, 400, "{} connects completed", clients.len());
+    }
+}
