@@ -8,7 +8,7 @@
 #
 #   bash benches/run.sh            the full run (about 10 minutes on 2 cores), writes BENCHMARKS.md
 #   bash benches/run.sh --quick    the short form (smaller sizes, debug build; part of the test
-#                                  command so the benchmark cannot rot); prints, writes nothing
+#                                  command so the benchmark cannot rot); prints, leaves BENCHMARKS.md
 #
 # Needs python3 with venv (Debian: python3-venv) and network access to PyPI for step 1.
 # Everything runs on 127.0.0.1; figures are printed, never asserted.

@@ -133,32 +133,6 @@ fn return_large_allocations_to_the_system() {
     }
 }
 
-/// Every session holds two sockets (client and upstream), so the usual soft limit of 1,024 open
-/// files would refuse connections long before `max_connections`. Raise it to the hard limit,
-/// as servers do; the hard limit (systemd's LimitNOFILE=, docker's --ulimit) stays the cap.
-fn raise_open_files_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    limit.rlim_cur
-}
-
 fn print_problems(problems: &[config::Problem]) {
     for p in problems {
         eprintln!("error: {p}");
@@ -293,7 +267,7 @@ fn run(
         None => cfg.log.format,
     };
     init_logging(&level, format);
-    let open_files = raise_open_files_limit();
+    let open_files = authrelay::net::raise_open_files_limit();
     let wanted: u64 = cfg
         .listeners
         .iter()
@@ -318,6 +292,13 @@ fn run(
         }
     };
     runtime.block_on(async move {
+        let signals = match Signals::catch() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let running = match authrelay::app::start(&cfg).await {
             Ok(r) => r,
             Err(e) => {
@@ -328,7 +309,7 @@ fn run(
         for (name, addr) in &running.addresses {
             tracing::info!(listener = %name, address = %addr, "ready");
         }
-        serve_signals(&running, path).await;
+        serve_signals(signals, &running, path).await;
         tracing::info!(
             drain_secs = cfg.service.drain.as_secs(),
             "shutting down: no new connections; waiting for running sessions"
@@ -339,15 +320,36 @@ fn run(
 }
 
 /// Waits for SIGTERM or SIGINT; reloads the configuration on each SIGHUP meanwhile.
-async fn serve_signals(running: &authrelay::app::Running, path: &std::path::Path) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment this is created: before the relay says
+/// "ready", so that a supervisor's prompt signal is never met by the default action (exit).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn catch() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+async fn serve_signals(
+    mut signals: Signals,
+    running: &authrelay::app::Running,
+    path: &std::path::Path,
+) {
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return,
-            _ = term.recv() => return,
-            _ = hup.recv() => reload(running, path).await,
+            _ = signals.int.recv() => return,
+            _ = signals.term.recv() => return,
+            _ = signals.hup.recv() => reload(running, path).await,
         }
     }
 }

@@ -300,3 +300,65 @@ fn password_checks_do_not_leave_their_memory_resident() {
         "{rss_kib} KiB resident after 10 password checks"
     );
 }
+
+/// Each session holds two sockets: started with a soft open-files limit of 256 under a hard one
+/// of 1,024, the relay runs with 1,024, and says that 1,000 connections need more.
+#[test]
+fn run_raises_its_open_files_limit_and_warns_when_it_is_too_low() {
+    use std::os::unix::process::CommandExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_authrelay"));
+    command
+        .args(["run", "--config", EXAMPLE])
+        .env(
+            "AUTHRELAY__LISTENER__SMTP__LISTEN",
+            format!("127.0.0.1:{port}"),
+        )
+        .env("AUTHRELAY__ADMIN__LISTEN", "127.0.0.1:0")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe and only changes the child's own limits.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("ready") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(open_files, ["1024", "1024"], "{limits}");
+    assert!(
+        seen.contains("the open-files limit is below what max_connections needs"),
+        "{seen}"
+    );
+    assert!(seen.contains("wanted=2064"), "{seen}");
+}

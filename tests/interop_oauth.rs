@@ -265,15 +265,7 @@ fn device_code_login_while_the_relay_runs() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let lines = read_until(&mut out, "enter the code");
     let prompt = lines.last().unwrap();
-    let url = prompt
-        .split("open ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    let code = prompt.trim().rsplit(' ').next().unwrap().to_owned();
+    let (url, code) = device_prompt(prompt);
     assert_eq!(url, format!("http://{IDP}/devicelogin"));
     // The user enters the code on the provider's page (any browser).
     let started = Instant::now();
@@ -630,15 +622,7 @@ fn the_readme_walkthrough_sets_up_three_accounts_three_ways() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let lines = read_until(&mut out, "enter the code");
     let prompt = lines.last().unwrap();
-    let url = prompt
-        .split("open ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    let code = prompt.trim().rsplit(' ').next().unwrap().to_owned();
+    let (url, code) = device_prompt(prompt);
     let page = run(Command::new("curl").args([
         "-s",
         "-d",

@@ -264,15 +264,7 @@ fn the_compose_configuration_runs_natively_and_the_legacy_app_sends_mail() {
         prompt.clear();
         assert!(out.read_line(&mut prompt).unwrap() > 0);
     }
-    let url = prompt
-        .split("open ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    let code = prompt.trim().rsplit(' ').next().unwrap().to_owned();
+    let (url, code) = device_prompt(&prompt);
     assert!(curl(&["-d", &format!("user_code={code}&user={user}"), &url]).contains("signed in"));
     let status = login.wait().unwrap();
     let mut rest = String::new();

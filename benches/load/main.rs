@@ -69,45 +69,36 @@ impl Settings {
 impl Settings {
     fn parse(args: &[String]) -> Result<Settings, String> {
         let quick = args.iter().any(|a| a == "--quick");
-        let mut s = if quick {
-            Settings {
-                quick,
-                mib: 8,
-                repeats: 1,
-                latency_logins: 30,
-                emailproxy_latency_logins: 5,
-                rate_clients: 64,
-                rate_secs: 2.0,
-                burst: 200,
-                idle: 300,
-                slow_rate: 8 << 20,
-                expired: 200,
-                out: None,
-                emailproxy: None,
-                python: None,
-                criterion: None,
-                only: None,
-            }
-        } else {
-            Settings {
-                quick,
-                mib: 100,
-                repeats: 3,
-                latency_logins: 300,
-                emailproxy_latency_logins: 30,
-                rate_clients: 64,
-                rate_secs: 10.0,
-                burst: 1000,
-                idle: 10_000,
-                slow_rate: 1 << 20,
-                expired: 1000,
-                out: None,
-                emailproxy: None,
-                python: None,
-                criterion: None,
-                only: None,
-            }
+        let mut s = Settings {
+            quick,
+            mib: 100,
+            repeats: 3,
+            latency_logins: 300,
+            emailproxy_latency_logins: 30,
+            rate_clients: 64,
+            rate_secs: 10.0,
+            burst: 1000,
+            idle: 10_000,
+            slow_rate: 1 << 20,
+            expired: 1000,
+            out: None,
+            emailproxy: None,
+            python: None,
+            criterion: None,
+            only: None,
         };
+        if quick {
+            // Small enough for the test command; the same phases, paths and checks.
+            s.mib = 8;
+            s.repeats = 1;
+            s.latency_logins = 30;
+            s.emailproxy_latency_logins = 5;
+            s.rate_secs = 2.0;
+            s.burst = 200;
+            s.idle = 300;
+            s.slow_rate = 8 << 20;
+            s.expired = 200;
+        }
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut value = |name: &str| {

@@ -1,6 +1,5 @@
 //! Runs the measurements in order and renders them as the Markdown tables of BENCHMARKS.md.
 
-use crate::client::Target;
 use crate::measure::{self, median, percentile, Burst, Idle, Rate, Slow, Transfer};
 use crate::setup::Stack;
 use crate::Settings;
@@ -71,19 +70,16 @@ impl Results {
                 "direct",
                 "client speaks TLS and XOAUTH2 to the upstream",
                 None,
-                &stack.direct,
             ),
             path(
                 "bare TLS relay",
                 "plaintext in, TLS out, bytes copied (the floor)",
                 Some(stack.bare.pid()),
-                &stack.bare_target,
             ),
             path(
                 "authrelay",
                 "LOGIN/AUTH PLAIN in, XOAUTH2 over TLS out",
                 Some(stack.authrelay.pid()),
-                &stack.authrelay_target,
             ),
         ];
         let mut targets = vec![
@@ -96,7 +92,6 @@ impl Results {
                 "email-oauth2-proxy",
                 "LOGIN/AUTH PLAIN in, XOAUTH2 over TLS out",
                 Some(proc.pid()),
-                t,
             ));
             targets.push(t.clone());
         }
@@ -245,7 +240,7 @@ impl Results {
     }
 }
 
-fn path(name: &'static str, what: &'static str, pid: Option<u32>, _t: &Target) -> PathResult {
+fn path(name: &'static str, what: &'static str, pid: Option<u32>) -> PathResult {
     PathResult {
         name,
         what,

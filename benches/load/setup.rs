@@ -54,22 +54,6 @@ fn free_addr() -> SocketAddr {
         .expect("a free loopback port")
 }
 
-/// Raises this process's open-files soft limit to the hard limit (children inherit it).
-fn raise_nofile() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain calls with a valid pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-    limit.rlim_cur
-}
-
 /// Makes a child die with this process (SIGKILL when the parent exits, even when it is killed or
 /// interrupted and no destructor runs), so that no relay outlives a stopped benchmark.
 fn die_with_parent(command: &mut Command) -> &mut Command {
@@ -180,7 +164,8 @@ fn password_target(smtp: SocketAddr, imap: SocketAddr) -> Target {
 
 impl Stack {
     pub async fn start(settings: &Settings) -> Result<Stack, String> {
-        let nofile = raise_nofile();
+        // Children inherit the raised limit.
+        let nofile = authrelay::net::raise_open_files_limit();
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .map_err(|e| e.to_string())?;

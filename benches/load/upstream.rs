@@ -121,6 +121,35 @@ fn xoauth2_token(b64: &str) -> Option<String> {
 const XOAUTH2_ERROR: &str =
     "eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIiwic2NvcGUiOiJodHRwczovL21haWwuZ29vZ2xlLmNvbS8ifQ==";
 
+/// The XOAUTH2 exchange after `AUTH XOAUTH2` / `AUTHENTICATE XOAUTH2`, the same in both
+/// protocols but for the continuation prefix (`334 ` or `+ `): asks for the initial response
+/// when the client gave none, and answers a bad token with the JSON error challenge, whose empty
+/// reply the caller answers with its failure. `None`: the client left.
+async fn xoauth2_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
+    io: &mut BufReader<S>,
+    initial: Option<&str>,
+    continuation: &[u8],
+) -> std::io::Result<Option<bool>> {
+    let mut line = Vec::new();
+    let initial = match initial {
+        Some(ir) => ir.to_owned(),
+        None => {
+            write_all(io, &[continuation, b"\r\n"].concat()).await?;
+            if !read_line(io, &mut line).await? {
+                return Ok(None);
+            }
+            String::from_utf8_lossy(&line).trim_end().to_owned()
+        }
+    };
+    if xoauth2_token(&initial).is_some_and(|t| server.idp.valid(&t)) {
+        return Ok(Some(true));
+    }
+    let challenge = [continuation, XOAUTH2_ERROR.as_bytes(), b"\r\n"].concat();
+    write_all(io, &challenge).await?;
+    Ok(read_line(io, &mut line).await?.then_some(false))
+}
+
 async fn smtp_session<S: AsyncRead + AsyncWrite + Unpin>(
     server: &Server,
     stream: S,
@@ -149,25 +178,13 @@ async fn smtp_session<S: AsyncRead + AsyncWrite + Unpin>(
                 if !mechanism.eq_ignore_ascii_case("XOAUTH2") {
                     b"504 5.5.4 Unrecognized authentication type\r\n"
                 } else {
-                    let initial = match words.next() {
-                        Some(ir) => ir.to_owned(),
-                        None => {
-                            write_all(&mut io, b"334 \r\n").await?;
-                            if !read_line(&mut io, &mut line).await? {
-                                return Ok(());
-                            }
-                            String::from_utf8_lossy(&line).trim_end().to_owned()
+                    match xoauth2_exchange(server, &mut io, words.next(), b"334 ").await? {
+                        None => return Ok(()),
+                        Some(true) => {
+                            authed = true;
+                            b"235 2.7.0 Authentication successful\r\n"
                         }
-                    };
-                    if xoauth2_token(&initial).is_some_and(|t| server.idp.valid(&t)) {
-                        authed = true;
-                        b"235 2.7.0 Authentication successful\r\n"
-                    } else {
-                        write_all(&mut io, format!("334 {XOAUTH2_ERROR}\r\n").as_bytes()).await?;
-                        if !read_line(&mut io, &mut line).await? {
-                            return Ok(());
-                        }
-                        b"535 5.7.8 Username and Password not accepted\r\n"
+                        Some(false) => b"535 5.7.8 Username and Password not accepted\r\n",
                     }
                 }
             }
@@ -260,25 +277,15 @@ async fn imap_session<S: AsyncRead + AsyncWrite + Unpin>(
                 if !mechanism.eq_ignore_ascii_case("XOAUTH2") {
                     format!("{tag} NO Unsupported mechanism\r\n")
                 } else {
-                    let initial = match words.next() {
-                        Some(ir) => ir.to_owned(),
-                        None => {
-                            write_all(&mut io, b"+ \r\n").await?;
-                            if !read_line(&mut io, &mut line).await? {
-                                return Ok(());
-                            }
-                            String::from_utf8_lossy(&line).trim_end().to_owned()
+                    match xoauth2_exchange(server, &mut io, words.next(), b"+ ").await? {
+                        None => return Ok(()),
+                        Some(true) => {
+                            authed = true;
+                            format!("{tag} OK AUTHENTICATE completed\r\n")
                         }
-                    };
-                    if xoauth2_token(&initial).is_some_and(|t| server.idp.valid(&t)) {
-                        authed = true;
-                        format!("{tag} OK AUTHENTICATE completed\r\n")
-                    } else {
-                        write_all(&mut io, format!("+ {XOAUTH2_ERROR}\r\n").as_bytes()).await?;
-                        if !read_line(&mut io, &mut line).await? {
-                            return Ok(());
+                        Some(false) => {
+                            format!("{tag} NO [AUTHENTICATIONFAILED] Invalid credentials\r\n")
                         }
-                        format!("{tag} NO [AUTHENTICATIONFAILED] Invalid credentials\r\n")
                     }
                 }
             }

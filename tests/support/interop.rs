@@ -700,3 +700,16 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The sign-in address and user code in `authrelay login --device`'s prompt
+/// ("... open URL and enter the code CODE").
+pub fn device_prompt(prompt: &str) -> (String, String) {
+    let url = prompt
+        .split("open ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no address in {prompt:?}"))
+        .to_owned();
+    let code = prompt.trim().rsplit(' ').next().unwrap().to_owned();
+    (url, code)
+}
