@@ -10,6 +10,7 @@
 //! - [`config`]: the typed configuration and its validation;
 //! - [`store`]: the token store, a local file with tokens sealed at rest;
 //! - [`metrics`]: counters for `/metrics`;
+//! - [`logging`]: the text log's field format, which a client cannot forge;
 //! - [`secret`]: types that keep secrets out of logs.
 
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod app;
 pub mod auth;
 pub mod codec;
 pub mod config;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod secret;

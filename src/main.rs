@@ -242,7 +242,7 @@ fn init_logging(level: &str, format: LogFormat) {
             .with_current_span(true)
             .with_span_list(false)
             .init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(authrelay::logging::SafeFields).init(),
     }
 }
 

@@ -110,15 +110,60 @@ fn client(
     Ok(client)
 }
 
-fn grant(token: &BasicTokenResponse) -> Grant {
-    Grant {
-        access_token: Secret::new(token.access_token().secret().clone()),
-        // Microsoft and Google always send expires_in; a missing one is taken as one hour.
-        expires_in: token.expires_in().unwrap_or(Duration::from_secs(3600)),
-        refresh_token: token
-            .refresh_token()
-            .map(|r| Secret::new(r.secret().clone())),
+/// The longest access-token lifetime believed: Microsoft issues 60-90 minutes, Google one hour.
+/// A larger `expires_in` (up to 2^64-1 s from a broken or hostile endpoint) is clamped to this,
+/// so no instant or time stamp computed from it can overflow.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// A token the relay will put in an XOAUTH2 string, a header or the store: RFC 6750 §2.1's
+/// b64token characters, generously read as visible ASCII without `"`, `\` and `,`. Anything else
+/// (a control character, a space, non-ASCII) would corrupt the SASL string or the store line.
+fn plausible_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 16 * 1024
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b','))
+}
+
+/// The grant in a token response, or why the response is unusable.
+fn grant(token: &BasicTokenResponse) -> Result<Grant, TokenError> {
+    let bad = |what: &str| {
+        TokenError::new(
+            ErrorClass::Temporary,
+            "bad_response",
+            format!("the identity provider sent {what}"),
+        )
+    };
+    let access = token.access_token().secret();
+    if !plausible_token(access) {
+        return Err(bad("an access token with characters no token has"));
     }
+    let refresh = token.refresh_token().map(|r| r.secret());
+    if refresh.is_some_and(|r| !plausible_token(r)) {
+        return Err(bad("a refresh token with characters no token has"));
+    }
+    Ok(Grant {
+        access_token: Secret::new(access.clone()),
+        // Microsoft and Google always send expires_in; a missing one is taken as one hour.
+        expires_in: token
+            .expires_in()
+            .unwrap_or(Duration::from_secs(3600))
+            .min(MAX_TOKEN_LIFETIME),
+        refresh_token: refresh.map(|r| Secret::new(r.clone())),
+    })
+}
+
+/// Reads a token endpoint's JSON answer as the relay does (for the fuzz target and tests).
+pub fn grant_from_json(body: &[u8]) -> Result<Grant, TokenError> {
+    let response: BasicTokenResponse = serde_json::from_slice(body).map_err(|_| {
+        TokenError::new(
+            ErrorClass::Temporary,
+            "bad_response",
+            "the identity provider sent a response that is not an OAuth token response",
+        )
+    })?;
+    grant(&response)
 }
 
 /// Exchanges a refresh token for an access token.
@@ -133,8 +178,8 @@ pub async fn refresh(
         .add_scopes(ep.scopes.iter().cloned().map(Scope::new))
         .request_async(http)
         .await
-        .map(|t| grant(&t))
         .map_err(classify)
+        .and_then(|t| grant(&t))
 }
 
 /// The client-credentials grant (app-only), with the client secret or a signed certificate
@@ -170,8 +215,8 @@ pub async fn client_credentials(
     request
         .request_async(http)
         .await
-        .map(|t| grant(&t))
         .map_err(classify)
+        .and_then(|t| grant(&t))
 }
 
 /// A started authorization-code request: send the browser to `url`; keep `state` and
@@ -234,9 +279,12 @@ pub async fn exchange_code(
         .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose().to_owned()))
         .request_async(http)
         .await
-        .map(|t| grant(&t))
         .map_err(classify)
+        .and_then(|t| grant(&t))
 }
+
+/// The longest a device-code sign-in is waited for.
+const DEVICE_CODE_MAX_WAIT: Duration = Duration::from_secs(30 * 60);
 
 /// What the user must do to finish a device-code sign-in.
 #[derive(Debug)]
@@ -276,10 +324,16 @@ pub async fn device_flow(
     });
     client
         .exchange_device_access_token(&details)
-        .request_async(http, tokio::time::sleep, None)
+        // Bounded by us, not by the provider's expires_in: a device code lasts 15 minutes at
+        // Microsoft (RFC 8628 §3.2), and a huge value must not keep the command polling forever.
+        .request_async(
+            http,
+            tokio::time::sleep,
+            Some(details.expires_in().min(DEVICE_CODE_MAX_WAIT)),
+        )
         .await
-        .map(|t| grant(&t))
         .map_err(classify)
+        .and_then(|t| grant(&t))
 }
 
 type OAuthRequestError<T> =
@@ -333,9 +387,28 @@ pub fn classify_server_error(error: &str, description: &str) -> TokenError {
     };
     TokenError {
         class,
-        error: error.to_owned(),
+        error: error_code_text(error),
         aadsts,
         description: first_sentence(description, error),
+    }
+}
+
+/// The OAuth `error` value as the relay repeats it: RFC 6749 §5.2 allows only %x20-21,
+/// %x23-5B and %x5D-7E; anything else (a CR LF that would add a reply or log line, a quote)
+/// becomes `?`, and the value is cut to 64 characters.
+fn error_code_text(error: &str) -> String {
+    let text: String = error
+        .chars()
+        .take(64)
+        .map(|c| match c {
+            ' ' | '!' | '#'..='[' | ']'..='~' => c,
+            _ => '?',
+        })
+        .collect();
+    if text.is_empty() {
+        "unknown_error".to_owned()
+    } else {
+        text
     }
 }
 

@@ -40,7 +40,8 @@ impl AccessToken {
         let now = Instant::now();
         let left = expires
             .duration_since(SystemTime::now())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .min(oauth::MAX_TOKEN_LIFETIME);
         AccessToken {
             secret,
             obtained_at: now.checked_sub(Duration::from_secs(3600)).unwrap_or(now),
@@ -129,6 +130,13 @@ impl TokenCache {
             .entry(account_id.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// Drops what is cached for an account (a failed `mailbox~client_id` login, whose made-up
+    /// account must leave nothing behind).
+    pub fn forget(&self, account_id: &str) {
+        self.entries.remove(account_id);
+        self.signers.remove(account_id);
     }
 
     /// The cached access token's time left, if there is one.

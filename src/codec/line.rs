@@ -63,12 +63,31 @@ pub fn starts_with_ignore_case(haystack: &[u8], prefix: &[u8]) -> bool {
     haystack.len() >= prefix.len() && haystack[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
-/// Makes text safe to echo inside a protocol line: control characters become `?`, and the result
-/// is cut to `max` bytes on a character boundary.
+/// A character a log line or a protocol reply must not carry as it is: C0/C1 controls, and the
+/// invisible Unicode format characters that reorder or hide text (bidi embeddings and overrides,
+/// zero-width characters, line and paragraph separators).
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
+/// Makes text safe to echo inside a protocol line, a page or a log: control characters and
+/// Unicode format characters (bidi overrides, zero-width characters, U+2028/U+2029) become `?`,
+/// and the result is cut to `max` bytes on a character boundary.
 pub fn sanitize_for_reply(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max));
     for c in text.chars() {
-        let c = if c.is_control() { '?' } else { c };
+        let c = if is_unsafe_char(c) { '?' } else { c };
         if out.len() + c.len_utf8() > max {
             break;
         }
@@ -125,5 +144,9 @@ mod tests {
     fn sanitizes_echoed_text() {
         assert_eq!(sanitize_for_reply("a\r\nb\u{1}c", 100), "a??b?c");
         assert_eq!(sanitize_for_reply("ééé", 5), "éé");
+        assert_eq!(
+            sanitize_for_reply("a\u{2028}b\u{202E}c\u{200B}d\u{85}e", 100),
+            "a?b?c?d?e"
+        );
     }
 }

@@ -8,6 +8,14 @@ use crate::codec::line::{has_forbidden_controls, looks_like_http};
 pub const MAX_COMMAND_LINE: usize = 1024;
 /// Longest line inside an AUTH exchange.
 pub const MAX_AUTH_LINE: usize = 12288;
+
+/// True when a (partial) command line is `PASS` or `AUTH`, which may run to [`MAX_AUTH_LINE`]:
+/// a refresh token used as a password (the `mailbox~client_id` convention) is 1-2 KB, and
+/// RFC 5034 takes SASL's 12,288-octet limit for AUTH.
+pub fn may_be_long(line: &[u8]) -> bool {
+    use crate::codec::line::starts_with_ignore_case;
+    starts_with_ignore_case(line, b"PASS ") || starts_with_ignore_case(line, b"AUTH ")
+}
 /// Longest status line, and longest multi-line response, accepted from upstream before login.
 pub const MAX_RESPONSE_LINE: usize = 8192;
 pub const MAX_MULTILINE: usize = 65536;

@@ -70,6 +70,12 @@ pub enum MailCommand<'a> {
     Other,
 }
 
+/// True when a (partial) command line is an `AUTH` command, whose initial response may make
+/// the line up to [`MAX_AUTH_LINE`] long (RFC 4954 §4).
+pub fn is_auth_line(line: &[u8]) -> bool {
+    crate::codec::line::starts_with_ignore_case(line, b"AUTH ")
+}
+
 /// Classifies a command line after login (without its terminator).
 pub fn parse_mail_command(line: &[u8]) -> MailCommand<'_> {
     let Ok((after, v)) = verb(line) else {

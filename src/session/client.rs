@@ -56,6 +56,43 @@ impl ClientSide {
         }
     }
 
+    /// Reads one command line: at most `max` bytes, or `long_max` when `may_be_long` says the
+    /// line's start allows more (an `AUTH` line with a long initial response: RFC 4954 §4
+    /// allows 12,288 octets). A line without an end within `max` bytes that may not be long is
+    /// refused at once, as [`Self::read_line`] would.
+    pub async fn read_command(
+        &mut self,
+        max: usize,
+        long_max: usize,
+        may_be_long: fn(&[u8]) -> bool,
+    ) -> Read {
+        loop {
+            let buffered = self.conn.buffered();
+            let limit = if buffered.len() >= max.min(16) && !may_be_long(buffered) {
+                max
+            } else {
+                long_max.max(max)
+            };
+            match next_line(buffered, limit) {
+                Ok(Some((line, used))) => {
+                    if used > max && !may_be_long(line) {
+                        return Read::TooLong;
+                    }
+                    let line = line.to_vec();
+                    self.conn.consume(used);
+                    self.pre_auth_bytes += used;
+                    return Read::Line(line);
+                }
+                Ok(None) => {}
+                Err(LineTooLong) => return Read::TooLong,
+            }
+            match self.conn.fill().await {
+                Ok(0) | Err(_) => return Read::Eof,
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Takes `n` buffered bytes (a whole framed command), counting them against the budget.
     pub fn take(&mut self, n: usize) -> Vec<u8> {
         let bytes = self.conn.buffered()[..n].to_vec();

@@ -4,6 +4,7 @@
 
 use crate::auth::accounts::LocalAuth;
 use crate::auth::oauth::{ErrorClass, TokenError};
+use crate::auth::throttle::Attempt;
 use crate::auth::upstream::{credential, UpstreamCredential};
 use crate::codec::line::sanitize_for_reply;
 use crate::codec::sasl::Credentials;
@@ -73,13 +74,16 @@ pub async fn login<U: UpstreamLogin + Send>(
 ) -> Login<U::Reply> {
     let shared = &ctx.shared;
     let started = Instant::now();
-    if let Some(why) = shared.throttle.check(peer, &credentials.username) {
-        let user = sanitize_for_reply(&credentials.username, 120);
-        tracing::warn!(user = %user, over = ?why, "login refused: too many failed logins");
-        shared.metrics.local_failure();
-        tokio::time::sleep(shared.directory().failure_delay()).await;
-        return Login::Throttled;
-    }
+    let attempt = match shared.throttle.begin(peer, &credentials.username) {
+        Ok(a) => a,
+        Err(why) => {
+            let user = sanitize_for_reply(&credentials.username, 120);
+            tracing::warn!(user = %user, over = ?why, "login refused: too many failed logins");
+            shared.metrics.local_failure();
+            tokio::time::sleep(shared.directory().failure_delay()).await;
+            return Login::Throttled;
+        }
+    };
     let tilde = ctx
         .config
         .tilde_login
@@ -97,15 +101,27 @@ pub async fn login<U: UpstreamLogin + Send>(
     let account = match local {
         LocalAuth::Accepted(a) => a,
         LocalAuth::Rejected => {
+            // The attempt stays counted as a failure.
+            drop(attempt);
             let user = sanitize_for_reply(&credentials.username, 120);
-            shared.throttle.failed(peer, &credentials.username);
             shared.metrics.local_failure();
             tracing::info!(user = %user, "login failed: unknown user or wrong local password");
             return Login::LocalRejected;
         }
     };
-    shared.throttle.succeeded(&credentials.username);
     tracing::Span::current().record("account", account.id.as_str());
+    // A local password proves the device now; pass-through and `~` logins only when upstream
+    // (or the identity provider) accepts what the device sent.
+    let mut verdict = Verdict {
+        shared,
+        peer,
+        username: &credentials.username,
+        account: &account,
+        attempt: Some(attempt),
+    };
+    if account.password_hash.is_some() && !account.ephemeral {
+        verdict.proved();
+    }
     let mut rejected_token = None;
     let mut attempt = 0;
     loop {
@@ -121,12 +137,16 @@ pub async fn login<U: UpstreamLogin + Send>(
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(error = %error.error, code = %error.code(), class = ?error.class, description = %error.description, "token request failed");
+                verdict.refused(error.class == ErrorClass::Temporary);
                 return Login::TokenFailed { account, error };
             }
         };
         let result = match upstream.authenticate(&cred).await {
             Ok(r) => r,
-            Err(e) => return Login::UpstreamLost(e),
+            Err(e) => {
+                verdict.refused(true);
+                return Login::UpstreamLost(e);
+            }
         };
         let protocol = ctx.config.protocol;
         match &result {
@@ -138,6 +158,7 @@ pub async fn login<U: UpstreamLogin + Send>(
         }
         match result {
             AuthResult::Accepted(reply) => {
+                verdict.proved();
                 shared.metrics.login_latency(started.elapsed());
                 tracing::info!(
                     latency_ms = started.elapsed().as_millis() as u64,
@@ -150,6 +171,7 @@ pub async fn login<U: UpstreamLogin + Send>(
                 token_rejected,
             } => {
                 let UpstreamCredential::XOAuth2 { token, .. } = cred else {
+                    verdict.refused(false);
                     return Login::UpstreamRejected { reply };
                 };
                 let stale = token.obtained_at.elapsed() > STALE_TOKEN_AGE;
@@ -160,8 +182,42 @@ pub async fn login<U: UpstreamLogin + Send>(
                     rejected_token = Some(token);
                     continue;
                 }
+                verdict.refused(false);
                 return Login::UpstreamRejected { reply };
             }
+        }
+    }
+}
+
+/// What the throttle hears about one login: a success gives the attempt's reservation back;
+/// a refusal of what the device sent (a pass-through password, a `~` refresh token) keeps it
+/// counted; a temporary failure gives it back without a success.
+struct Verdict<'a> {
+    shared: &'a Shared,
+    peer: IpAddr,
+    username: &'a str,
+    account: &'a AccountConfig,
+    attempt: Option<Attempt>,
+}
+
+impl Verdict<'_> {
+    fn proved(&mut self) {
+        if let Some(a) = self.attempt.take() {
+            self.shared.throttle.succeeded(self.peer, self.username, a);
+        }
+    }
+
+    fn refused(&mut self, temporary: bool) {
+        if let Some(a) = self.attempt.take() {
+            if temporary {
+                self.shared.throttle.release(a);
+            } else {
+                self.shared.metrics.local_failure();
+            }
+        }
+        // A failed `~` login leaves nothing behind: its made-up account is not kept.
+        if self.account.ephemeral {
+            self.shared.tokens.forget(&self.account.id);
         }
     }
 }

@@ -201,8 +201,12 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// A stored time stamp; one no clock can represent (a damaged or hand-edited store) reads as
+/// the epoch, i.e. long expired, instead of panicking.
 fn to_system_time(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 fn to_unix(t: SystemTime) -> u64 {

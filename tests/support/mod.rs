@@ -151,6 +151,8 @@ pub enum TokenBehaviour {
     Hang,
     /// HTTP 200 with a body that is not JSON.
     Garbage,
+    /// This status and JSON body, whatever was asked (hostile or broken endpoints).
+    Raw { status: u16, body: String },
 }
 
 pub struct TokenEndpoint {
@@ -234,6 +236,7 @@ impl TokenEndpoint {
                             }
                             TokenBehaviour::ServerError => (500, "<html>oops</html>".to_string()),
                             TokenBehaviour::Garbage => (200, "{not json".to_string()),
+                            TokenBehaviour::Raw { status, body } => (status, body),
                             TokenBehaviour::Error { error, description } => (
                                 400,
                                 serde_json::json!({"error": error, "error_description": description}).to_string(),

@@ -151,7 +151,11 @@ struct Session {
 impl Session {
     async fn dialogue(&mut self) -> Step {
         loop {
-            let line = match self.client.read_line(MAX_COMMAND_LINE).await {
+            let line = match self
+                .client
+                .read_command(MAX_COMMAND_LINE, MAX_AUTH_LINE, pop3::may_be_long)
+                .await
+            {
                 Read::Line(l) => l,
                 Read::TooLong => {
                     let _ = self.client.conn.send(REPLY_LINE_TOO_LONG).await;
