@@ -11,3 +11,4 @@ pub mod pop3;
 pub mod proxy;
 pub mod sasl;
 pub mod smtp;
+pub mod smtp_data;

@@ -74,7 +74,7 @@ pub async fn login<U: UpstreamLogin + Send>(
 ) -> Login<U::Reply> {
     let shared = &ctx.shared;
     let started = Instant::now();
-    let attempt = match shared.throttle.begin(peer, &credentials.username) {
+    let attempt = match shared.throttle.begin(peer, &credentials.username).await {
         Ok(a) => a,
         Err(why) => {
             let user = sanitize_for_reply(&credentials.username, 120);
@@ -101,8 +101,7 @@ pub async fn login<U: UpstreamLogin + Send>(
     let account = match local {
         LocalAuth::Accepted(a) => a,
         LocalAuth::Rejected => {
-            // The attempt stays counted as a failure.
-            drop(attempt);
+            shared.throttle.failed(attempt);
             let user = sanitize_for_reply(&credentials.username, 120);
             shared.metrics.local_failure();
             tracing::info!(user = %user, "login failed: unknown user or wrong local password");
@@ -116,7 +115,7 @@ pub async fn login<U: UpstreamLogin + Send>(
         shared,
         peer,
         username: &credentials.username,
-        account: &account,
+        account: account.clone(),
         attempt: Some(attempt),
     };
     if account.password_hash.is_some() && !account.ephemeral {
@@ -189,15 +188,23 @@ pub async fn login<U: UpstreamLogin + Send>(
     }
 }
 
-/// What the throttle hears about one login: a success gives the attempt's reservation back;
-/// a refusal of what the device sent (a pass-through password, a `~` refresh token) keeps it
-/// counted; a temporary failure gives it back without a success.
+/// What the throttle hears about one login: a success; a refusal of what the device sent (a
+/// pass-through password, a `~` refresh token), counted as a failure; or a temporary failure,
+/// which proves nothing either way. A login abandoned half-way counts as failed.
 struct Verdict<'a> {
     shared: &'a Shared,
     peer: IpAddr,
     username: &'a str,
-    account: &'a AccountConfig,
+    account: Arc<AccountConfig>,
     attempt: Option<Attempt>,
+}
+
+impl Drop for Verdict<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.attempt.take() {
+            self.shared.throttle.failed(a);
+        }
+    }
 }
 
 impl Verdict<'_> {
@@ -212,6 +219,7 @@ impl Verdict<'_> {
             if temporary {
                 self.shared.throttle.release(a);
             } else {
+                self.shared.throttle.failed(a);
                 self.shared.metrics.local_failure();
             }
         }

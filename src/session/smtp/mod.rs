@@ -114,10 +114,10 @@ pub async fn run(ctx: Arc<ListenerContext>, conn: Conn, peer: SocketAddr) -> Out
     match result {
         Ok(Step::Authenticated { account }) => {
             if sender::checks_sender(&account) {
-                if let Err(outcome) = session.await_sender(&account).await {
-                    session.close().await;
-                    return outcome;
-                }
+                let outcome = session.transactions(&account).await;
+                tracing::info!(account = %account.id, "session ended");
+                session.close().await;
+                return outcome;
             }
             session.relay(account.id.clone()).await
         }

@@ -1,0 +1,184 @@
+//! The end of an SMTP `DATA` message (RFC 5321 §4.1.1.4), found while the message streams.
+//!
+//! After login the relay passes messages on without parsing them, but it must know where each
+//! one ends, because what follows is the next command, and every `MAIL FROM` is checked.
+//! The relay and the server must agree on that end to the byte: if the server saw an end the
+//! relay did not (a bare LF or CR in `<LF>.<LF>`, `<CR>.<CR>`), the bytes after it would reach
+//! the server as commands nobody checked ("SMTP smuggling"). So line ends are made canonical
+//! on the way through: a bare CR, a bare LF and CRLF all leave as CRLF (RFC 5321 §2.3.8 forbids
+//! the bare ones), and the end is the line `.` in that canonical stream. A well-formed message
+//! passes byte for byte.
+
+/// Finds the end of one message and writes the message on, with canonical line ends.
+#[derive(Debug, Clone)]
+pub struct DataScanner {
+    /// The next byte starts a line (true at the start: `DATA` ended a line).
+    line_start: bool,
+    /// The current line so far is exactly `.`.
+    dot_only: bool,
+    /// The previous byte was a CR (already written as CRLF): an LF right after it is its own.
+    after_cr: bool,
+    /// The end line `.` ended with a CR; an LF right after it still belongs to it.
+    ended_at_cr: bool,
+}
+
+impl Default for DataScanner {
+    fn default() -> Self {
+        DataScanner {
+            line_start: true,
+            dot_only: false,
+            after_cr: false,
+            ended_at_cr: false,
+        }
+    }
+}
+
+/// What one [`DataScanner::feed`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fed {
+    /// Input bytes used; the rest (after the end) is the client's next command.
+    pub consumed: usize,
+    /// The end of the message was reached (its `.` line is in the output).
+    pub done: bool,
+}
+
+impl DataScanner {
+    /// Appends `input`'s message bytes to `out`, up to and including the end line.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Fed {
+        let mut i = 0;
+        while i < input.len() {
+            if self.ended_at_cr {
+                let consumed = if input[i] == b'\n' { i + 1 } else { i };
+                return Fed {
+                    consumed,
+                    done: true,
+                };
+            }
+            match input[i] {
+                b'\n' if self.after_cr => {
+                    self.after_cr = false;
+                    i += 1;
+                }
+                b @ (b'\r' | b'\n') => {
+                    out.extend_from_slice(b"\r\n");
+                    i += 1;
+                    if self.dot_only {
+                        if b == b'\n' {
+                            return Fed {
+                                consumed: i,
+                                done: true,
+                            };
+                        }
+                        self.ended_at_cr = true;
+                        continue;
+                    }
+                    self.after_cr = b == b'\r';
+                    self.line_start = true;
+                    self.dot_only = false;
+                }
+                _ => {
+                    let end =
+                        memchr::memchr2(b'\r', b'\n', &input[i..]).map_or(input.len(), |p| i + p);
+                    let chunk = &input[i..end];
+                    self.dot_only = self.line_start && chunk == b".";
+                    self.line_start = false;
+                    self.after_cr = false;
+                    out.extend_from_slice(chunk);
+                    i = end;
+                }
+            }
+        }
+        Fed {
+            consumed: i,
+            done: false,
+        }
+    }
+}
+
+/// `BDAT <size> [LAST]` (RFC 3030 §2): the chunk size and whether it is the last.
+pub fn parse_bdat(line: &[u8]) -> Option<(u64, bool)> {
+    let rest = line.get(5..)?;
+    if !line[..5].eq_ignore_ascii_case(b"BDAT ") {
+        return None;
+    }
+    let mut words = rest.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let size = words.next()?;
+    if size.is_empty() || size.len() > 19 || !size.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let size = std::str::from_utf8(size).ok()?.parse().ok()?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case(b"LAST") => true,
+        Some(_) => return None,
+    };
+    words.next().is_none().then_some((size, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in pieces of `step` bytes; returns the output and the bytes left over.
+    fn run(input: &[u8], step: usize) -> (Vec<u8>, Vec<u8>) {
+        let mut s = DataScanner::default();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < input.len() {
+            let piece = &input[at..(at + step).min(input.len())];
+            let fed = s.feed(piece, &mut out);
+            at += fed.consumed;
+            if fed.done {
+                return (out, input[at..].to_vec());
+            }
+            assert_eq!(fed.consumed, piece.len());
+        }
+        panic!("no end found in {input:?}");
+    }
+
+    #[test]
+    fn a_well_formed_message_passes_unchanged_and_the_rest_is_left() {
+        let msg = b"Subject: x\r\n\r\n..stuffed\r\n.not end\r\nend .\r\n.\r\n";
+        for step in [1, 2, 3, 7, 1000] {
+            let mut input = msg.to_vec();
+            input.extend_from_slice(b"MAIL FROM:<a@b>\r\n");
+            let (out, rest) = run(&input, step);
+            assert_eq!(out, msg, "step {step}");
+            assert_eq!(rest, b"MAIL FROM:<a@b>\r\n", "step {step}");
+        }
+        assert_eq!(
+            run(b".\r\nQUIT\r\n", 1),
+            (b".\r\n".to_vec(), b"QUIT\r\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn bare_line_ends_are_made_canonical_so_both_sides_see_the_same_end() {
+        // The smuggling shapes: each ends the message here, and leaves as CRLF.CRLF.
+        for (input, out) in [
+            (&b"a\n.\nMAIL"[..], &b"a\r\n.\r\n"[..]),
+            (b"a\r.\rMAIL", b"a\r\n.\r\n"),
+            (b"a\r\n.\nMAIL", b"a\r\n.\r\n"),
+            (b"a\n.\r\nMAIL", b"a\r\n.\r\n"),
+        ] {
+            for step in [1, 2, 100] {
+                assert_eq!(
+                    run(input, step),
+                    (out.to_vec(), b"MAIL".to_vec()),
+                    "{input:?}"
+                );
+            }
+        }
+        assert_eq!(run(b"a\rb\nc\r\n.\r\n", 1).0, b"a\r\nb\r\nc\r\n.\r\n");
+    }
+
+    #[test]
+    fn bdat_lines() {
+        assert_eq!(parse_bdat(b"BDAT 100"), Some((100, false)));
+        assert_eq!(parse_bdat(b"bdat 0 last"), Some((0, true)));
+        assert_eq!(parse_bdat(b"BDAT 1 LAST x"), None);
+        assert_eq!(parse_bdat(b"BDAT -1"), None);
+        assert_eq!(parse_bdat(b"BDAT 99999999999999999999"), None);
+        assert_eq!(parse_bdat(b"BDAT"), None);
+    }
+}
