@@ -236,6 +236,7 @@ impl Store {
             }),
             password_keys: Default::default(),
         };
+        store.check_directory()?;
         {
             let mut loaded = store.loaded.lock().expect("store lock");
             store.reload_if_changed(&mut loaded)?;
@@ -500,11 +501,13 @@ impl Store {
                     .map_err(|e| self.io_error("cannot create its directory", e))?;
             }
         }
+        self.check_directory()?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(self.sibling("lock"))
             .map_err(|e| self.io_error("cannot open the lock file", e))?;
         lock.lock().map_err(|e| self.io_error("cannot lock", e))?;
@@ -517,6 +520,30 @@ impl Store {
         Ok(result)
     }
 
+    /// Refuses a store directory that others can write to: they could plant or swap the store's
+    /// files (a symlink as the temporary file, a store of their own).
+    fn check_directory(&self) -> Result<(), StoreError> {
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let Ok(meta) = fs::metadata(dir) else {
+            return Ok(()); // not created yet: it will be, with mode 0700
+        };
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(StoreError::Io {
+                path: self.path.display().to_string(),
+                message: format!(
+                    "its directory {} is writable by group or others (mode {mode:o}): make it private (chmod 700 {})",
+                    dir.display(),
+                    dir.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn sibling(&self, suffix: &str) -> PathBuf {
         let mut name = self.path.file_name().unwrap_or_default().to_os_string();
         name.push(".");
@@ -527,11 +554,19 @@ impl Store {
     fn write_atomically(&self, file: &StoreFile) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec_pretty(file).expect("the store serializes");
         let tmp = self.sibling("tmp");
+        // A temporary file left by a crash is removed (a symlink is removed, not followed), and
+        // the new one must be created here and now: O_EXCL and O_NOFOLLOW, so a link planted in
+        // between makes the write fail instead of writing through it.
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io_error("cannot remove an old temporary file", e)),
+        }
         let mut out = OpenOptions::new()
-            .create(true)
+            .create_new(true)
             .write(true)
-            .truncate(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(|e| self.io_error("cannot create the temporary file", e))?;
         out.write_all(&bytes)

@@ -191,3 +191,41 @@ fn errors_are_recorded_and_cleared_by_a_refresh() {
     let e = store.entry("a").unwrap();
     assert!(e.last_error.is_none() && e.last_refresh_at.is_some());
 }
+
+#[test]
+fn a_planted_temporary_file_symlink_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "do not touch").unwrap();
+    let state = dir.path().join("state");
+    fs::DirBuilder::new().mode(0o700).create(&state).unwrap();
+    let path = state.join("tokens.json");
+    std::os::unix::fs::symlink(&victim, state.join("tokens.json.tmp")).unwrap();
+    let store = Store::open(&path, Some(&key_material())).unwrap();
+    let key = store.known_key("a").unwrap();
+    store
+        .update("a", Some(&key), tokens("rt-canary-1", "at-canary-1"))
+        .unwrap();
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "do not touch");
+    assert!(fs::symlink_metadata(&path).unwrap().file_type().is_file());
+    assert_eq!(store.generation("a"), 1);
+}
+
+#[test]
+fn a_store_directory_others_can_write_to_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("loose");
+    fs::create_dir(&state).unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
+    let err = Store::open(&state.join("tokens.json"), Some(&key_material()))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("writable by group or others (mode 777)"),
+        "{err}"
+    );
+    assert!(err.contains("chmod 700"), "{err}");
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o750)).unwrap();
+    assert!(Store::open(&state.join("tokens.json"), Some(&key_material())).is_ok());
+}
