@@ -26,6 +26,8 @@ pub struct Running {
     listeners: tokio::sync::Mutex<HashMap<String, ListenerHandle>>,
     /// What a reload cannot change without a restart.
     fixed: (crate::config::AdminConfig, crate::config::StoreConfig),
+    /// The `[security]` in force (a reload applies all but the token cache's settings).
+    security: tokio::sync::Mutex<crate::config::SecurityConfig>,
 }
 
 struct ListenerHandle {
@@ -97,6 +99,25 @@ impl Running {
             if !config.accounts.iter().any(|a| a.id == id) {
                 changes.push(format!("account.{id} removed"));
             }
+        }
+        {
+            let mut security = self.security.lock().await;
+            let (applied, restart) = security.changes(&config.security);
+            self.shared.throttle.set_limits(
+                config.security.max_failures_per_address,
+                config.security.max_failures_per_username,
+                config.security.throttle_window,
+            );
+            if !applied.is_empty() {
+                changes.push(format!("[security] {} applied", applied.join(", ")));
+            }
+            if !restart.is_empty() {
+                changes.push(format!("[security] {} need a restart", restart.join(", ")));
+            }
+            let mut kept = config.security.clone();
+            kept.refresh_margin = security.refresh_margin;
+            kept.token_timeout = security.token_timeout;
+            *security = kept;
         }
         let (admin, store) = &self.fixed;
         if admin.listen != config.admin.listen
@@ -235,6 +256,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         shared: shared.clone(),
         listeners: Default::default(),
         fixed: (config.admin.clone(), config.store.clone()),
+        security: tokio::sync::Mutex::new(config.security.clone()),
     };
     for b in bound {
         let addr = b.socket.local_addr().map_err(|e| e.to_string())?;

@@ -192,15 +192,11 @@ pub struct AccountView<'a> {
     pub tokens: &'a TokenCache,
     pub csrf: &'a str,
     pub redirect_uri: &'a str,
-    pub needs_password: bool,
     pub notice: Option<&'a str>,
     pub error: Option<&'a str>,
 }
 
-fn password_field(v: &AccountView<'_>, why: &str) -> String {
-    if !v.needs_password {
-        return String::new();
-    }
+fn password_field(why: &str) -> String {
     format!(
         "<label>Local password of this account ({why})<br><input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label>"
     )
@@ -236,7 +232,7 @@ fn app_form(v: &AccountView<'_>, oauth: &OAuthConfig, entry: Option<&Entry>) -> 
     format!(
         "<form method=\"post\" action=\"/account/{id}/app\"><h2>App registration</h2><p>The configuration leaves these open. Register an app in Microsoft Entra ID (App registrations), add the redirect URI <code>{}</code> under Web, and copy the values here.</p>{fields}{}<input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\" id=\"save-app\">Save</button></form>",
         escape(v.redirect_uri),
-        password_field(v, "needed to seal a client secret"),
+        password_field("every change needs it"),
         escape(v.csrf),
     )
 }
@@ -270,7 +266,7 @@ pub fn account(v: &AccountView<'_>) -> String {
             "<form method=\"post\" action=\"/account/{id}/authorize\"><h2>Sign in</h2><p>Sign in as <b>{}</b> at the identity provider and consent; you come back to <code>{}</code> and the refresh token is stored here. No browser on this machine? Run <code>authrelay login {id} --device</code> or <code>--paste</code>.</p>{}<input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\" id=\"get-refresh-token\">Get refresh token</button></form>",
             escape(&a.mailbox),
             escape(v.redirect_uri),
-            password_field(v, "it seals the tokens at rest"),
+            password_field("every sign-in needs it"),
             escape(v.csrf),
         );
     } else {

@@ -23,14 +23,15 @@ use crate::config::{AccountConfig, AdminConfig, Flow};
 use crate::secret::Secret;
 use crate::session::Shared;
 use crate::store::Key;
-use axum::extract::{Form, Path, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, Form, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use dashmap::DashMap;
 use serde::Deserialize;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -86,8 +87,8 @@ pub async fn serve(
         hosts,
         config: config.clone(),
     });
-    // Health, readiness and metrics hold no secret and are scraped by name from other hosts
-    // (container networks): no host check for them.
+    // Health, readiness and metrics are scraped by name from other hosts (container networks):
+    // they answer any Host, but name accounts only to this server's own (see `own_host`).
     let probes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -100,6 +101,7 @@ pub async fn serve(
         .route(&config.redirect_path, get(callback))
         .layer(middleware::from_fn_with_state(admin.clone(), guard));
     let app = pages.merge(probes).with_state(admin);
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -118,12 +120,7 @@ fn random_token() -> String {
 
 /// Refuses requests for another host name (DNS rebinding) and adds the security headers.
 async fn guard(State(admin): AdminState, request: Request, next: Next) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    if !admin.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+    if !own_host(&admin, request.headers()) {
         return (
             StatusCode::MISDIRECTED_REQUEST,
             "this admin server answers only to its own address (see [admin] public_url)\n",
@@ -165,7 +162,7 @@ fn find_account(admin: &Admin, name: &str) -> Option<Arc<AccountConfig>> {
 
 /// 200 when the relay can serve: listeners bound (it is running), the token store readable.
 /// The body lists every account with its state, or the reason it cannot be used yet.
-async fn readyz(State(admin): AdminState) -> Response {
+async fn readyz(State(admin): AdminState, headers: HeaderMap) -> Response {
     let store = admin.shared.tokens.store();
     if let Err(e) = store.refresh_view() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response();
@@ -178,6 +175,11 @@ async fn readyz(State(admin): AdminState) -> Response {
             .into_response();
     }
     let mut body = String::from("ready\n");
+    if !own_host(&admin, &headers) {
+        // Account names, states and last errors only for this server's own name: a page that
+        // rebinds a DNS name to this address must not read them.
+        return body.into_response();
+    }
     for a in oauth_accounts(&admin.shared) {
         let entry = store.entry(&a.id);
         let (state, usable) = html::state(&a, entry.as_ref(), &admin.shared.tokens);
@@ -191,10 +193,26 @@ async fn readyz(State(admin): AdminState) -> Response {
     body.into_response()
 }
 
-async fn metrics(State(admin): AdminState) -> Response {
+/// True when the request names this server (`localhost:PORT`, its address, or the host of
+/// `public_url`), as the account pages require.
+fn own_host(admin: &Admin, headers: &HeaderMap) -> bool {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    admin.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+}
+
+async fn metrics(State(admin): AdminState, headers: HeaderMap) -> Response {
     let now = crate::store::unix_now() as f64;
     let tokens = &admin.shared.tokens;
-    let expiry: Vec<(String, Option<f64>)> = oauth_accounts(&admin.shared)
+    // Per-account series (they name the accounts) only for this server's own name.
+    let accounts = if own_host(&admin, &headers) {
+        oauth_accounts(&admin.shared)
+    } else {
+        Vec::new()
+    };
+    let expiry: Vec<(String, Option<f64>)> = accounts
         .iter()
         .filter(|a| matches!(a.auth, crate::config::AccountAuth::OAuth(_)))
         .map(|a| {
@@ -264,7 +282,6 @@ fn render_account(
         tokens: &admin.shared.tokens,
         csrf: admin.csrf.expose(),
         redirect_uri: &admin.config.redirect_uri(),
-        needs_password: !admin.shared.tokens.store().has_store_key(),
         notice,
         error,
     };
@@ -324,39 +341,55 @@ fn refuse(admin: &Admin, account: &AccountConfig, error: &str, status: StatusCod
     render_account(admin, account, None, Some(error), status)
 }
 
-/// The account's store key: the store key file's, or the one derived from the local password
-/// typed on the page (verified like a login, with its delay on failure).
+/// Proves the visitor knows the account's local password, as a mail login would: the same
+/// throttle (per address and per username, checked before the hash), the same failure delay,
+/// one log line per failure. Every change and every sign-in on the pages needs it, whatever the
+/// store mode. Returns the account's store key: the store key file's, or the one the password
+/// derives.
 async fn unlock(
     admin: &Admin,
     account: &AccountConfig,
     password: Option<String>,
+    peer: SocketAddr,
 ) -> Result<Key, &'static str> {
-    let store = admin.shared.tokens.store();
-    if store.has_store_key() {
-        return store
-            .known_key(&account.id)
-            .ok_or("the store key is not available");
-    }
+    let shared = &admin.shared;
     let password = Secret::new(password.unwrap_or_default());
     if password.is_empty() {
-        return Err("Enter the account's local password: it seals the tokens at rest.");
+        return Err("Enter the account's local password: every change on this page needs it.");
     }
-    match admin
-        .shared
-        .directory()
-        .verify(&account.login, &password)
-        .await
-    {
-        LocalAuth::Accepted(a) if a.id == account.id => store
-            .unlock(&account.id, Some(&password))
-            .await
-            .ok_or("the key could not be derived"),
-        _ => Err("Wrong local password for this account. Nothing was changed."),
+    let attempt = match shared.throttle.begin(peer.ip(), &account.login).await {
+        Ok(a) => a,
+        Err(why) => {
+            tracing::warn!(account = %account.id, peer = %peer.ip(), over = ?why, "account page: refused, too many failed logins");
+            shared.metrics.local_failure();
+            return Err("Too many failed logins from this address or for this account; try again later. Nothing was changed.");
+        }
+    };
+    match shared.directory().verify(&account.login, &password).await {
+        LocalAuth::Accepted(a) if a.id == account.id => {
+            shared
+                .throttle
+                .succeeded(peer.ip(), &account.login, attempt);
+            let store = shared.tokens.store();
+            let key = if store.has_store_key() {
+                store.known_key(&account.id)
+            } else {
+                store.unlock(&account.id, Some(&password)).await
+            };
+            key.ok_or("the key could not be derived")
+        }
+        _ => {
+            shared.throttle.failed(attempt);
+            shared.metrics.local_failure();
+            tracing::info!(account = %account.id, peer = %peer.ip(), "account page: wrong local password");
+            Err("Wrong local password for this account. Nothing was changed.")
+        }
     }
 }
 
 async fn start_authorization(
     State(admin): AdminState,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
     Form(form): Form<AuthorizeForm>,
 ) -> Response {
@@ -376,7 +409,7 @@ async fn start_authorization(
         }
         Err(e) => return refuse(&admin, &account, &e, StatusCode::BAD_REQUEST),
     }
-    let key = match unlock(&admin, &account, form.password).await {
+    let key = match unlock(&admin, &account, form.password, peer).await {
         Ok(k) => k,
         Err(e) => return refuse(&admin, &account, e, StatusCode::FORBIDDEN),
     };
@@ -524,6 +557,7 @@ struct AppForm {
 
 async fn save_app(
     State(admin): AdminState,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
     Form(form): Form<AppForm>,
 ) -> Response {
@@ -554,13 +588,9 @@ async fn save_app(
             return refuse(&admin, &account, "The tenant must be a Directory (tenant) ID, a domain, organizations, common or consumers.", StatusCode::BAD_REQUEST);
         }
     }
-    let key = if client_secret.is_some() {
-        match unlock(&admin, &account, form.password).await {
-            Ok(k) => Some(k),
-            Err(e) => return refuse(&admin, &account, e, StatusCode::FORBIDDEN),
-        }
-    } else {
-        None
+    let key = match unlock(&admin, &account, form.password, peer).await {
+        Ok(k) => k,
+        Err(e) => return refuse(&admin, &account, e, StatusCode::FORBIDDEN),
     };
     let change = crate::store::Change {
         client_id,
@@ -572,7 +602,7 @@ async fn save_app(
         .shared
         .tokens
         .store()
-        .update(&account.id, key.as_ref(), change)
+        .update(&account.id, Some(&key), change)
     {
         Ok(_) => Redirect::to(&format!("/account/{}?saved=1", account.id)).into_response(),
         Err(e) => refuse(

@@ -56,6 +56,12 @@ pub struct Throttle {
     known_good: DashMap<Pair, Instant>,
     /// Woken whenever an attempt settles.
     settled: Notify,
+    limits: std::sync::RwLock<Limits>,
+}
+
+/// The configured limits (`[security]`, replaced by a reload).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
     per_address: u32,
     per_username: u32,
     window: Duration,
@@ -95,10 +101,26 @@ impl Throttle {
             by_pair: DashMap::new(),
             known_good: DashMap::new(),
             settled: Notify::new(),
+            limits: std::sync::RwLock::new(Limits {
+                per_address,
+                per_username,
+                window,
+            }),
+        }
+    }
+
+    /// Applies new limits (a configuration reload); the counts so far are kept.
+    pub fn set_limits(&self, per_address: u32, per_username: u32, window: Duration) {
+        *self.limits.write().expect("throttle limits") = Limits {
             per_address,
             per_username,
             window,
-        }
+        };
+        self.settled.notify_waiters();
+    }
+
+    fn limits(&self) -> Limits {
+        *self.limits.read().expect("throttle limits")
     }
 
     fn is_known_good(&self, pair: &Pair) -> bool {
@@ -121,6 +143,11 @@ impl Throttle {
     }
 
     fn try_begin(&self, address: IpAddr, username: &str) -> Result<Attempt, NotNow> {
+        let Limits {
+            per_address,
+            per_username,
+            window,
+        } = self.limits();
         let user = username.to_ascii_lowercase();
         let pair = (user.clone(), address);
         let user_key = if self.is_known_good(&pair) {
@@ -129,13 +156,13 @@ impl Throttle {
             UserKey::Shared(user)
         };
         // Locks are taken in one order (address, then user), so racing attempts cannot deadlock.
-        let mut by_address = (self.per_address > 0)
-            .then(|| self.by_address.entry(address).or_insert_with(new_window));
+        let mut by_address =
+            (per_address > 0).then(|| self.by_address.entry(address).or_insert_with(new_window));
         if let Some(w) = by_address.as_mut() {
-            room(w, self.window, self.per_address, Throttled::Address)?;
+            room(w, window, per_address, Throttled::Address)?;
         }
         let mut by_user = match &user_key {
-            _ if self.per_username == 0 => None,
+            _ if per_username == 0 => None,
             UserKey::Shared(u) => Some(UserWindow::Shared(
                 self.by_username.entry(u.clone()).or_insert_with(new_window),
             )),
@@ -144,12 +171,7 @@ impl Throttle {
             )),
         };
         if let Some(w) = by_user.as_mut() {
-            room(
-                w.get_mut(),
-                self.window,
-                self.per_username,
-                Throttled::Username,
-            )?;
+            room(w.get_mut(), window, per_username, Throttled::Username)?;
         }
         if let Some(w) = by_address.as_mut() {
             w.in_flight += 1;
@@ -160,17 +182,18 @@ impl Throttle {
         drop((by_address, by_user));
         self.sweep();
         Ok(Attempt {
-            address: (self.per_address > 0).then_some(address),
-            user: (self.per_username > 0).then_some(user_key),
+            address: (per_address > 0).then_some(address),
+            user: (per_username > 0).then_some(user_key),
         })
     }
 
     /// Ends an attempt; `failed` adds it to the failures of the current window.
     fn settle(&self, attempt: Attempt, failed: bool) {
+        let window = self.limits().window;
         let end = |w: &mut Window| {
             w.in_flight = w.in_flight.saturating_sub(1);
             if failed {
-                if w.since.elapsed() >= self.window {
+                if w.since.elapsed() >= window {
                     w.failures = 0;
                     w.since = Instant::now();
                 }
@@ -217,7 +240,7 @@ impl Throttle {
     fn sweep(&self) {
         let total = self.by_address.len() + self.by_username.len() + self.by_pair.len();
         if total + self.known_good.len() > SWEEP_ABOVE {
-            let window = self.window;
+            let window = self.limits().window;
             let stale = |w: &Window| w.in_flight == 0 && w.since.elapsed() >= window;
             self.by_address.retain(|_, w| !stale(w));
             self.by_username.retain(|_, w| !stale(w));

@@ -127,6 +127,8 @@ pub struct ListenerConfig {
     /// The name the relay gives in its own EHLO before upstream STARTTLS.
     pub ehlo_name: String,
     pub max_connections: usize,
+    /// Connections one client address may hold at once.
+    pub max_connections_per_address: usize,
     /// Accept passwords over plaintext from non-loopback clients (a trusted container network).
     pub remote_plaintext_auth: bool,
     pub connect_timeout: Duration,
@@ -322,7 +324,7 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SecurityConfig {
     /// How many password hashes may be computed at once.
     pub hash_concurrency: usize,
@@ -340,6 +342,61 @@ pub struct SecurityConfig {
     pub max_failures_per_address: u32,
     pub max_failures_per_username: u32,
     pub throttle_window: Duration,
+}
+
+impl SecurityConfig {
+    /// The keys whose values differ between `self` and `other`, split into those a reload
+    /// applies and those that need a restart (the token cache keeps its margin and HTTP client).
+    pub fn changes(&self, other: &SecurityConfig) -> (Vec<&'static str>, Vec<&'static str>) {
+        let mut applied = Vec::new();
+        let mut restart = Vec::new();
+        let note = |same: bool, key, list: &mut Vec<&'static str>| {
+            if !same {
+                list.push(key)
+            }
+        };
+        note(
+            self.hash_concurrency == other.hash_concurrency,
+            "hash_concurrency",
+            &mut applied,
+        );
+        note(
+            self.failure_delay == other.failure_delay,
+            "failure_delay_ms",
+            &mut applied,
+        );
+        note(
+            self.password_cache == other.password_cache,
+            "password_cache_secs",
+            &mut applied,
+        );
+        note(
+            self.max_failures_per_address == other.max_failures_per_address,
+            "max_failures_per_address",
+            &mut applied,
+        );
+        note(
+            self.max_failures_per_username == other.max_failures_per_username,
+            "max_failures_per_username",
+            &mut applied,
+        );
+        note(
+            self.throttle_window == other.throttle_window,
+            "throttle_window_secs",
+            &mut applied,
+        );
+        note(
+            self.refresh_margin == other.refresh_margin,
+            "refresh_margin_secs",
+            &mut restart,
+        );
+        note(
+            self.token_timeout == other.token_timeout,
+            "token_timeout_secs",
+            &mut restart,
+        );
+        (applied, restart)
+    }
 }
 
 /// Scopes that give one Microsoft token for IMAP, POP and SMTP (protocol.md §1.2).
@@ -695,6 +752,11 @@ fn read_listener(
         .optional("ehlo_name")
         .unwrap_or_else(|| "localhost".into());
     let max_connections: usize = t.optional("max_connections").unwrap_or(1000);
+    // One address may hold a quarter of the slots by default, so no single client (or scanner)
+    // can take them all. Behind a balancer without PROXY v2 every client has its address.
+    let max_connections_per_address: usize = t
+        .optional("max_connections_per_address")
+        .unwrap_or((max_connections / 4).max(1));
     let connect_timeout = Duration::from_secs(t.optional("connect_timeout_secs").unwrap_or(20));
     let upstream_timeout = Duration::from_secs(t.optional("upstream_timeout_secs").unwrap_or(60));
     let pre_auth_timeout = Duration::from_secs(t.optional("pre_auth_timeout_secs").unwrap_or(120));
@@ -778,6 +840,9 @@ fn read_listener(
     if max_connections == 0 {
         t.problem("max_connections", "must be at least 1");
     }
+    if max_connections_per_address == 0 {
+        t.problem("max_connections_per_address", "must be at least 1");
+    }
     t.finish();
     let (host, port) = upstream?;
     Some(ListenerConfig {
@@ -794,6 +859,7 @@ fn read_listener(
         upstream_ca,
         ehlo_name,
         max_connections,
+        max_connections_per_address,
         remote_plaintext_auth,
         connect_timeout,
         upstream_timeout,

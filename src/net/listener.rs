@@ -6,11 +6,11 @@ use crate::config::{LocalTls, Protocol};
 use crate::metrics;
 use crate::net::conn::Conn;
 use crate::session::{imap, pop3, smtp, ListenerContext};
-use std::net::SocketAddr;
+use dashmap::DashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,7 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(bound: Bound, shutdown: CancellationToken, tasks: TaskTracker) {
     let Bound { ctx, socket } = bound;
     let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let per_address: Arc<DashMap<IpAddr, usize>> = Arc::default();
     let local = socket
         .local_addr()
         .map(|a| a.to_string())
@@ -78,14 +79,21 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken, tasks: TaskTracker
             },
         };
         let _ = tcp.set_nodelay(true);
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = ctx.config.max_connections, "connection limit reached; refusing");
-            tasks.spawn(refuse_busy(tcp, ctx.config.protocol, ctx.config.tls));
-            continue;
-        };
         let ctx = ctx.clone();
+        let (limit, per_address) = (limit.clone(), per_address.clone());
         tasks.spawn(async move {
             let Some((conn, peer)) = admit(&ctx, tcp, peer).await else {
+                return;
+            };
+            let config = &ctx.config;
+            let Ok(permit) = limit.try_acquire_owned() else {
+                tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; refusing");
+                refuse_busy(&ctx, conn).await;
+                return;
+            };
+            let Some(slot) = AddressSlot::take(&per_address, peer.ip(), config.max_connections_per_address) else {
+                tracing::warn!(%peer, limit = config.max_connections_per_address, "connection limit for one address reached (max_connections_per_address); refusing");
+                refuse_busy(&ctx, conn).await;
                 return;
             };
             let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
@@ -106,7 +114,37 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken, tasks: TaskTracker
             }
             .instrument(span)
             .await;
-            drop(permit);
+            drop((permit, slot));
+        });
+    }
+}
+
+/// One connection's place in its address's share of the listener (`max_connections_per_address`),
+/// given back when dropped.
+struct AddressSlot {
+    counts: Arc<DashMap<IpAddr, usize>>,
+    address: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(counts: &Arc<DashMap<IpAddr, usize>>, address: IpAddr, limit: usize) -> Option<Self> {
+        let mut n = counts.entry(address).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            counts: counts.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        self.counts.remove_if_mut(&self.address, |_, n| {
+            *n -= 1;
+            *n == 0
         });
     }
 }
@@ -167,18 +205,28 @@ async fn admit(
     Some((conn, client))
 }
 
-/// Tells a client over the connection limit to come back later, in its protocol, and closes.
-async fn refuse_busy(mut tcp: TcpStream, protocol: Protocol, tls: LocalTls) {
-    if tls == LocalTls::Implicit {
-        return; // No handshake for a connection that is refused anyway.
+/// How long a refused client's TLS handshake may take before it is dropped.
+const BUSY_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tells a client over a connection limit to come back later, in its protocol (after the TLS
+/// handshake on an implicit-TLS listener, so the client can read it), and closes.
+async fn refuse_busy(ctx: &ListenerContext, mut conn: Conn) {
+    if ctx.config.tls == LocalTls::Implicit {
+        let Some(acceptor) = &ctx.acceptor else {
+            return;
+        };
+        match tokio::time::timeout(BUSY_HANDSHAKE_TIMEOUT, conn.accept_tls(acceptor)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
     }
-    let line: &[u8] = match protocol {
+    let line: &[u8] = match ctx.config.protocol {
         Protocol::Smtp => b"421 4.7.0 Too many connections, try again later\r\n",
         Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
     };
-    let _ = tcp.write_all(line).await;
-    let _ = tcp.shutdown().await;
+    let _ = conn.send(line).await;
+    conn.shutdown().await;
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@ use crate::session::ListenerContext;
 use std::time::Duration;
 use tokio::time::timeout;
 
+/// Most bytes of untagged responses kept while waiting for a tagged reply before login
+/// (capabilities, alerts): real servers send a few hundred.
+pub const MAX_UNTAGGED_BEFORE_TAGGED: usize = 64 * 1024;
+
 /// The relay's own tags towards upstream (the client's tag is used for the login).
 const TAG_CAPABILITY: &[u8] = b"ar0";
 const TAG_STARTTLS: &[u8] = b"ar1";
@@ -169,10 +173,17 @@ impl ImapUpstream {
         }
     }
 
-    /// Reads responses until the one tagged `tag` or a continuation request.
+    /// Reads responses until the one tagged `tag` or a continuation request. The untagged ones
+    /// before it are kept to be relayed, up to [`MAX_UNTAGGED_BEFORE_TAGGED`] bytes: a server
+    /// that sends more is treated as failing, not buffered without end.
     async fn until_tagged(&mut self, tag: &[u8]) -> Result<LoginReply, UpstreamError> {
         let mut raw = Vec::new();
         loop {
+            if raw.len() > MAX_UNTAGGED_BEFORE_TAGGED {
+                return Err(UpstreamError::Protocol(format!(
+                    "more than {MAX_UNTAGGED_BEFORE_TAGGED} bytes of untagged responses before the tagged reply"
+                )));
+            }
             let r = timeout(self.reply_timeout, self.read_response())
                 .await
                 .map_err(|_| UpstreamError::Timeout("reply"))??;

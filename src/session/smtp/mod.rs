@@ -115,7 +115,6 @@ pub async fn run(ctx: Arc<ListenerContext>, conn: Conn, peer: SocketAddr) -> Out
         Ok(Step::Authenticated { account }) => {
             if sender::checks_sender(&account) {
                 let outcome = session.transactions(&account).await;
-                tracing::info!(account = %account.id, "session ended");
                 session.close().await;
                 return outcome;
             }
