@@ -132,6 +132,11 @@ impl TokenCache {
             .clone()
     }
 
+    /// How many accounts have cached state (a bound a test can watch).
+    pub fn cached_accounts(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Drops what is cached for an account (a failed `mailbox~client_id` login, whose made-up
     /// account must leave nothing behind).
     pub fn forget(&self, account_id: &str) {

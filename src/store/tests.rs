@@ -217,10 +217,10 @@ fn a_store_directory_others_can_write_to_is_refused() {
     let state = dir.path().join("loose");
     fs::create_dir(&state).unwrap();
     fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
-    let err = Store::open(&state.join("tokens.json"), Some(&key_material()))
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = match Store::open(&state.join("tokens.json"), Some(&key_material())) {
+        Ok(_) => panic!("a loose directory was accepted"),
+        Err(e) => e.to_string(),
+    };
     assert!(
         err.contains("writable by group or others (mode 777)"),
         "{err}"

@@ -42,6 +42,7 @@ fn capture_logs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = tracing_subscriber::fmt()
+            .fmt_fields(authrelay::logging::SafeFields)
             .with_max_level(tracing::Level::TRACE)
             .with_ansi(false)
             .with_writer(|| Capture)
@@ -411,6 +412,7 @@ async fn serve_smtp(
     }
     let mut reader = BufReader::new(stream);
     let mut authed = false;
+    let mut chunks = Vec::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).await? == 0 {
@@ -603,6 +605,25 @@ async fn serve_smtp(
                 .get_mut()
                 .write_all(b"250 2.0.0 Ok: queued as FAKE\r\n")
                 .await?;
+        } else if let Some(args) = upper.strip_prefix("BDAT ") {
+            // RFC 3030: the chunk's octets follow the command line, counted, never scanned.
+            let mut args = args.split_whitespace();
+            let size: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let last = args.next() == Some("LAST");
+            let mut chunk = vec![0; size];
+            reader.read_exact(&mut chunk).await?;
+            chunks.extend_from_slice(&chunk);
+            let w = reader.get_mut();
+            if last {
+                log.lock()
+                    .unwrap()
+                    .messages
+                    .push(std::mem::take(&mut chunks));
+                w.write_all(b"250 2.0.0 Ok: queued as FAKE\r\n").await?;
+            } else {
+                w.write_all(format!("250 2.0.0 Ok: {size} octets\r\n").as_bytes())
+                    .await?;
+            }
         } else if upper == "QUIT" {
             w.write_all(b"221 2.0.0 Bye\r\n").await?;
             return Ok(());
@@ -703,6 +724,19 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Self {
         let tcp = TcpStream::connect(addr).await.unwrap();
+        Client {
+            reader: BufReader::new(Box::new(tcp)),
+        }
+    }
+
+    /// Connects from another loopback address (`127.0.0.2`, …): another client, as the relay
+    /// sees it.
+    pub async fn connect_from(addr: SocketAddr, from: &str) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(from.parse().unwrap(), 0))
+            .unwrap();
+        let tcp = socket.connect(addr).await.unwrap();
         Client {
             reader: BufReader::new(Box::new(tcp)),
         }
