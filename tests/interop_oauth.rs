@@ -209,6 +209,79 @@ fn the_admin_pages_refuse_other_hosts_and_forged_forms() {
     assert!(headers.contains("content-security-policy: default-src 'none'"));
 }
 
+/// The account pages ask for the local password for every change and every sign-in, also with
+/// a store key file, and count wrong passwords like mail logins do (plain HTTP, curl).
+#[test]
+fn the_account_pages_need_the_local_password_and_are_throttled() {
+    stack();
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("store.key");
+    std::fs::write(&key_file, "0123456789abcdef0123456789abcdef-page-key").unwrap();
+    let r = FullRelay::start(
+        &microsoft_account("scanner", &unique_user("pages"), "pages-client", ""),
+        &format!(
+            "[store]\npath = \"{}\"\nkey_file = \"{}\"",
+            keys.path().join("state/tokens.json").display(),
+            key_file.display()
+        ),
+    );
+    let page = http_get(&format!("{}/account/scanner", r.admin_url()));
+    assert!(
+        page.contains("name=\"password\""),
+        "the page asks for the password"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let post = |path: &str, form: &str| {
+        let out = run(Command::new("curl").args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-d",
+            form,
+            &format!("{}/account/scanner/{path}", r.admin_url()),
+        ]));
+        text(&out)
+    };
+    // A change with the CSRF token alone (what any local process can read off the page).
+    let out = post("app", &format!("csrf={csrf}&client_id=attacker-app"));
+    assert!(out.ends_with("\n403"), "{out}");
+    assert!(
+        out.contains("local password: every change on this page needs it"),
+        "{out}"
+    );
+    let out = post("authorize", &format!("csrf={csrf}"));
+    assert!(out.ends_with("\n403"), "{out}");
+    assert!(!http_get(&format!("{}/account/scanner", r.admin_url())).contains("attacker-app"));
+    // Guessing on the page: ten checks, then refused unchecked.
+    let mut wrong = 0;
+    let mut throttled = 0;
+    for i in 0..14 {
+        let out = post("authorize", &format!("csrf={csrf}&password=guess-{i}"));
+        if out.contains("Wrong local password") {
+            wrong += 1;
+        } else if out.contains("Too many failed logins") {
+            throttled += 1;
+        }
+    }
+    assert_eq!((wrong, throttled), (10, 4));
+    let log = r.log_text();
+    assert_eq!(
+        log.matches("account page: wrong local password").count(),
+        10,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("account page: refused, too many failed logins")
+            .count(),
+        4
+    );
+}
+
 /// Reads the child's stdout until a line contains `needle`; returns the lines read.
 fn read_until(out: &mut BufReader<std::process::ChildStdout>, needle: &str) -> Vec<String> {
     let mut lines = Vec::new();

@@ -205,6 +205,64 @@ fn python_smtplib_in_every_mode_and_mechanism() {
     r.assert_no_secrets();
 }
 
+/// Every transaction's sender is checked, through Dovecot submission and Postfix: a batch
+/// script's session with foreign senders after a message, after RSET and after a null sender
+/// delivers only its own two messages, each from the signed-in mailbox.
+#[test]
+fn every_transaction_in_a_session_has_its_sender_checked() {
+    let r = relay();
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (
+        marker("batch", "plain", "one"),
+        marker("batch", "plain", "two"),
+    );
+    let (first, sent_first) = write_message(dir.path(), &one, 0);
+    let (second, sent_second) = write_message(dir.path(), &two, 0);
+    let out = run(Command::new("python3")
+        .arg(root().join("tests/interop/smtp_transactions.py"))
+        .args([
+            &r.plain.to_string(),
+            "scanner@example.com",
+            LOCAL_PASSWORD,
+            &r.mailbox,
+            "bob@example.com",
+            MAILBOX,
+        ])
+        .arg(&first)
+        .arg(&second));
+    let steps = text(&out);
+    let code = |step: &str| {
+        steps
+            .lines()
+            .find(|l| l.starts_with(&format!("{step} ")))
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap_or_else(|| panic!("no {step} in {steps}"))
+            .to_owned()
+    };
+    for (step, expected) in [
+        ("first", "250"),
+        ("foreign-after-data", "550"),
+        ("foreign-after-rset", "550"),
+        ("null", "250"),
+        ("foreign-after-null", "550"),
+        ("empty-route", "501"),
+        ("second", "250"),
+    ] {
+        assert_eq!(code(step), expected, "{step}: {steps}");
+    }
+    assert!(steps.contains("5.7.60 Sender <bob@example.com> is not the signed-in mailbox"));
+    for (m, sent) in [(&one, &sent_first), (&two, &sent_second)] {
+        let stored = delivered(MAILBOX, m, Duration::from_secs(30)).expect("delivered");
+        assert_delivered_exactly(&stored, sent);
+        let stored = String::from_utf8_lossy(&stored);
+        assert!(
+            stored.contains(&format!("Return-Path: <{}>", r.mailbox)),
+            "{stored}"
+        );
+    }
+    r.assert_no_secrets();
+}
+
 #[test]
 fn thirty_megabyte_attachment_over_tls_both_sides_arrives_intact() {
     stack();

@@ -15,6 +15,7 @@
 //! a code or a PKCE verifier.
 
 mod html;
+mod probes;
 
 use crate::auth::accounts::LocalAuth;
 use crate::auth::authorize;
@@ -24,7 +25,7 @@ use crate::secret::Secret;
 use crate::session::Shared;
 use crate::store::Key;
 use axum::extract::{ConnectInfo, Form, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -91,8 +92,8 @@ pub async fn serve(
     // they answer any Host, but name accounts only to this server's own (see `own_host`).
     let probes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/readyz", get(probes::readyz))
+        .route("/metrics", get(probes::metrics));
     let pages = Router::new()
         .route("/", get(overview))
         .route("/account/{name}", get(account_page))
@@ -120,7 +121,7 @@ fn random_token() -> String {
 
 /// Refuses requests for another host name (DNS rebinding) and adds the security headers.
 async fn guard(State(admin): AdminState, request: Request, next: Next) -> Response {
-    if !own_host(&admin, request.headers()) {
+    if !probes::own_host(&admin, request.headers()) {
         return (
             StatusCode::MISDIRECTED_REQUEST,
             "this admin server answers only to its own address (see [admin] public_url)\n",
@@ -158,85 +159,6 @@ fn find_account(admin: &Admin, name: &str) -> Option<Arc<AccountConfig>> {
     let directory = admin.shared.directory();
     let found = directory.accounts().find(|a| a.id == name).cloned();
     found
-}
-
-/// 200 when the relay can serve: listeners bound (it is running), the token store readable.
-/// The body lists every account with its state, or the reason it cannot be used yet.
-async fn readyz(State(admin): AdminState, headers: HeaderMap) -> Response {
-    let store = admin.shared.tokens.store();
-    if let Err(e) = store.refresh_view() {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response();
-    }
-    if admin.shared.close_sessions.is_cancelled() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: shutting down\n",
-        )
-            .into_response();
-    }
-    let mut body = String::from("ready\n");
-    if !own_host(&admin, &headers) {
-        // Account names, states and last errors only for this server's own name: a page that
-        // rebinds a DNS name to this address must not read them.
-        return body.into_response();
-    }
-    for a in oauth_accounts(&admin.shared) {
-        let entry = store.entry(&a.id);
-        let (state, usable) = html::state(&a, entry.as_ref(), &admin.shared.tokens);
-        let plain = html::strip_tags(&state);
-        body.push_str(&format!(
-            "account {}: {} ({plain})\n",
-            a.id,
-            if usable { "usable" } else { "not usable" }
-        ));
-    }
-    body.into_response()
-}
-
-/// True when the request names this server (`localhost:PORT`, its address, or the host of
-/// `public_url`), as the account pages require.
-fn own_host(admin: &Admin, headers: &HeaderMap) -> bool {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    admin.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
-}
-
-async fn metrics(State(admin): AdminState, headers: HeaderMap) -> Response {
-    let now = crate::store::unix_now() as f64;
-    let tokens = &admin.shared.tokens;
-    // Per-account series (they name the accounts) only for this server's own name.
-    let accounts = if own_host(&admin, &headers) {
-        oauth_accounts(&admin.shared)
-    } else {
-        Vec::new()
-    };
-    let expiry: Vec<(String, Option<f64>)> = accounts
-        .iter()
-        .filter(|a| matches!(a.auth, crate::config::AccountAuth::OAuth(_)))
-        .map(|a| {
-            let secs = tokens
-                .remaining(&a.id)
-                .map(|r| r.as_secs_f64())
-                .or_else(|| {
-                    tokens
-                        .store()
-                        .entry(&a.id)
-                        .and_then(|e| e.access_expires_at)
-                        .map(|t| t as f64 - now)
-                });
-            (a.id.clone(), secs.filter(|s| *s > 0.0))
-        })
-        .collect();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        admin.shared.metrics.render(&expiry),
-    )
-        .into_response()
 }
 
 async fn overview(State(admin): AdminState) -> Response {

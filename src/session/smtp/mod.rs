@@ -94,6 +94,7 @@ pub async fn run(ctx: Arc<ListenerContext>, conn: Conn, peer: SocketAddr) -> Out
         upstream,
         helo: None,
         failures: 0,
+        moved: relay::Transferred::default(),
     };
     if session
         .client
@@ -166,6 +167,8 @@ struct Session {
     /// The client's EHLO/HELO domain, once it has sent one.
     helo: Option<Vec<u8>>,
     failures: u32,
+    /// Bytes passed on after login (the transaction loop's count, for metrics and the log).
+    moved: relay::Transferred,
 }
 
 impl Session {

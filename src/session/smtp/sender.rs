@@ -35,10 +35,23 @@ type End = Outcome;
 impl Session {
     /// Runs the authenticated session command by command until either side leaves.
     pub(super) async fn transactions(&mut self, account: &AccountConfig) -> End {
-        match self.transaction_loop(account).await {
+        let end = match self.transaction_loop(account).await {
             Ok(never) => match never {},
             Err(end) => end,
-        }
+        };
+        let moved = self.moved;
+        self.ctx.shared.metrics.relayed(
+            self.ctx.config.protocol,
+            moved.client_to_upstream,
+            moved.upstream_to_client,
+        );
+        tracing::info!(
+            account = %account.id,
+            bytes_up = moved.client_to_upstream,
+            bytes_down = moved.upstream_to_client,
+            "session relayed"
+        );
+        end
     }
 
     async fn transaction_loop(
@@ -157,7 +170,11 @@ impl Session {
     /// Passes one command line on and returns the upstream's reply.
     async fn upstream_command(&mut self, line: &[u8]) -> Result<Vec<u8>, End> {
         match self.upstream.command(&[line, b"\r\n"]).await {
-            Ok(r) => Ok(r.raw),
+            Ok(r) => {
+                self.moved.client_to_upstream += line.len() as u64 + 2;
+                self.moved.upstream_to_client += r.raw.len() as u64;
+                Ok(r.raw)
+            }
             Err(e) => Err(self.upstream_failed(&e.to_string()).await),
         }
     }
@@ -184,6 +201,7 @@ impl Session {
             if let Err(e) = self.upstream.conn.send(&out).await {
                 return Err(self.upstream_failed(&e.to_string()).await);
             }
+            self.moved.client_to_upstream += out.len() as u64;
             if fed.done {
                 return self.final_reply(idle).await;
             }
@@ -196,6 +214,7 @@ impl Session {
         if let Err(e) = self.upstream.conn.send_parts(&[line, b"\r\n"]).await {
             return Err(self.upstream_failed(&e.to_string()).await);
         }
+        self.moved.client_to_upstream += line.len() as u64 + 2;
         let mut left = size;
         while left > 0 {
             if self.client.conn.buffered().is_empty() {
@@ -210,6 +229,7 @@ impl Session {
             }
             self.client.conn.consume(n);
             left -= n as u64;
+            self.moved.client_to_upstream += n as u64;
         }
         self.final_reply(idle).await
     }
@@ -217,7 +237,10 @@ impl Session {
     /// The upstream's reply to a message, which may take as long as the idle timeout.
     async fn final_reply(&mut self, idle: std::time::Duration) -> Result<Vec<u8>, End> {
         match tokio::time::timeout(idle, self.upstream.read_reply()).await {
-            Ok(Ok(r)) => Ok(r.raw),
+            Ok(Ok(r)) => {
+                self.moved.upstream_to_client += r.raw.len() as u64;
+                Ok(r.raw)
+            }
             Ok(Err(e)) => Err(self.upstream_failed(&e.to_string()).await),
             Err(_) => Err(self
                 .upstream_failed("no reply to the message in time")

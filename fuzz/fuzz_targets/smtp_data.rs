@@ -1,0 +1,47 @@
+//! The end of a DATA message: however the input is cut into reads, the scanner finds the same
+//! end, its output has only CRLF line ends, and the output ends with the end line exactly when
+//! it found one. This agreement is what keeps a smuggled second message from the server.
+#![no_main]
+
+use authrelay::codec::smtp_data::{parse_bdat, DataScanner};
+use libfuzzer_sys::fuzz_target;
+
+fn scan(data: &[u8], step: usize) -> (Vec<u8>, Option<usize>) {
+    let mut scanner = DataScanner::default();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let piece = &data[at..(at + step).min(data.len())];
+        let fed = scanner.feed(piece, &mut out);
+        assert!(fed.consumed <= piece.len());
+        at += fed.consumed;
+        if fed.done {
+            return (out, Some(at));
+        }
+        assert_eq!(fed.consumed, piece.len());
+    }
+    (out, None)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (whole, end) = scan(data, data.len().max(1));
+    for step in [1, 2, 7] {
+        let (out, e) = scan(data, step);
+        // A CR at the very end of the input may wait for the next byte: compare complete ends.
+        if e.is_some() && end.is_some() {
+            assert_eq!((&out, e), (&whole, end));
+        }
+    }
+    for (i, &b) in whole.iter().enumerate() {
+        if b == b'\r' {
+            assert_eq!(whole.get(i + 1), Some(&b'\n'));
+        }
+        if b == b'\n' {
+            assert_eq!(i.checked_sub(1).map(|j| whole[j]), Some(b'\r'));
+        }
+    }
+    if end.is_some() {
+        assert!(whole == b".\r\n" || whole.ends_with(b"\r\n.\r\n"));
+    }
+    let _ = parse_bdat(data);
+});
