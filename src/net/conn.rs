@@ -137,6 +137,14 @@ impl Conn {
         self.buf.advance(n);
     }
 
+    /// Makes room for at least `n` more bytes, so the next [`Self::fill`] can read that much at
+    /// once (a message streaming through wants large reads; pre-login lines do not).
+    pub fn reserve(&mut self, n: usize) {
+        if self.buf.capacity() - self.buf.len() < n {
+            self.buf.reserve(n);
+        }
+    }
+
     /// Reads more bytes into the buffer; `Ok(0)` is end of stream.
     pub async fn fill(&mut self) -> io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < 1024 {

@@ -13,6 +13,7 @@ use crate::codec::line::{next_line, sanitize_for_reply, LineTooLong};
 use crate::codec::smtp::{parse_mail_command, MailCommand, MAX_COMMAND_LINE};
 use crate::codec::smtp_data::{parse_bdat, DataScanner};
 use crate::config::{AccountAuth, AccountConfig};
+use crate::session::relay::PIPE_BUFFER;
 use crate::session::Outcome;
 
 const REPLY_NEED_MAIL: &[u8] = b"503 5.5.1 Error: need MAIL command\r\n";
@@ -190,9 +191,10 @@ impl Session {
     async fn data(&mut self) -> Result<Vec<u8>, End> {
         let idle = self.ctx.config.idle_timeout;
         let mut scanner = DataScanner::default();
-        let mut out = Vec::with_capacity(crate::session::relay::PIPE_BUFFER);
+        let mut out = Vec::with_capacity(PIPE_BUFFER + PIPE_BUFFER / 8);
         loop {
             if self.client.conn.buffered().is_empty() {
+                self.client.conn.reserve(PIPE_BUFFER);
                 self.fill_client(idle).await?;
             }
             out.clear();
@@ -218,6 +220,7 @@ impl Session {
         let mut left = size;
         while left > 0 {
             if self.client.conn.buffered().is_empty() {
+                self.client.conn.reserve(PIPE_BUFFER);
                 self.fill_client(idle).await?;
             }
             let buffered = self.client.conn.buffered();
