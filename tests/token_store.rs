@@ -352,6 +352,102 @@ fn kill_9_during_store_writes_never_leaves_an_unreadable_store() {
     println!("{kills} kills during writes; the store was readable after each");
 }
 
+/// While another process holds the store's lock for 8 s, writes wait on blocking threads: an
+/// established session of another account answers NOOP at once, and a login whose token is
+/// cached completes. (Before, two such writes held both runtime workers and every session
+/// stalled for the whole 8 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_locked_by_another_process_stalls_no_session() {
+    let extra = ["b", "c"]
+        .iter()
+        .map(|n| {
+            format!(
+                "[account.{n}]\nlogin = \"{n}@example.com\"\npassword_hash = \"{HASH_OF_PASSWORD}\"\nprovider = \"custom\"\nclient_id = \"client-id\"\ntoken_url = \"TOKEN_URL\"\nrefresh_token = \"rt-{n}-not-valid\"\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
+    for n in 1..=50 {
+        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
+    }
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let relay = Relay::start(&relay_toml(
+        upstream.addr,
+        "none",
+        &tokens.url(),
+        "",
+        &extra.replace("TOKEN_URL", &tokens.url()),
+    ))
+    .await;
+    // An established session of `user`, its token cached.
+    let mut established = Client::connect(relay.addr).await;
+    established.reply().await;
+    established.ehlo().await;
+    established
+        .send(&format!(
+            "AUTH PLAIN {}\r\n",
+            plain("user@example.com", PASSWORD)
+        ))
+        .await;
+    assert_eq!(
+        established.reply().await,
+        "235 2.7.0 Authentication successful\r\n"
+    );
+    // Another process takes the store's lock and keeps it for 8 s.
+    let lock_path = relay.config.store.path.with_file_name("tokens.json.lock");
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .unwrap();
+        f.lock().unwrap();
+        held_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs(8));
+    });
+    held_rx.recv().unwrap();
+    // Two logins whose token requests fail: each records the error in the store, and waits.
+    let waiting: Vec<_> = ["b@example.com", "c@example.com"]
+        .into_iter()
+        .map(|user| {
+            let addr = relay.addr;
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr).await;
+                c.reply().await;
+                c.ehlo().await;
+                c.send(&format!("AUTH PLAIN {}\r\n", plain(user, PASSWORD)))
+                    .await;
+                c.reply().await
+            })
+        })
+        .collect();
+    // A blocking sleep: this thread is not a runtime worker, and a tokio timer would not fire
+    // while the workers are stalled (which is the failure this test looks for).
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    established.send("NOOP\r\n").await;
+    assert_eq!(established.reply().await, "250 2.0.0 Ok\r\n");
+    let noop = started.elapsed();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        smtp_login(&relay, PASSWORD).await,
+        "235 2.7.0 Authentication successful\r\n"
+    );
+    let login = started.elapsed();
+    println!("store locked elsewhere: NOOP answered in {noop:?}, cached login in {login:?}");
+    // Generous bounds (a shared machine): the failure this guards against takes the full 8 s.
+    assert!(noop < Duration::from_secs(2), "NOOP took {noop:?}");
+    assert!(login < Duration::from_secs(3), "login took {login:?}");
+    for w in waiting {
+        let reply = w.await.unwrap();
+        assert!(reply.starts_with("535 5.7.8 Sign-in for"), "{reply}");
+    }
+    holder.join().unwrap();
+}
+
 #[tokio::test]
 async fn every_log_line_of_these_tests_is_captured_and_scanned() {
     let w = world("").await;

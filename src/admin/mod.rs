@@ -447,7 +447,7 @@ async fn callback(State(admin): AdminState, Query(q): Query<CallbackQuery>) -> R
     if grant.refresh_token.is_none() {
         tracing::warn!(account = %account.id, "the identity provider returned no refresh token");
     }
-    match authorize::save_grant(store, &account.id, &pending.key, &grant) {
+    match authorize::save_grant_async(store, &account.id, &pending.key, &grant).await {
         Ok(_) => {
             tracing::info!(account = %account.id, "account authorized on the account page");
             Redirect::to(&format!("/account/{}?authorized=1", account.id)).into_response()
@@ -524,7 +524,8 @@ async fn save_app(
         .shared
         .tokens
         .store()
-        .update(&account.id, Some(&key), change)
+        .update_async(&account.id, Some(&key), change)
+        .await
     {
         Ok(_) => Redirect::to(&format!("/account/{}?saved=1", account.id)).into_response(),
         Err(e) => refuse(

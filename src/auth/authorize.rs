@@ -7,6 +7,7 @@
 use crate::auth::oauth::{ErrorClass, Grant, TokenError};
 use crate::config::{AccountAuth, AccountConfig, AppOverrides, Endpoints, OAuthConfig};
 use crate::store::{Change, Key, Store, StoreError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// The account's OAuth settings, or an error that says why it has none.
@@ -55,17 +56,30 @@ pub fn save_grant(
     key: &Key,
     grant: &Grant,
 ) -> Result<u64, StoreError> {
-    store.update(
-        account_id,
-        Some(key),
-        Change {
-            refresh_token: grant.refresh_token.clone(),
-            access_token: Some((
-                grant.access_token.clone(),
-                SystemTime::now() + grant.expires_in,
-            )),
-            authorized: true,
-            ..Default::default()
-        },
-    )
+    store.update(account_id, Some(key), grant_change(grant))
+}
+
+/// What a fresh authorization writes: both tokens, marked authorized.
+fn grant_change(grant: &Grant) -> Change {
+    Change {
+        refresh_token: grant.refresh_token.clone(),
+        access_token: Some((
+            grant.access_token.clone(),
+            SystemTime::now() + grant.expires_in,
+        )),
+        authorized: true,
+        ..Default::default()
+    }
+}
+
+/// [`save_grant`] on a blocking thread, for async code (see [`Store::update_async`]).
+pub async fn save_grant_async(
+    store: &Arc<Store>,
+    account_id: &str,
+    key: &Key,
+    grant: &Grant,
+) -> Result<u64, StoreError> {
+    store
+        .update_async(account_id, Some(key), grant_change(grant))
+        .await
 }

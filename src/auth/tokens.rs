@@ -227,7 +227,7 @@ impl TokenCache {
         let grant = match result {
             Ok(g) => g,
             Err(e) => {
-                self.report_failure(account, &e);
+                self.report_failure(account, &e).await;
                 return Err(e);
             }
         };
@@ -241,10 +241,11 @@ impl TokenCache {
                 refreshed: true,
                 ..Default::default()
             };
-            match key
-                .as_ref()
-                .map(|k| self.store.update(&account.id, Some(k), change))
-            {
+            let saved = match key.as_ref() {
+                Some(k) => Some(self.store.update_async(&account.id, Some(k), change).await),
+                None => None,
+            };
+            match saved {
                 Some(Ok(generation)) => {
                     state.generation = generation;
                     entry.seen_generation.store(generation, Ordering::Release);
@@ -371,13 +372,13 @@ impl TokenCache {
         Ok(Some(signer))
     }
 
-    fn report_failure(&self, account: &AccountConfig, e: &TokenError) {
+    async fn report_failure(&self, account: &AccountConfig, e: &TokenError) {
         // Not authorized or not configured yet: a state the page shows, not a failure.
         if account.ephemeral || matches!(e.error.as_str(), "no_refresh_token" | "not_configured") {
             return;
         }
         let text = format!("{}: {}", e.code(), e.description);
-        if let Err(err) = self.store.record_error(&account.id, &text) {
+        if let Err(err) = self.store.record_error_async(&account.id, &text).await {
             tracing::warn!(account = %account.id, "cannot record the failure in the token store: {err}");
         }
         if e.class == ErrorClass::Reauthorize {

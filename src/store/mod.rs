@@ -14,8 +14,14 @@
 //!
 //! Writes take an exclusive lock on `PATH.lock` (so `authrelay login` and a running relay never
 //! interleave), re-read the file, apply the change, write `PATH.tmp`, fsync it, rename it over
-//! `PATH` and fsync the directory: a crash at any moment leaves the old or the new store. Readers
-//! notice a changed file by its size, inode and modification time and reload it.
+//! `PATH` and fsync the directory: a crash at any moment leaves the old or the new store.
+//!
+//! **A live session never waits on the disk.** Reads come from an in-memory view that a writer
+//! replaces only once its write is done, so a reader never waits for `flock` or `fsync`; changes
+//! by other processes (`authrelay login`, another replica) are noticed by the file's size, inode
+//! and modification time, looked at no more than once a second. Async code writes through
+//! [`Store::update_async`] and [`Store::record_error_async`], which run the write on a blocking
+//! thread: a store held locked by another process stalls that write, not the runtime.
 
 mod crypto;
 #[cfg(test)]
@@ -30,10 +36,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const VERSION: u32 = 1;
+
+/// How often readers look at the file for changes made by other processes.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +190,12 @@ pub struct Store {
     path: PathBuf,
     /// Present when the store is sealed with a key file rather than with local passwords.
     store_key: Option<Key>,
-    loaded: Mutex<Loaded>,
+    /// What readers see: replaced whole by a writer or a reload, never held across I/O.
+    view: RwLock<Arc<Loaded>>,
+    /// Serializes this process's writers (held across `flock`, on a blocking thread).
+    writer: Mutex<()>,
+    /// When the file was last looked at for changes by other processes.
+    checked_at: Mutex<Option<Instant>>,
     /// Password-derived keys of accounts whose password was verified since start.
     password_keys: dashmap::DashMap<String, Key>,
 }
@@ -227,20 +241,19 @@ impl Store {
         let store = Store {
             path: path.to_owned(),
             store_key,
-            loaded: Mutex::new(Loaded {
+            view: RwLock::new(Arc::new(Loaded {
                 stamp: None,
                 file: StoreFile {
                     version: VERSION,
                     accounts: BTreeMap::new(),
                 },
-            }),
+            })),
+            writer: Mutex::new(()),
+            checked_at: Mutex::new(None),
             password_keys: Default::default(),
         };
         store.check_directory()?;
-        {
-            let mut loaded = store.loaded.lock().expect("store lock");
-            store.reload_if_changed(&mut loaded)?;
-        }
+        store.reload_if_changed()?;
         Ok(Arc::new(store))
     }
 
@@ -297,29 +310,47 @@ impl Store {
         Ok((before, file))
     }
 
-    fn reload_if_changed(&self, loaded: &mut Loaded) -> Result<(), StoreError> {
+    fn reload_if_changed(&self) -> Result<(), StoreError> {
+        *self.checked_at.lock().expect("store check time") = Some(Instant::now());
         let now = stamp(&self.path);
-        if now.is_some() && now == loaded.stamp {
+        if now.is_some() && now == self.view().stamp {
             return Ok(());
         }
         let (stamp, file) = self.read_file()?;
-        loaded.stamp = stamp;
-        loaded.file = file;
+        *self.view.write().expect("store view") = Arc::new(Loaded { stamp, file });
         Ok(())
+    }
+
+    /// The current view, reloaded first if another process may have changed the file and it
+    /// was not looked at within [`CHECK_INTERVAL`].
+    fn fresh_view(&self) -> Arc<Loaded> {
+        let due = {
+            let mut checked = self.checked_at.lock().expect("store check time");
+            let due = checked.is_none_or(|at| at.elapsed() >= CHECK_INTERVAL);
+            if due {
+                *checked = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            let _ = self.reload_if_changed();
+        }
+        self.view()
+    }
+
+    fn view(&self) -> Arc<Loaded> {
+        self.view.read().expect("store view").clone()
     }
 
     /// Re-reads the file if another process changed it. A file that cannot be read keeps the
     /// last good contents in memory, and the error is returned for the caller to report.
     pub fn refresh_view(&self) -> Result<(), StoreError> {
-        let mut loaded = self.loaded.lock().expect("store lock");
-        self.reload_if_changed(&mut loaded)
+        self.reload_if_changed()
     }
 
     /// The entry of `account` as last read (metadata and sealed values).
     pub fn entry(&self, account: &str) -> Option<Entry> {
-        let mut loaded = self.loaded.lock().expect("store lock");
-        let _ = self.reload_if_changed(&mut loaded);
-        loaded.file.accounts.get(account).cloned()
+        self.fresh_view().file.accounts.get(account).cloned()
     }
 
     /// The generation of `account`'s entry (0 when there is none).
@@ -476,6 +507,42 @@ impl Store {
         })
     }
 
+    /// [`Self::update`] on a blocking thread, for async code: waiting for the file lock or an
+    /// fsync then holds that thread, never a runtime worker. Returns once the change is on disk.
+    pub async fn update_async(
+        self: &Arc<Self>,
+        account: &str,
+        key: Option<&Key>,
+        change: Change,
+    ) -> Result<u64, StoreError> {
+        let (store, account, key) = (self.clone(), account.to_owned(), key.cloned());
+        tokio::task::spawn_blocking(move || store.update(&account, key.as_ref(), change))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Io {
+                    path: self.path.display().to_string(),
+                    message: format!("the write did not finish: {e}"),
+                })
+            })
+    }
+
+    /// [`Self::record_error`] on a blocking thread, for async code.
+    pub async fn record_error_async(
+        self: &Arc<Self>,
+        account: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let (store, account, error) = (self.clone(), account.to_owned(), error.to_owned());
+        tokio::task::spawn_blocking(move || store.record_error(&account, &error))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Io {
+                    path: self.path.display().to_string(),
+                    message: format!("the write did not finish: {e}"),
+                })
+            })
+    }
+
     /// Records a failed token request (no secret: a code and a description).
     pub fn record_error(&self, account: &str, error: &str) -> Result<(), StoreError> {
         self.modify(|file| {
@@ -491,7 +558,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut StoreFile) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut loaded = self.loaded.lock().expect("store lock");
+        let writer = self.writer.lock().expect("store writer");
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 fs::DirBuilder::new()
@@ -514,9 +581,12 @@ impl Store {
         let (_, mut file) = self.read_file()?;
         let result = f(&mut file)?;
         self.write_atomically(&file)?;
-        loaded.stamp = stamp(&self.path);
-        loaded.file = file;
+        *self.view.write().expect("store view") = Arc::new(Loaded {
+            stamp: stamp(&self.path),
+            file,
+        });
         drop(lock);
+        drop(writer);
         Ok(result)
     }
 
