@@ -1,5 +1,5 @@
 //! SMTP sessions end to end, in process: a raw client → authrelay → a fake upstream that checks
-//! XOAUTH2, with a fake token endpoint. Replies are checked byte for byte (protocol.md §3.4-3.5).
+//! XOAUTH2, with a fake token endpoint. Replies are checked byte for byte (README: What a device may be told).
 
 mod support;
 

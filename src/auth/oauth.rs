@@ -1,5 +1,5 @@
 //! Token endpoint requests (RFC 6749 refresh-token grant, through the `oauth2` crate) and the
-//! classification of their failures (protocol.md §1.7).
+//! classification of their failures (RFC 6749 §5.2; Microsoft Entra error codes, learn.microsoft.com/entra/identity-platform/reference-error-codes).
 
 use crate::auth::assertion::CertificateSigner;
 use crate::config::Endpoints;
@@ -369,7 +369,7 @@ fn classify<T: oauth2::ErrorResponseType + fmt::Display>(e: OAuthRequestError<T>
     }
 }
 
-/// Classifies an OAuth error response (protocol.md §1.7). Decisions rest on `error`; the AADSTS
+/// Classifies an OAuth error response (RFC 6749 §5.2; Microsoft Entra error codes, learn.microsoft.com/entra/identity-platform/reference-error-codes). Decisions rest on `error`; the AADSTS
 /// code refines them and is kept for the user.
 pub fn classify_server_error(error: &str, description: &str) -> TokenError {
     let aadsts = aadsts_code(description);

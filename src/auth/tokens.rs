@@ -285,6 +285,11 @@ impl TokenCache {
         password: Option<&Secret>,
     ) -> (Option<Key>, AppOverrides) {
         let id = &account.id;
+        // The slow path (a token request may follow): look at the file now, not within the
+        // second the fast path allows, so a sign-in made by another process a moment ago counts.
+        if let Err(e) = self.store.refresh_view() {
+            tracing::warn!(account = %id, "cannot read the token store: {e}");
+        }
         let key = self.store.unlock(id, password).await;
         let stored = self.store.entry(id);
         let generation = stored.as_ref().map_or(0, |e| e.generation);

@@ -374,7 +374,7 @@ pub struct CapabilityPolicy {
     pub offer_starttls: bool,
 }
 
-/// Rewrites a capability list (the atoms after `CAPABILITY`) per protocol.md §4.5: upstream
+/// Rewrites a capability list (the atoms after `CAPABILITY`) (RFC 9051 §7.2.2, RFC 4959): upstream
 /// `AUTH=…`, `LOGINDISABLED`, `STARTTLS`, `SASL-IR` and `LITERAL+`/`LITERAL-` go; the relay's
 /// `AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL-` (or `LOGINDISABLED`) and its own `STARTTLS` come in;
 /// everything else keeps its order.

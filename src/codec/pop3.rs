@@ -195,7 +195,7 @@ pub struct CapaPolicy {
     pub offer_stls: bool,
 }
 
-/// Rewrites an upstream CAPA list (protocol.md §5.3): the `SASL` line becomes `SASL PLAIN
+/// Rewrites an upstream CAPA list (RFC 2449 §6, RFC 5034 §3): the `SASL` line becomes `SASL PLAIN
 /// LOGIN`, `USER` is present, upstream `STLS` is dropped (the relay owns upstream TLS) and the
 /// relay's own added when it offers one; `RESP-CODES` and `AUTH-RESP-CODE` are advertised because
 /// the relay's errors carry `[AUTH]` and `[SYS/TEMP]`. Everything else is kept. The result is a

@@ -362,7 +362,7 @@ pub struct EhloPolicy {
     pub offer_starttls: bool,
 }
 
-/// Rewrites an upstream EHLO reply for the local client (protocol.md §3.3): upstream AUTH and
+/// Rewrites an upstream EHLO reply for the local client (RFC 5321 §4.1.1.1, RFC 4954 §3, RFC 3207 §4): upstream AUTH and
 /// STARTTLS lines are dropped (the relay owns both), the relay's own are added, every other
 /// keyword (SIZE, PIPELINING, CHUNKING, 8BITMIME, SMTPUTF8, DSN, ENHANCEDSTATUSCODES, …) stays.
 pub fn rewrite_ehlo(reply: &Reply<'_>, policy: EhloPolicy) -> Vec<u8> {

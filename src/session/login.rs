@@ -261,7 +261,7 @@ fn tilde_account(shared: &Shared, username: &str, password: &Secret) -> Option<A
     }))
 }
 
-/// What a user can do about a Microsoft Entra error code (protocol.md §1.7).
+/// What a user can do about a Microsoft Entra error code (Microsoft Entra error codes, learn.microsoft.com/entra/identity-platform/reference-error-codes).
 pub fn aadsts_advice(code: u32) -> Option<&'static str> {
     Some(match code {
         70008 | 700082 | 70000 | 50173 => "the refresh token expired or was revoked: re-authorize the account",
@@ -301,7 +301,7 @@ pub struct Explanation {
     pub text: String,
 }
 
-/// Explains a failed token request (protocol.md §1.7): what happened, the code to look up, and
+/// Explains a failed token request (Microsoft Entra error codes, learn.microsoft.com/entra/identity-platform/reference-error-codes): what happened, the code to look up, and
 /// what to do. Holds no secret; control characters are removed.
 pub fn explain_token_failure(
     shared: &Shared,

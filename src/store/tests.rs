@@ -63,6 +63,8 @@ fn store_key_round_trip_and_file_mode() {
             },
         )
         .unwrap();
+    // Within a second on its own; at once when asked (the token cache asks before a refresh).
+    store.refresh_view().unwrap();
     assert_eq!(store.generation("a"), 2);
     let opened = store.open_entry("a", &key).unwrap();
     assert_eq!(opened.refresh_token.unwrap().expose(), "rt-canary-2");
@@ -152,6 +154,7 @@ fn values_are_bound_to_account_and_field() {
     file["accounts"]["b"]["refresh_token"] = a.clone();
     file["accounts"]["b"]["access_token"] = a;
     fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+    store.refresh_view().unwrap();
     assert!(store.open_entry("a", &key).is_err());
     assert!(store.open_entry("b", &key).is_err());
 }

@@ -1,4 +1,4 @@
-//! The IMAP session (protocol.md §4): the relay is an IMAP server to the legacy client and an
+//! The IMAP session (RFC 9051, SASL-IR RFC 4959): the relay is an IMAP server to the legacy client and an
 //! IMAP client of the upstream server until the login succeeds, then a byte pipe.
 //!
 //! Order of events: accept (and local implicit TLS) → connect upstream, finish upstream TLS and
@@ -395,7 +395,7 @@ impl Session {
         }
     }
 
-    /// Answers a failed token request with RFC 5530 codes (protocol.md §4.7).
+    /// Answers a failed token request with RFC 5530 codes (README: What a device may be told).
     async fn token_failure(&mut self, tag: &[u8], account: &AccountConfig, e: &TokenError) -> Next {
         let text = explain_token_failure(&self.ctx.shared, account, e).text;
         let reply = match e.class {

@@ -271,7 +271,7 @@ impl ImapUpstream {
         };
         let mut token_rejected = false;
         if let Some(Response::Continuation(payload)) = r.tagged.parsed() {
-            // An error challenge: answered here, never forwarded (protocol.md §4.6).
+            // An error challenge: answered here, never forwarded (RFC 7628 §3.2.3; Google's XOAUTH2 protocol, developers.google.com/gmail/imap/xoauth2-protocol).
             let answer: &[u8] = if xoauth2 {
                 token_rejected = sasl::parse_xoauth2_challenge(payload).token_rejected();
                 b"\r\n"

@@ -1,4 +1,4 @@
-//! The POP3 session (protocol.md §5): the relay is a POP3 server to the legacy client and a POP3
+//! The POP3 session (RFC 1939, CAPA RFC 2449, AUTH RFC 5034): the relay is a POP3 server to the legacy client and a POP3
 //! client of the upstream server until the login succeeds, then a byte pipe.
 //!
 //! Order of events: accept (and local implicit TLS) → connect upstream and finish upstream TLS →
@@ -356,7 +356,7 @@ impl Session {
         }
     }
 
-    /// Answers a failed token request (protocol.md §1.7).
+    /// Answers a failed token request (README: What a device may be told).
     async fn token_failure(&mut self, account: &AccountConfig, e: &TokenError) -> Next {
         let explained = explain_token_failure(&self.ctx.shared, account, e);
         if explained.temporary {

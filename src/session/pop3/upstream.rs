@@ -165,7 +165,7 @@ impl Pop3Upstream {
                 }
                 let r = self.command(&[blob.expose(), b"\r\n"]).await?;
                 if r.continuation {
-                    // The error challenge: answer it here, never forward it (protocol.md §5.4).
+                    // The error challenge: answer it here, never forward it (RFC 7628 §3.2.3; RFC 5034 §4).
                     let token_rejected = sasl::parse_xoauth2_challenge(&r.text).token_rejected();
                     let r = self.command(&[b"\r\n"]).await?;
                     return Ok(AuthResult::Rejected {

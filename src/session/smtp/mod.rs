@@ -1,4 +1,4 @@
-//! The SMTP session (protocol.md §3): the relay is an SMTP server to the legacy client and an
+//! The SMTP session (RFC 5321, AUTH RFC 4954, STARTTLS RFC 3207): the relay is an SMTP server to the legacy client and an
 //! SMTP client of the upstream server until the login succeeds, then a byte pipe.
 //!
 //! Order of events: accept (and local implicit TLS) → connect upstream and finish upstream TLS →
@@ -371,7 +371,7 @@ impl Session {
         }
     }
 
-    /// Answers a failed token request (protocol.md §1.7).
+    /// Answers a failed token request (README: What a device may be told).
     async fn token_failure(&mut self, account: &AccountConfig, e: &TokenError) -> Next {
         let explained = explain_token_failure(&self.ctx.shared, account, e);
         if explained.temporary {

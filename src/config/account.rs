@@ -1,0 +1,201 @@
+//! Reading `[account.NAME]` and `[client.NAME]` tables: the account modes and their OAuth settings.
+
+use super::*;
+
+pub(super) fn read_account(
+    name: &str,
+    path: String,
+    value: Value,
+    problems: &mut Problems,
+) -> Option<AccountConfig> {
+    let mut t = Table::new(path, value, problems)?;
+    let login: Option<String> = t.required("login", "the username the legacy client sends");
+    let password_hash = t.secret("password_hash");
+    let mailbox: Option<String> = t.optional("mailbox");
+    let mode: String = t.optional("auth").unwrap_or_else(|| "oauth".into());
+    let allowed_from: Vec<String> = t.optional("allowed_from").unwrap_or_default();
+
+    if let Some(l) = &login {
+        if crate::codec::sasl::parse_username(l.as_bytes()).is_err() {
+            t.problem("login", "must be 1 to 320 bytes without control characters");
+        }
+    }
+    if let Some(m) = &mailbox {
+        if crate::codec::sasl::parse_username(m.as_bytes()).is_err() {
+            t.problem(
+                "mailbox",
+                "must be 1 to 320 bytes without control characters",
+            );
+        }
+    }
+    let auth = match mode.as_str() {
+        "oauth" => read_oauth(&mut t, Flow::Delegated).map(|o| AccountAuth::OAuth(Box::new(o))),
+        "client_credentials" => {
+            read_oauth(&mut t, Flow::ClientCredentials).map(|o| AccountAuth::OAuth(Box::new(o)))
+        }
+        "app_password" => match t.secret("app_password") {
+            Some(p) => Some(AccountAuth::AppPassword(p)),
+            None => {
+                t.problem(
+                    "app_password",
+                    "missing (give app_password or app_password_file)",
+                );
+                None
+            }
+        },
+        "passthrough" => Some(AccountAuth::Passthrough),
+        other => {
+            t.problem(
+                "auth",
+                format!("unknown value {other:?}, expected oauth, client_credentials, app_password or passthrough"),
+            );
+            None
+        }
+    };
+    match (&password_hash, &auth) {
+        (None, Some(AccountAuth::Passthrough)) => {}
+        (None, _) => t.problem(
+            "password_hash",
+            "missing (make one with `authrelay hash-password`; give password_hash or password_hash_file)",
+        ),
+        (Some(h), _) => {
+            if let Err(e) = crate::auth::password::check_hash(h) {
+                t.problem("password_hash", e);
+            }
+        }
+    }
+    t.finish();
+    let login = login?;
+    Some(AccountConfig {
+        id: name.to_owned(),
+        mailbox: mailbox.unwrap_or_else(|| login.clone()),
+        login,
+        password_hash,
+        auth: auth?,
+        allowed_from,
+        ephemeral: false,
+    })
+}
+
+pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
+    let provider: Option<Provider> = t.required("provider", "microsoft, google or custom");
+    let tenant: Option<String> = t.optional("tenant");
+    let client_id: Option<String> = t.optional("client_id");
+    let client_secret = t.secret("client_secret");
+    let certificate: Option<PathBuf> = t.optional("certificate");
+    let certificate_key: Option<PathBuf> = t.optional("certificate_key");
+    let refresh_token = t.secret("refresh_token");
+    let token_url: Option<String> = t.optional("token_url");
+    let authorize_url: Option<String> = t.optional("authorize_url");
+    let device_url: Option<String> = t.optional("device_url");
+    let authority: Option<String> = t.optional("authority");
+    let scopes: Option<Vec<String>> = t.optional("scopes");
+    let provider = provider?;
+
+    for (key, url) in [
+        ("token_url", &token_url),
+        ("authorize_url", &authorize_url),
+        ("device_url", &device_url),
+        ("authority", &authority),
+    ] {
+        if let Some(u) = url {
+            if let Err(e) = check_endpoint_url(u) {
+                t.problem(key, e);
+            }
+        }
+    }
+    if let Some(tn) = &tenant {
+        if !valid_tenant(tn) {
+            t.problem(
+                "tenant",
+                "must be a tenant ID, a domain, organizations, common or consumers",
+            );
+        }
+    }
+    if provider == Provider::Custom && token_url.is_none() {
+        t.problem("token_url", "missing (required for provider = \"custom\")");
+    }
+    let certificate = match (certificate, certificate_key) {
+        (Some(cert), Some(key)) => Some(CertificateCredential { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => {
+            t.problem(
+                "certificate_key",
+                "missing (the PEM private key of certificate)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            t.problem(
+                "certificate",
+                "missing (the PEM certificate of certificate_key)",
+            );
+            None
+        }
+    };
+    if flow == Flow::ClientCredentials {
+        if client_id.is_none() {
+            t.problem(
+                "client_id",
+                "missing (client credentials need the application (client) ID)",
+            );
+        }
+        if provider == Provider::Microsoft && tenant.is_none() {
+            t.problem("tenant", "missing (client credentials need the directory (tenant) ID; common or organizations cannot be used)");
+        }
+        if client_secret.is_none() && certificate.is_none() {
+            t.problem("client_secret", "missing (client credentials need client_secret, client_secret_file, or certificate and certificate_key)");
+        }
+        if refresh_token.is_some() {
+            t.problem(
+                "refresh_token",
+                "not used with auth = \"client_credentials\"",
+            );
+        }
+    }
+    if let Some(c) = &certificate {
+        if let Err(e) = crate::auth::assertion::CertificateSigner::load(&c.cert, &c.key) {
+            t.problem("certificate", e);
+        }
+    }
+    let scopes = scopes.unwrap_or_else(|| {
+        let defaults: &[&str] = match (provider, flow) {
+            (_, Flow::ClientCredentials) => &[MICROSOFT_APP_SCOPE],
+            (Provider::Google, _) => &GOOGLE_SCOPES,
+            _ => &MICROSOFT_SCOPES,
+        };
+        defaults.iter().map(|s| s.to_string()).collect()
+    });
+    Some(OAuthConfig {
+        provider,
+        flow,
+        tenant,
+        authority: authority.unwrap_or_else(|| MICROSOFT_AUTHORITY.into()),
+        client_id,
+        client_secret,
+        certificate,
+        refresh_token,
+        token_url,
+        authorize_url,
+        device_url,
+        scopes,
+    })
+}
+
+/// An identity provider URL must be https, or http to a loopback host (local test servers).
+pub(super) fn check_endpoint_url(u: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(u).map_err(|e| format!("{u:?} is not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http"
+            if url.host_str().is_some_and(|h| {
+                is_loopback_host(h.trim_start_matches('[').trim_end_matches(']'))
+            }) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{u:?} must be an https URL (http only to a loopback host)"
+        )),
+    }
+}

@@ -1,0 +1,187 @@
+//! Reading `[listener.NAME]` tables: addresses, TLS on both sides, limits, PROXY v2, allow lists.
+
+use super::*;
+
+pub(super) fn read_listener(
+    name: &str,
+    path: String,
+    value: Value,
+    problems: &mut Problems,
+) -> Option<ListenerConfig> {
+    let mut t = Table::new(path, value, problems)?;
+    let protocol: Option<Protocol> = t.required("protocol", "smtp, imap or pop3");
+    let listen: Option<String> = t.required("listen", "an address such as 127.0.0.1:2525");
+    let tls: LocalTls = t.optional("tls").unwrap_or(LocalTls::None);
+    let cert: Option<PathBuf> = t.optional("cert");
+    let key: Option<PathBuf> = t.optional("key");
+    let upstream: Option<String> = t.required("upstream", "host:port of the mail server");
+    let upstream_tls: Option<UpstreamTls> = t.required(
+        "upstream_tls",
+        "starttls, implicit, or none for a loopback test server",
+    );
+    let upstream_name: Option<String> = t.optional("upstream_name");
+    let upstream_ca: Option<PathBuf> = t.optional("upstream_ca");
+    let allow_remote: bool = t.optional("allow_remote").unwrap_or(false);
+    let remote_plaintext_auth: bool = t.optional("remote_plaintext_auth").unwrap_or(false);
+    let ehlo_name: String = t
+        .optional("ehlo_name")
+        .unwrap_or_else(|| "localhost".into());
+    let max_connections: usize = t.optional("max_connections").unwrap_or(1000);
+    // One address may hold a quarter of the slots by default, so no single client (or scanner)
+    // can take them all. Behind a balancer without PROXY v2 every client has its address.
+    let max_connections_per_address: usize = t
+        .optional("max_connections_per_address")
+        .unwrap_or((max_connections / 4).max(1));
+    let connect_timeout = Duration::from_secs(t.optional("connect_timeout_secs").unwrap_or(20));
+    let upstream_timeout = Duration::from_secs(t.optional("upstream_timeout_secs").unwrap_or(60));
+    let pre_auth_timeout = Duration::from_secs(t.optional("pre_auth_timeout_secs").unwrap_or(120));
+    let idle_default = match protocol {
+        Some(Protocol::Imap) => 35 * 60,
+        _ => 15 * 60,
+    };
+    let idle_timeout = Duration::from_secs(t.optional("idle_timeout_secs").unwrap_or(idle_default));
+    let tilde_login: bool = t.optional("tilde_login").unwrap_or(false);
+    let proxy_protocol: bool = t.optional("proxy_protocol").unwrap_or(false);
+    let proxy_trusted = read_cidrs(&mut t, "proxy_trusted");
+    let allow = read_cidrs(&mut t, "allow");
+    if proxy_protocol && proxy_trusted.is_empty() {
+        t.problem(
+            "proxy_trusted",
+            "missing: with proxy_protocol = true, list the load balancers' addresses (CIDR ranges) whose PROXY headers to believe",
+        );
+    }
+
+    let listen = listen.and_then(|s| match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            t.problem("listen", format!("{s:?} is not an IP address and port"));
+            None
+        }
+    });
+    if let Some(addr) = listen {
+        if !addr.ip().is_loopback() && !allow_remote {
+            t.problem(
+                "listen",
+                format!("{addr} is not a loopback address; set allow_remote = true to serve other hosts"),
+            );
+        }
+        if !addr.ip().is_loopback()
+            && allow_remote
+            && tls == LocalTls::None
+            && !remote_plaintext_auth
+        {
+            t.problem(
+                "tls",
+                "a listener that serves other hosts needs tls = \"starttls\" or \"implicit\", or remote_plaintext_auth = true for a trusted network (passwords then cross it in clear)",
+            );
+        }
+    }
+    if tls != LocalTls::None {
+        if cert.is_none() {
+            t.problem(
+                "cert",
+                "missing (a PEM certificate chain is needed for local TLS)",
+            );
+        }
+        if key.is_none() {
+            t.problem("key", "missing (a PEM private key is needed for local TLS)");
+        }
+        if let (Some(c), Some(k)) = (&cert, &key) {
+            if let Err(e) = crate::net::tls::server_config(c, k) {
+                t.problem("cert", e.to_string());
+            }
+        }
+    }
+    let upstream = upstream.and_then(|s| match split_host_port(&s) {
+        Some(hp) => Some(hp),
+        None => {
+            t.problem("upstream", format!("{s:?} is not host:port"));
+            None
+        }
+    });
+    if let (Some((host, _)), Some(UpstreamTls::None)) = (&upstream, upstream_tls) {
+        if !is_loopback_host(host) {
+            t.problem(
+                "upstream_tls",
+                "\"none\" is allowed only for a loopback upstream; use starttls or implicit",
+            );
+        }
+    }
+    if let Some(ca) = &upstream_ca {
+        if let Err(e) = crate::net::tls::load_certs(ca) {
+            t.problem("upstream_ca", e.to_string());
+        }
+    }
+    if max_connections == 0 {
+        t.problem("max_connections", "must be at least 1");
+    }
+    if max_connections_per_address == 0 {
+        t.problem("max_connections_per_address", "must be at least 1");
+    }
+    t.finish();
+    let (host, port) = upstream?;
+    Some(ListenerConfig {
+        name: name.to_owned(),
+        protocol: protocol?,
+        listen: listen?,
+        tls,
+        cert,
+        key,
+        upstream_name: upstream_name.unwrap_or_else(|| host.clone()),
+        upstream_host: host,
+        upstream_port: port,
+        upstream_tls: upstream_tls?,
+        upstream_ca,
+        ehlo_name,
+        max_connections,
+        max_connections_per_address,
+        remote_plaintext_auth,
+        connect_timeout,
+        upstream_timeout,
+        pre_auth_timeout,
+        idle_timeout,
+        tilde_login,
+        proxy_protocol,
+        proxy_trusted,
+        allow,
+    })
+}
+
+pub(super) fn read_cidrs(t: &mut Table<'_>, key: &str) -> Vec<crate::codec::proxy::Cidr> {
+    let list: Vec<String> = t.optional(key).unwrap_or_default();
+    let mut out = Vec::new();
+    for item in list {
+        match item.parse() {
+            Ok(c) => out.push(c),
+            Err(e) => t.problem(key, e),
+        }
+    }
+    out
+}
+
+pub(super) fn check_unique_binds(listeners: &[ListenerConfig], problems: &mut Problems) {
+    for (i, a) in listeners.iter().enumerate() {
+        if let Some(b) = listeners[..i].iter().find(|b| b.listen == a.listen) {
+            problems.push(
+                format!("listener.{}.listen", a.name),
+                format!("{} is already used by listener.{}", a.listen, b.name),
+            );
+        }
+    }
+}
+
+/// Splits `host:port` (with `[v6]:port` for IPv6).
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
