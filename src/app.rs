@@ -173,8 +173,12 @@ fn listener_context(
         )),
         _ => return Err(where_("local TLS needs cert and key".into())),
     };
-    let client =
-        tls::client_config(config.upstream_ca.as_deref()).map_err(|e| where_(e.to_string()))?;
+    let client = if config.upstream_pin.is_empty() {
+        tls::client_config(config.upstream_ca.as_deref())
+    } else {
+        tls::pinned_client_config(&config.upstream_pin)
+    }
+    .map_err(|e| where_(e.to_string()))?;
     let upstream_name = ServerName::try_from(config.upstream_name.clone()).map_err(|_| {
         where_(format!(
             "{:?} is not a valid TLS server name",

@@ -21,6 +21,18 @@ pub(super) fn read_listener(
     );
     let upstream_name: Option<String> = t.optional("upstream_name");
     let upstream_ca: Option<PathBuf> = t.optional("upstream_ca");
+    let pin_texts: Vec<String> = match t.optional::<OneOrMany>("upstream_pin") {
+        None => Vec::new(),
+        Some(OneOrMany::One(p)) => vec![p],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    let mut upstream_pin = Vec::new();
+    for text in &pin_texts {
+        match crate::net::tls::Pin::parse(text) {
+            Ok(p) => upstream_pin.push(p),
+            Err(e) => t.problem("upstream_pin", format!("{text:?}: {e}")),
+        }
+    }
     let allow_remote: bool = t.optional("allow_remote").unwrap_or(false);
     let remote_plaintext_auth: bool = t.optional("remote_plaintext_auth").unwrap_or(false);
     let ehlo_name: String = t
@@ -111,6 +123,12 @@ pub(super) fn read_listener(
         if let Err(e) = crate::net::tls::load_certs(ca) {
             t.problem("upstream_ca", e.to_string());
         }
+        if !pin_texts.is_empty() {
+            t.problem(
+                "upstream_pin",
+                "give upstream_pin or upstream_ca, not both: a pin is the whole trust",
+            );
+        }
     }
     if max_connections == 0 {
         t.problem("max_connections", "must be at least 1");
@@ -132,6 +150,7 @@ pub(super) fn read_listener(
         upstream_port: port,
         upstream_tls: upstream_tls?,
         upstream_ca,
+        upstream_pin,
         ehlo_name,
         max_connections,
         max_connections_per_address,
@@ -184,4 +203,12 @@ pub fn split_host_port(s: &str) -> Option<(String, u16)> {
 pub fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A key that takes one string or a list of them.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }

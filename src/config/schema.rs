@@ -102,6 +102,8 @@ pub struct ListenerConfig {
     /// The name the upstream certificate must carry; defaults to the upstream host.
     pub upstream_name: String,
     pub upstream_ca: Option<PathBuf>,
+    /// Trust exactly these certificates or keys upstream (no CA, no name): self-signed servers.
+    pub upstream_pin: Vec<crate::net::tls::Pin>,
     /// The name the relay gives in its own EHLO before upstream STARTTLS.
     pub ehlo_name: String,
     pub max_connections: usize,

@@ -39,7 +39,15 @@ impl fmt::Display for UpstreamError {
             UpstreamError::Injection => {
                 f.write_str("sent data right after its STARTTLS reply (injection attempt)")
             }
-            UpstreamError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            UpstreamError::Tls(e) => {
+                write!(f, "TLS handshake failed: {e}")?;
+                let text = e.to_string();
+                if text.contains("CaUsedAsEndEntity") || text.contains("UnknownIssuer") {
+                    // A self-signed server certificate: a CA file cannot vouch for it.
+                    f.write_str(" (for a self-signed server certificate, set upstream_pin instead of upstream_ca)")?;
+                }
+                Ok(())
+            }
             UpstreamError::Io(e) => write!(f, "connection error: {e}"),
             UpstreamError::Protocol(e) => write!(f, "sent an invalid reply: {e}"),
             UpstreamError::Closed => f.write_str("closed the connection"),
