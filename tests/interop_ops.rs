@@ -623,3 +623,41 @@ fn haproxy_with_proxy_v2_in_front_of_two_relays() {
     assert!(r1.log_text().contains("not a trusted proxy"));
     let _ = std::io::stdout().flush();
 }
+
+/// `mechanism = "oauthbearer"` (RFC 7628): Dovecot accepts the standard mechanism over IMAP,
+/// POP3 and SMTP submission, and its log shows which one was used.
+#[test]
+fn oauthbearer_logins_against_dovecot_in_every_protocol() {
+    stack();
+    let user = unique_user("bearer");
+    let rt = new_refresh_token(&user);
+    let account = oauth_account("scanner", &user, &rt) + "mechanism = \"oauthbearer\"\n";
+    let r = FullRelay::start(&account, "");
+    assert_eq!(
+        r.imap_count("scanner@device.local", LOCAL_PASSWORD),
+        "COUNT 0"
+    );
+    let mut pop = Raw::connect(r.pop3);
+    assert!(pop.line().starts_with("+OK"));
+    assert!(pop.ask("USER scanner@device.local\r\n").starts_with("+OK"));
+    let reply = pop.ask(&format!("PASS {LOCAL_PASSWORD}\r\n"));
+    assert!(reply.starts_with("+OK"), "{reply}");
+    pop.ask("QUIT\r\n");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("bearer-{}", free_port());
+    let file = write_message(dir.path(), &marker);
+    assert_eq!(
+        r.smtp_send("scanner@device.local", LOCAL_PASSWORD, &user, &user, &file),
+        "OK"
+    );
+    assert!(delivered(&user, &marker, Duration::from_secs(30)).is_some());
+    let log = std::fs::read_to_string(run_dir().join("log/dovecot.log")).unwrap();
+    for service in ["imap-login", "pop3-login", "submission-login"] {
+        assert!(
+            log.lines().any(|l| l.contains(service)
+                && l.contains(&format!("user=<{user}>"))
+                && l.contains("method=OAUTHBEARER")),
+            "no {service} OAUTHBEARER login for {user} in Dovecot's log"
+        );
+    }
+}

@@ -2,17 +2,18 @@
 
 use crate::auth::oauth::TokenError;
 use crate::auth::tokens::{AccessToken, TokenCache};
-use crate::codec::sasl::Credentials;
+use crate::codec::sasl::{BearerMechanism, Credentials};
 use crate::config::{AccountAuth, AccountConfig};
 use crate::secret::Secret;
 use std::sync::Arc;
 
 #[derive(Debug)]
 pub enum UpstreamCredential {
-    /// SASL XOAUTH2 with `user=mailbox` and a bearer token.
-    XOAuth2 {
+    /// A bearer token for `user` (the mailbox), sent with XOAUTH2 or OAUTHBEARER.
+    Bearer {
         user: String,
         token: Arc<AccessToken>,
+        mechanism: BearerMechanism,
     },
     /// SASL PLAIN or LOGIN with a password (app password, or the client's own in pass-through).
     Password { user: String, password: Secret },
@@ -27,13 +28,14 @@ pub async fn credential(
     rejected: Option<&Arc<AccessToken>>,
 ) -> Result<UpstreamCredential, TokenError> {
     match &account.auth {
-        AccountAuth::OAuth(_) => {
+        AccountAuth::OAuth(oauth) => {
             let token = tokens
                 .access_token(account, Some(&client.password), rejected)
                 .await?;
-            Ok(UpstreamCredential::XOAuth2 {
+            Ok(UpstreamCredential::Bearer {
                 user: account.mailbox.clone(),
                 token,
+                mechanism: oauth.mechanism,
             })
         }
         AccountAuth::AppPassword(password) => Ok(UpstreamCredential::Password {

@@ -128,6 +128,72 @@ pub fn xoauth2_response(user: &str, token: &Secret) -> Result<SecretBytes, SaslE
     Ok(SecretBytes::new(encoded))
 }
 
+/// The bearer-token mechanism an account logs in upstream with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BearerMechanism {
+    /// `XOAUTH2` (Google's and Microsoft's): what Microsoft 365 and Gmail speak.
+    #[default]
+    XOAuth2,
+    /// `OAUTHBEARER` (RFC 7628): the standard one, for servers that speak only it.
+    OAuthBearer,
+}
+
+impl BearerMechanism {
+    /// The SASL mechanism name.
+    pub fn name(self) -> &'static [u8] {
+        match self {
+            BearerMechanism::XOAuth2 => b"XOAUTH2",
+            BearerMechanism::OAuthBearer => b"OAUTHBEARER",
+        }
+    }
+
+    /// The initial client response, base64-encoded. OAUTHBEARER carries the server's host and
+    /// port (RFC 7628 §3.1).
+    pub fn response(
+        self,
+        user: &str,
+        token: &Secret,
+        host: &str,
+        port: u16,
+    ) -> Result<SecretBytes, SaslError> {
+        match self {
+            BearerMechanism::XOAuth2 => xoauth2_response(user, token),
+            BearerMechanism::OAuthBearer => oauthbearer_response(user, token, host, port),
+        }
+    }
+
+    /// What the client answers to an error challenge before the server's final failure: an
+    /// empty response for XOAUTH2, the single octet %x01 for OAUTHBEARER (RFC 7628 §3.2.3).
+    pub fn error_answer(self) -> &'static [u8] {
+        match self {
+            BearerMechanism::XOAuth2 => b"",
+            BearerMechanism::OAuthBearer => b"AQ==",
+        }
+    }
+}
+
+/// Builds the OAUTHBEARER initial client response (RFC 7628 §3.1), base64-encoded:
+/// `n,a=USER,` %x01 `host=HOST` %x01 `port=PORT` %x01 `auth=Bearer TOKEN` %x01 %x01, with `,`
+/// and `=` in the authorization identity escaped as `=2C` and `=3D` (RFC 5801 §5).
+pub fn oauthbearer_response(
+    user: &str,
+    token: &Secret,
+    host: &str,
+    port: u16,
+) -> Result<SecretBytes, SaslError> {
+    let controls = |s: &str| s.chars().any(char::is_control);
+    if controls(user) || controls(token.expose()) || controls(host) {
+        return Err(SaslError::BadUsername);
+    }
+    let user = user.replace('=', "=3D").replace(',', "=2C");
+    let mut raw = format!("n,a={user},\x01host={host}\x01port={port}\x01auth=Bearer ").into_bytes();
+    raw.extend_from_slice(token.expose().as_bytes());
+    raw.extend_from_slice(b"\x01\x01");
+    let encoded = STANDARD.encode(&raw).into_bytes();
+    raw.zeroize();
+    Ok(SecretBytes::new(encoded))
+}
+
 /// Builds a PLAIN response for an upstream login (app passwords, pass-through), base64-encoded.
 pub fn plain_response(user: &str, password: &Secret) -> SecretBytes {
     let mut raw = Vec::with_capacity(user.len() + password.expose().len() + 2);
@@ -196,6 +262,24 @@ mod tests {
             blob.expose(),
             b"dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ=="
         );
+    }
+
+    #[test]
+    fn oauthbearer_follows_rfc_7628() {
+        let blob = oauthbearer_response(
+            "user,x=y@example.com",
+            &Secret::new("vF9dft4qmT"),
+            "server.example.com",
+            143,
+        )
+        .unwrap();
+        let raw = STANDARD.decode(blob.expose()).unwrap();
+        assert_eq!(
+            raw,
+            b"n,a=user=2Cx=3Dy@example.com,\x01host=server.example.com\x01port=143\x01auth=Bearer vF9dft4qmT\x01\x01"
+        );
+        assert_eq!(BearerMechanism::OAuthBearer.error_answer(), b"AQ==");
+        assert_eq!(STANDARD.decode("AQ==").unwrap(), b"\x01");
     }
 
     #[test]

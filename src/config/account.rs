@@ -90,6 +90,17 @@ pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
     let device_url: Option<String> = t.optional("device_url");
     let authority: Option<String> = t.optional("authority");
     let scopes: Option<Vec<String>> = t.optional("scopes");
+    let mechanism = match t.optional::<String>("mechanism").as_deref() {
+        None | Some("xoauth2") => crate::codec::sasl::BearerMechanism::XOAuth2,
+        Some("oauthbearer") => crate::codec::sasl::BearerMechanism::OAuthBearer,
+        Some(other) => {
+            t.problem(
+                "mechanism",
+                format!("unknown value {other:?}, expected xoauth2 or oauthbearer"),
+            );
+            crate::codec::sasl::BearerMechanism::XOAuth2
+        }
+    };
     let provider = provider?;
 
     for (key, url) in [
@@ -179,6 +190,7 @@ pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
         authorize_url,
         device_url,
         scopes,
+        mechanism,
     })
 }
 

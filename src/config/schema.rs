@@ -167,6 +167,8 @@ pub struct OAuthConfig {
     pub authorize_url: Option<String>,
     pub device_url: Option<String>,
     pub scopes: Vec<String>,
+    /// How the token is presented upstream: XOAUTH2 (default) or OAUTHBEARER.
+    pub mechanism: crate::codec::sasl::BearerMechanism,
 }
 
 /// App settings from outside the configuration (the account page), used where it leaves

@@ -169,7 +169,7 @@ pub async fn login<U: UpstreamLogin + Send>(
                 reply,
                 token_rejected,
             } => {
-                let UpstreamCredential::XOAuth2 { token, .. } = cred else {
+                let UpstreamCredential::Bearer { token, .. } = cred else {
                     verdict.refused(false);
                     return Login::UpstreamRejected { reply };
                 };

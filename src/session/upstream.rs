@@ -2,8 +2,10 @@
 //! listener's time limits, upgrading to TLS after STARTTLS/STLS with the injection check, and
 //! the error type that says why the upstream cannot be used.
 
+use crate::codec::sasl::BearerMechanism;
 use crate::config::UpstreamTls;
 use crate::net::conn::Conn;
+use crate::secret::{Secret, SecretBytes};
 use crate::session::ListenerContext;
 use std::fmt;
 use std::io;
@@ -53,6 +55,23 @@ impl fmt::Display for UpstreamError {
             UpstreamError::Closed => f.write_str("closed the connection"),
         }
     }
+}
+
+/// The initial response of a bearer-token login (XOAUTH2 or OAUTHBEARER) for `server`.
+pub fn bearer_response(
+    mechanism: BearerMechanism,
+    user: &str,
+    token: &Secret,
+    server: &(String, u16),
+) -> Result<SecretBytes, UpstreamError> {
+    mechanism
+        .response(user, token, &server.0, server.1)
+        .map_err(|_| {
+            UpstreamError::Protocol(format!(
+                "the mailbox name is not usable in {}",
+                String::from_utf8_lossy(mechanism.name())
+            ))
+        })
 }
 
 /// Connects to the listener's upstream, with implicit TLS when configured.

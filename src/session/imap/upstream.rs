@@ -69,6 +69,8 @@ pub struct ImapUpstream {
     /// The client's tag for the next login.
     pub login_tag: Vec<u8>,
     reply_timeout: Duration,
+    /// The server's host and port, which OAUTHBEARER names (RFC 7628 §3.1).
+    server: (String, u16),
 }
 
 impl ImapUpstream {
@@ -82,6 +84,7 @@ impl ImapUpstream {
             capabilities: Vec::new(),
             login_tag: Vec::new(),
             reply_timeout: cfg.upstream_timeout,
+            server: (cfg.upstream_host.clone(), cfg.upstream_port),
         };
         let greeting = timeout(cfg.connect_timeout, up.read_response())
             .await
@@ -224,12 +227,15 @@ impl ImapUpstream {
     ) -> Result<AuthResult<LoginReply>, UpstreamError> {
         let tag = self.login_tag.clone();
         let sasl_ir = has_capability(&self.capabilities, b"SASL-IR");
-        let (mechanism, blob, xoauth2) = match credential {
-            UpstreamCredential::XOAuth2 { user, token } => {
-                let blob = sasl::xoauth2_response(user, &token.secret).map_err(|_| {
-                    UpstreamError::Protocol("the mailbox name is not usable in XOAUTH2".into())
-                })?;
-                (&b"XOAUTH2"[..], blob, true)
+        let (mechanism, blob, bearer) = match credential {
+            UpstreamCredential::Bearer {
+                user,
+                token,
+                mechanism,
+            } => {
+                let blob =
+                    upstream::bearer_response(*mechanism, user, &token.secret, &self.server)?;
+                (mechanism.name(), blob, Some(*mechanism))
             }
             UpstreamCredential::Password { user, password } => {
                 if !has_capability(&self.capabilities, b"AUTH=PLAIN") {
@@ -247,7 +253,7 @@ impl ImapUpstream {
                         .await?;
                     return Ok(finish(r, false));
                 }
-                (&b"PLAIN"[..], sasl::plain_response(user, password), false)
+                (&b"PLAIN"[..], sasl::plain_response(user, password), None)
             }
         };
         let mut r = if sasl_ir {
@@ -272,13 +278,17 @@ impl ImapUpstream {
         let mut token_rejected = false;
         if let Some(Response::Continuation(payload)) = r.tagged.parsed() {
             // An error challenge: answered here, never forwarded (RFC 7628 §3.2.3; Google's XOAUTH2 protocol, developers.google.com/gmail/imap/xoauth2-protocol).
-            let answer: &[u8] = if xoauth2 {
-                token_rejected = sasl::parse_xoauth2_challenge(payload).token_rejected();
-                b"\r\n"
-            } else {
-                b"*\r\n"
+            let answer: &[u8] = match bearer {
+                Some(b) => {
+                    token_rejected = sasl::parse_xoauth2_challenge(payload).token_rejected();
+                    b.error_answer()
+                }
+                None => b"*",
             };
-            self.conn.send(answer).await.map_err(UpstreamError::Io)?;
+            self.conn
+                .send_parts(&[answer, b"\r\n"])
+                .await
+                .map_err(UpstreamError::Io)?;
             r = self.until_tagged(&tag).await?;
         }
         Ok(finish(r, token_rejected))

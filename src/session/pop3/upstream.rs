@@ -33,6 +33,8 @@ pub struct Pop3Upstream {
     pub greeting: Vec<u8>,
     caps: Option<Capabilities>,
     reply_timeout: Duration,
+    /// The server's host and port, which OAUTHBEARER names (RFC 7628 §3.1).
+    server: (String, u16),
 }
 
 impl Pop3Upstream {
@@ -44,6 +46,7 @@ impl Pop3Upstream {
             greeting: Vec::new(),
             caps: None,
             reply_timeout: cfg.upstream_timeout,
+            server: (cfg.upstream_host.clone(), cfg.upstream_port),
         };
         let greeting = timeout(cfg.connect_timeout, up.read_line())
             .await
@@ -152,11 +155,14 @@ impl Pop3Upstream {
         credential: &UpstreamCredential,
     ) -> Result<AuthResult<Line>, UpstreamError> {
         match credential {
-            UpstreamCredential::XOAuth2 { user, token } => {
-                let blob = sasl::xoauth2_response(user, &token.secret).map_err(|_| {
-                    UpstreamError::Protocol("the mailbox name is not usable in XOAUTH2".into())
-                })?;
-                let r = self.command(&[b"AUTH XOAUTH2\r\n"]).await?;
+            UpstreamCredential::Bearer {
+                user,
+                token,
+                mechanism,
+            } => {
+                let blob =
+                    upstream::bearer_response(*mechanism, user, &token.secret, &self.server)?;
+                let r = self.command(&[b"AUTH ", mechanism.name(), b"\r\n"]).await?;
                 if !r.continuation {
                     return Ok(AuthResult::Rejected {
                         reply: r,
@@ -167,7 +173,7 @@ impl Pop3Upstream {
                 if r.continuation {
                     // The error challenge: answer it here, never forward it (RFC 7628 §3.2.3; RFC 5034 §4).
                     let token_rejected = sasl::parse_xoauth2_challenge(&r.text).token_rejected();
-                    let r = self.command(&[b"\r\n"]).await?;
+                    let r = self.command(&[mechanism.error_answer(), b"\r\n"]).await?;
                     return Ok(AuthResult::Rejected {
                         reply: r,
                         token_rejected,

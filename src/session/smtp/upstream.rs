@@ -44,6 +44,8 @@ pub struct SmtpUpstream {
     /// What the last EHLO (after TLS) offered.
     pub caps: Capabilities,
     reply_timeout: Duration,
+    /// The server's host and port, which OAUTHBEARER names (RFC 7628 §3.1).
+    server: (String, u16),
 }
 
 impl SmtpUpstream {
@@ -55,6 +57,7 @@ impl SmtpUpstream {
             greeting: Vec::new(),
             caps: Capabilities::default(),
             reply_timeout: cfg.upstream_timeout,
+            server: (cfg.upstream_host.clone(), cfg.upstream_port),
         };
         let greeting = up
             .read_reply_within(cfg.connect_timeout, "greeting")
@@ -151,11 +154,15 @@ impl SmtpUpstream {
         credential: &UpstreamCredential,
     ) -> Result<AuthResult<OwnedReply>, UpstreamError> {
         match credential {
-            UpstreamCredential::XOAuth2 { user, token } => {
-                let blob = sasl::xoauth2_response(user, &token.secret).map_err(|_| {
-                    UpstreamError::Protocol("the mailbox name is not usable in XOAUTH2".into())
-                })?;
-                self.sasl_exchange(b"XOAUTH2", &[blob.expose()]).await
+            UpstreamCredential::Bearer {
+                user,
+                token,
+                mechanism,
+            } => {
+                let blob =
+                    upstream::bearer_response(*mechanism, user, &token.secret, &self.server)?;
+                self.sasl_exchange(mechanism.name(), &[blob.expose()], Some(*mechanism))
+                    .await
             }
             UpstreamCredential::Password { user, password } => {
                 if !self.caps.supports_auth("PLAIN") && self.caps.supports_auth("LOGIN") {
@@ -163,22 +170,24 @@ impl SmtpUpstream {
                     let p = crate::secret::SecretBytes::new(
                         sasl::encode_base64(password.expose().as_bytes()).into_bytes(),
                     );
-                    self.sasl_exchange(b"LOGIN", &[u.as_bytes(), p.expose()])
+                    self.sasl_exchange(b"LOGIN", &[u.as_bytes(), p.expose()], None)
                         .await
                 } else {
                     let blob = sasl::plain_response(user, password);
-                    self.sasl_exchange(b"PLAIN", &[blob.expose()]).await
+                    self.sasl_exchange(b"PLAIN", &[blob.expose()], None).await
                 }
             }
         }
     }
 
     /// `AUTH <mechanism>`, then one response per `334` challenge. A `334` beyond the responses
-    /// is an error challenge: XOAUTH2's is answered with an empty line, any other is cancelled.
+    /// is an error challenge: a bearer mechanism's is answered as it requires (XOAUTH2: an
+    /// empty line; OAUTHBEARER: %x01), any other is cancelled.
     async fn sasl_exchange(
         &mut self,
         mechanism: &[u8],
         responses: &[&[u8]],
+        bearer: Option<sasl::BearerMechanism>,
     ) -> Result<AuthResult<OwnedReply>, UpstreamError> {
         let mut reply = self.command(&[b"AUTH ", mechanism, b"\r\n"]).await?;
         let mut token_rejected = false;
@@ -199,10 +208,10 @@ impl SmtpUpstream {
             reply = self.command(&[response, b"\r\n"]).await?;
         }
         if reply.code == 334 {
-            if mechanism == b"XOAUTH2" {
+            if let Some(bearer) = bearer {
                 token_rejected =
                     sasl::parse_xoauth2_challenge(reply.first_text().as_bytes()).token_rejected();
-                reply = self.command(&[b"\r\n"]).await?;
+                reply = self.command(&[bearer.error_answer(), b"\r\n"]).await?;
             } else {
                 reply = self.command(&[b"*\r\n"]).await?;
             }
