@@ -11,7 +11,8 @@
 //! - [`store`]: the token store, a local file with tokens sealed at rest;
 //! - [`metrics`]: counters for `/metrics`;
 //! - [`logging`]: the text log's field format, which a client cannot forge;
-//! - [`secret`]: types that keep secrets out of logs.
+//! - [`secret`]: types that keep secrets out of logs;
+//! - [`shared`]: what sessions, the admin server and the upkeep share.
 
 pub mod admin;
 pub mod app;
@@ -23,4 +24,5 @@ pub mod metrics;
 pub mod net;
 pub mod secret;
 pub mod session;
+pub mod shared;
 pub mod store;

@@ -22,7 +22,7 @@ use crate::auth::authorize;
 use crate::auth::oauth;
 use crate::config::{AccountConfig, AdminConfig, Flow};
 use crate::secret::Secret;
-use crate::session::Shared;
+use crate::shared::Shared;
 use crate::store::Key;
 use axum::extract::{ConnectInfo, Form, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};

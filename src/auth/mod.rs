@@ -1,6 +1,7 @@
 //! Who may log in, and with what upstream credential.
 //!
 //! - [`password`]: Argon2id hashes of local passwords.
+//! - [`advice`]: what a user can do about an Entra error code or an upstream refusal.
 //! - [`accounts`]: the account directory: maps a legacy login to an account and verifies the
 //!   local password in constant time, with the same cost for unknown users.
 //! - [`oauth`]: token endpoint requests (refresh, authorization code with PKCE, device code,
@@ -12,6 +13,7 @@
 //! - [`upstream`]: what the sessions need to log in upstream, whatever the account's mode.
 
 pub mod accounts;
+pub mod advice;
 pub mod assertion;
 pub mod authorize;
 pub mod oauth;

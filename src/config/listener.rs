@@ -166,7 +166,7 @@ pub(super) fn read_listener(
     })
 }
 
-pub(super) fn read_cidrs(t: &mut Table<'_>, key: &str) -> Vec<crate::codec::proxy::Cidr> {
+pub(super) fn read_cidrs(t: &mut Table<'_>, key: &str) -> Vec<crate::net::cidr::Cidr> {
     let list: Vec<String> = t.optional(key).unwrap_or_default();
     let mut out = Vec::new();
     for item in list {

@@ -120,9 +120,9 @@ pub struct ListenerConfig {
     pub tilde_login: bool,
     /// Expect a PROXY protocol v2 header from `proxy_trusted` peers (load balancers).
     pub proxy_protocol: bool,
-    pub proxy_trusted: Vec<crate::codec::proxy::Cidr>,
+    pub proxy_trusted: Vec<crate::net::cidr::Cidr>,
     /// Client addresses allowed to connect; empty: any.
-    pub allow: Vec<crate::codec::proxy::Cidr>,
+    pub allow: Vec<crate::net::cidr::Cidr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -8,6 +8,7 @@
 
 pub mod upstream;
 
+use crate::auth::advice::upstream_advice;
 use crate::auth::oauth::TokenError;
 use crate::codec::line::sanitize_for_reply;
 use crate::codec::sasl::{Credentials, Mechanism};
@@ -20,7 +21,7 @@ use crate::net::conn::Conn;
 use crate::session::client::{
     accept_implicit_tls, read_sasl, refuse_upstream_unavailable, Challenge, ClientSide, Read, Sasl,
 };
-use crate::session::login::{explain_token_failure, login, upstream_advice, Login};
+use crate::session::login::{explain_token_failure, login, Login};
 use crate::session::relay;
 use crate::session::{ListenerContext, Outcome};
 use std::net::SocketAddr;

@@ -1,0 +1,60 @@
+//! What a user can do about a failure, in words: the Microsoft Entra error codes a token
+//! request may end with, and the refusals upstream servers give (Microsoft Entra error codes,
+//! learn.microsoft.com/entra/identity-platform/reference-error-codes; Exchange Online's SMTP AUTH
+//! errors, learn.microsoft.com/exchange/clients-and-mobile-in-exchange-online/authenticated-client-smtp-submission).
+
+/// What a user can do about a Microsoft Entra error code.
+pub fn aadsts_advice(code: u32) -> Option<&'static str> {
+    Some(match code {
+        70008 | 700082 | 70000 | 50173 => "the refresh token expired or was revoked: re-authorize the account",
+        65001 => "consent is missing: an administrator must grant consent to the app (API permissions, Grant admin consent), then re-authorize",
+        7000215 => "wrong client secret: copy the secret's Value, not its Secret ID",
+        7000222 => "the client secret expired: create a new one in the app registration",
+        50076 | 50079 => "multi-factor authentication is required: re-authorize the account interactively",
+        53003 => "blocked by a Conditional Access policy: an administrator must allow this sign-in",
+        50194 => "a single-tenant app cannot use /common: set tenant to the directory (tenant) ID",
+        700016 => "the client id is not known in this tenant: check client_id and tenant",
+        50126 => "invalid user name or password at the identity provider",
+        _ => return None,
+    })
+}
+
+/// What a user can do about an upstream refusal, from its enhanced code and text.
+pub fn upstream_advice(text: &str) -> Option<&'static str> {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("security defaults") {
+        return Some("the tenant's security defaults block basic authentication and app passwords: use auth = \"oauth\"");
+    }
+    if lower.contains("5.7.139") || lower.contains("smtpclientauthentication is disabled") {
+        return Some("SMTP AUTH is disabled for this tenant or mailbox: enable Authenticated SMTP for the mailbox (Set-CASMailbox -SmtpClientAuthenticationDisabled $false)");
+    }
+    if lower.contains("application-specific password required") {
+        return Some("the provider requires an app password or OAuth for this account");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_entra_code_has_advice() {
+        for (code, words) in [
+            (700082, "re-authorize"),
+            (70008, "re-authorize"),
+            (65001, "consent"),
+            (7000215, "Value, not its Secret ID"),
+            (50076, "multi-factor"),
+            (50079, "multi-factor"),
+            (53003, "Conditional Access"),
+            (50194, "single-tenant app cannot use /common"),
+        ] {
+            let advice = aadsts_advice(code).unwrap_or_else(|| panic!("{code}"));
+            assert!(advice.contains(words), "{code}: {advice}");
+        }
+        assert_eq!(aadsts_advice(12345), None);
+        assert!(upstream_advice("535 5.7.3 Authentication unsuccessful").is_none());
+        assert!(upstream_advice("534-5.7.9 Application-specific password required").is_some());
+    }
+}
