@@ -8,6 +8,34 @@
 use std::fmt;
 use zeroize::Zeroize;
 
+/// A credential still inside the bytes it was parsed from (a codec's borrowed view): the
+/// codecs hand passwords and SASL responses out in this, so that formatting a parsed command
+/// (`{:?}` in a log or a test failure) never shows them. No copy and no zeroing: the bytes
+/// belong to the connection's buffer.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sensitive<T>(T);
+
+impl<T> Sensitive<T> {
+    pub fn new(value: T) -> Self {
+        Sensitive(value)
+    }
+
+    /// The value: only where it is decoded or checked, never to log or format it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> fmt::Debug for Sensitive<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
 /// A secret string (password, token, client secret). Zeroed on drop, redacted when formatted.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);

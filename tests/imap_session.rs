@@ -123,7 +123,7 @@ fn password_login_ok(command: &str) -> bool {
         match parsed.map(|t| t.command) {
             Ok(authrelay::codec::imap::Command::Login { user, password }) => (
                 String::from_utf8_lossy(&user).into_owned(),
-                String::from_utf8_lossy(&password).into_owned(),
+                String::from_utf8_lossy(password.expose()).into_owned(),
             ),
             _ => return false,
         }

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
             } = parse_command(line)
             {
                 assert!(!mechanism.contains(&b' '));
-                assert!(initial_response.is_none_or(|r| !r.is_empty()));
+                assert!(initial_response.is_none_or(|r| !r.expose().is_empty()));
             }
             rest = &rest[used..];
         }

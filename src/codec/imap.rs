@@ -4,6 +4,7 @@
 //! The framer finds where a command (or a server response) ends without ever looking inside a
 //! literal: `{n}` octets are counted, not scanned, and a `{n}` inside a quoted string is text.
 
+use crate::secret::Sensitive;
 use std::borrow::Cow;
 
 /// Longest line (between literals) before login. RFC 7162 §4: accept at least 8192.
@@ -167,11 +168,11 @@ fn is_tag_char(b: u8) -> bool {
 pub enum Command<'a> {
     Login {
         user: Cow<'a, [u8]>,
-        password: Cow<'a, [u8]>,
+        password: Sensitive<Cow<'a, [u8]>>,
     },
     Authenticate {
         mechanism: &'a [u8],
-        initial_response: Option<&'a [u8]>,
+        initial_response: Option<Sensitive<&'a [u8]>>,
     },
     Capability,
     Noop,
@@ -221,7 +222,10 @@ pub fn parse_command(cmd: &[u8]) -> Result<Tagged<'_>, ParseError> {
         if p.pos != args.len() {
             return Err(ParseError::Syntax);
         }
-        Command::Login { user, password }
+        Command::Login {
+            user,
+            password: Sensitive::new(password),
+        }
     } else if is(b"AUTHENTICATE") {
         let mut parts = args
             .strip_prefix(b" ")
@@ -237,7 +241,7 @@ pub fn parse_command(cmd: &[u8]) -> Result<Tagged<'_>, ParseError> {
         }
         Command::Authenticate {
             mechanism,
-            initial_response,
+            initial_response: initial_response.map(Sensitive::new),
         }
     } else if !args.is_empty()
         && (is(b"CAPABILITY") || is(b"NOOP") || is(b"LOGOUT") || is(b"STARTTLS"))

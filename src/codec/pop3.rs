@@ -2,6 +2,7 @@
 //! client commands, the server's status lines and multi-line responses, and the CAPA rewrite.
 
 use crate::codec::line::{has_forbidden_controls, looks_like_http};
+use crate::secret::Sensitive;
 
 /// Longest command line accepted from a client before authentication, including CRLF.
 /// RFC 2449 §4 says 255; the relay is lenient.
@@ -25,11 +26,11 @@ pub const MAX_MULTILINE: usize = 65536;
 pub enum Command<'a> {
     User(&'a [u8]),
     /// The password is everything after `PASS ` (RFC 1939 §7: spaces belong to it).
-    Pass(&'a [u8]),
+    Pass(Sensitive<&'a [u8]>),
     /// `AUTH` alone lists the mechanisms; otherwise a mechanism and an optional initial response.
     Auth {
         mechanism: Option<&'a [u8]>,
-        initial_response: Option<&'a [u8]>,
+        initial_response: Option<Sensitive<&'a [u8]>>,
     },
     Apop,
     Capa,
@@ -62,7 +63,7 @@ pub fn parse_command(line: &[u8]) -> Command<'_> {
             None => Command::Malformed,
         }
     } else if is(b"PASS") {
-        Command::Pass(arg.unwrap_or_default())
+        Command::Pass(Sensitive::new(arg.unwrap_or_default()))
     } else if is(b"AUTH") {
         let mut parts = word_arg.unwrap_or_default().splitn(2, |&b| b == b' ');
         let mechanism = parts.next().filter(|m| !m.is_empty());
@@ -72,7 +73,7 @@ pub fn parse_command(line: &[u8]) -> Command<'_> {
             .filter(|r| !r.is_empty());
         Command::Auth {
             mechanism,
-            initial_response,
+            initial_response: initial_response.map(Sensitive::new),
         }
     } else if is(b"APOP") {
         Command::Apop
@@ -313,10 +314,17 @@ mod tests {
         assert_eq!(parse_command(b"USER"), Command::Malformed);
         assert_eq!(
             parse_command(b"PASS s3cr3t pass"),
-            Command::Pass(b"s3cr3t pass")
+            Command::Pass(Sensitive::new(b"s3cr3t pass"))
         );
-        assert_eq!(parse_command(b"PASS  lead"), Command::Pass(b" lead"));
-        assert_eq!(parse_command(b"PASS"), Command::Pass(b""));
+        assert_eq!(
+            parse_command(b"PASS  lead"),
+            Command::Pass(Sensitive::new(b" lead"))
+        );
+        assert_eq!(parse_command(b"PASS"), Command::Pass(Sensitive::new(b"")));
+        assert_eq!(
+            format!("{:?}", parse_command(b"PASS s3cr3t")),
+            "Pass([REDACTED])"
+        );
         assert_eq!(
             parse_command(b"AUTH"),
             Command::Auth {
@@ -328,7 +336,7 @@ mod tests {
             parse_command(b"AUTH PLAIN AGFsaWNl"),
             Command::Auth {
                 mechanism: Some(b"PLAIN"),
-                initial_response: Some(b"AGFsaWNl")
+                initial_response: Some(Sensitive::new(b"AGFsaWNl"))
             }
         );
         assert_eq!(

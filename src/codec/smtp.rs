@@ -5,6 +5,7 @@
 //! that it rewrites. After authentication nothing is parsed (see `session::relay`).
 
 use crate::codec::line::{has_forbidden_controls, looks_like_http};
+use crate::secret::Sensitive;
 use nom::bytes::complete::{tag, take_while1, take_while_m_n};
 use nom::character::complete::one_of;
 use nom::combinator::{opt, rest};
@@ -27,7 +28,7 @@ pub enum Command<'a> {
     Helo(&'a [u8]),
     Auth {
         mechanism: &'a [u8],
-        initial_response: Option<&'a [u8]>,
+        initial_response: Option<Sensitive<&'a [u8]>>,
     },
     StartTls {
         has_args: bool,
@@ -166,7 +167,7 @@ pub fn parse_command(line: &[u8]) -> Command<'_> {
             .filter(|r| !r.is_empty());
         Command::Auth {
             mechanism,
-            initial_response,
+            initial_response: initial_response.map(Sensitive::new),
         }
     } else if is(b"STARTTLS") {
         Command::StartTls {

@@ -60,7 +60,7 @@ fn the_five_login_forms_of_the_reference() {
             t.command,
             Command::Login {
                 user: Cow::Borrowed(user),
-                password: Cow::Borrowed(pass)
+                password: crate::secret::Sensitive::new(Cow::Borrowed(pass))
             }
         );
     }
@@ -109,7 +109,7 @@ fn a_marker_inside_quotes_is_text_and_literal_octets_are_not_scanned() {
         t.command,
         Command::Login {
             user: Cow::Borrowed(b"alice"),
-            password: Cow::Borrowed(b"x\r\n} {3}\r")
+            password: crate::secret::Sensitive::new(Cow::Borrowed(b"x\r\n} {3}\r"))
         }
     );
 }
@@ -158,7 +158,7 @@ fn commands_and_errors() {
             &b"A001"[..],
             Command::Authenticate {
                 mechanism: b"PLAIN",
-                initial_response: Some(b"AGFsaWNl")
+                initial_response: Some(crate::secret::Sensitive::new(b"AGFsaWNl"))
             }
         )
     );

@@ -54,7 +54,7 @@ fn parses_commands() {
         parse_command(b"AUTH PLAIN AGFsaWNl"),
         Command::Auth {
             mechanism: b"PLAIN",
-            initial_response: Some(b"AGFsaWNl")
+            initial_response: Some(crate::secret::Sensitive::new(b"AGFsaWNl"))
         }
     );
     assert_eq!(

@@ -16,6 +16,7 @@ use crate::codec::line::sanitize_for_reply;
 use crate::codec::sasl::{self, Credentials, Mechanism};
 use crate::config::{AccountConfig, LocalTls};
 use crate::net::conn::Conn;
+use crate::secret::SecretBytes;
 use crate::session::client::{
     accept_implicit_tls, read_sasl, refuse_upstream_unavailable, Challenge, ClientSide, Sasl,
 };
@@ -250,26 +251,33 @@ impl Session {
                         )
                         .await;
                 }
-                let credentials =
-                    match (sasl::parse_username(&user), sasl::parse_password(&password)) {
-                        (Ok(username), Ok(password)) => Credentials { username, password },
-                        _ => {
-                            tracing::info!("login failed: unusable credentials");
-                            return self
-                                .fail_login(&tag, None, "unusable username or password")
-                                .await;
-                        }
-                    };
+                let credentials = match (
+                    sasl::parse_username(&user),
+                    sasl::parse_password(password.expose()),
+                ) {
+                    (Ok(username), Ok(password)) => Credentials { username, password },
+                    _ => {
+                        tracing::info!("login failed: unusable credentials");
+                        return self
+                            .fail_login(&tag, None, "unusable username or password")
+                            .await;
+                    }
+                };
                 self.login(&tag, credentials).await
             }
             Command::Authenticate {
                 mechanism,
                 initial_response,
             } => {
-                let initial_response = initial_response.map(<[u8]>::to_vec);
+                let initial_response =
+                    initial_response.map(|r| SecretBytes::new(r.expose().to_vec()));
                 let mechanism = mechanism.to_vec();
-                self.authenticate(&tag, &mechanism, initial_response.as_deref())
-                    .await
+                self.authenticate(
+                    &tag,
+                    &mechanism,
+                    initial_response.as_ref().map(SecretBytes::expose),
+                )
+                .await
             }
         }
     }

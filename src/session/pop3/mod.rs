@@ -16,6 +16,7 @@ use crate::codec::sasl::{self, Credentials, Mechanism};
 use crate::config::AccountConfig;
 use crate::config::LocalTls;
 use crate::net::conn::Conn;
+use crate::secret::SecretBytes;
 use crate::session::client::{
     accept_implicit_tls, read_sasl, refuse_upstream_unavailable, Challenge, ClientSide, Read, Sasl,
 };
@@ -197,7 +198,7 @@ impl Session {
                 let Some(username) = pending_user else {
                     return self.reply(REPLY_NO_USER).await;
                 };
-                match sasl::parse_password(password) {
+                match sasl::parse_password(password.expose()) {
                     Ok(password) => self.login(Credentials { username, password }).await,
                     Err(e) => {
                         tracing::info!(reason = %e, "login failed: unusable credentials");
@@ -213,8 +214,8 @@ impl Session {
                 initial_response,
             } => {
                 let m = m.to_vec();
-                let ir = initial_response.map(<[u8]>::to_vec);
-                self.auth(&m, ir.as_deref()).await
+                let ir = initial_response.map(|r| SecretBytes::new(r.expose().to_vec()));
+                self.auth(&m, ir.as_ref().map(SecretBytes::expose)).await
             }
             Command::Apop => self.reply(REPLY_APOP).await,
             Command::Capa => self.capa().await,

@@ -18,6 +18,7 @@ use crate::codec::smtp::{
 use crate::config::AccountConfig;
 use crate::config::LocalTls;
 use crate::net::conn::Conn;
+use crate::secret::SecretBytes;
 use crate::session::client::{
     accept_implicit_tls, read_sasl, refuse_upstream_unavailable, Challenge, ClientSide, Read, Sasl,
 };
@@ -215,8 +216,14 @@ impl Session {
                 initial_response,
             } => {
                 let mechanism = mechanism.to_vec();
-                let initial_response = initial_response.map(<[u8]>::to_vec);
-                return self.auth(&mechanism, initial_response.as_deref()).await;
+                let initial_response =
+                    initial_response.map(|r| SecretBytes::new(r.expose().to_vec()));
+                return self
+                    .auth(
+                        &mechanism,
+                        initial_response.as_ref().map(SecretBytes::expose),
+                    )
+                    .await;
             }
             Command::StartTls { has_args } => return self.starttls(has_args).await,
             Command::Quit => {
