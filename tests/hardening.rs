@@ -10,31 +10,15 @@ use std::time::{Duration, Instant};
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-struct World {
-    upstream: FakeUpstream,
-    tokens: TokenEndpoint,
-    relay: Relay,
-}
-
 async fn world_with(listener_extra: &str, extra: &str) -> World {
-    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
-    for n in 1..=200 {
-        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
-    }
-    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
-    let relay = Relay::start(&relay_toml(
-        upstream.addr,
+    support::world_with(
+        UpstreamOptions::default(),
         "none",
-        &tokens.url(),
         listener_extra,
         extra,
-    ))
-    .await;
-    World {
-        upstream,
-        tokens,
-        relay,
-    }
+        None,
+    )
+    .await
 }
 
 async fn world() -> World {

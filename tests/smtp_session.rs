@@ -5,39 +5,6 @@ mod support;
 
 use support::*;
 
-struct World {
-    upstream: FakeUpstream,
-    tokens: TokenEndpoint,
-    relay: Relay,
-}
-
-async fn world_with(
-    opts: UpstreamOptions,
-    upstream_tls: &str,
-    listener_extra: &str,
-    extra: &str,
-    cert: Option<&TestCert>,
-) -> World {
-    let upstream = FakeUpstream::start(opts, cert).await;
-    for n in 1..=200 {
-        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
-    }
-    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
-    let relay = Relay::start(&relay_toml(
-        upstream.addr,
-        upstream_tls,
-        &tokens.url(),
-        listener_extra,
-        extra,
-    ))
-    .await;
-    World {
-        upstream,
-        tokens,
-        relay,
-    }
-}
-
 async fn world() -> World {
     world_with(UpstreamOptions::default(), "none", "", "", None).await
 }

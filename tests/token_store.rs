@@ -13,24 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 
-struct World {
-    upstream: FakeUpstream,
-    tokens: TokenEndpoint,
-    relay: Relay,
-}
-
 async fn world(extra: &str) -> World {
-    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
-    for n in 1..=50 {
-        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
-    }
-    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
-    let relay = Relay::start(&relay_toml(upstream.addr, "none", &tokens.url(), "", extra)).await;
-    World {
-        upstream,
-        tokens,
-        relay,
-    }
+    world_with(UpstreamOptions::default(), "none", "", extra, None).await
 }
 
 fn account(relay: &Relay) -> Arc<AccountConfig> {
@@ -367,19 +351,9 @@ async fn a_store_locked_by_another_process_stalls_no_session() {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
-    for n in 1..=50 {
-        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
-    }
     let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
-    let relay = Relay::start(&relay_toml(
-        upstream.addr,
-        "none",
-        &tokens.url(),
-        "",
-        &extra.replace("TOKEN_URL", &tokens.url()),
-    ))
-    .await;
+    let w = world(&extra.replace("TOKEN_URL", &tokens.url())).await;
+    let relay = &w.relay;
     // An established session of `user`, its token cached.
     let mut established = Client::connect(relay.addr).await;
     established.reply().await;

@@ -38,22 +38,7 @@ impl ClientSide {
     /// Reads one line of at most `max` bytes (terminator included), counting it against the
     /// pre-authentication budget.
     pub async fn read_line(&mut self, max: usize) -> Read {
-        loop {
-            match next_line(self.conn.buffered(), max) {
-                Ok(Some((line, used))) => {
-                    let line = line.to_vec();
-                    self.conn.consume(used);
-                    self.pre_auth_bytes += used;
-                    return Read::Line(line);
-                }
-                Ok(None) => {}
-                Err(LineTooLong) => return Read::TooLong,
-            }
-            match self.conn.fill().await {
-                Ok(0) | Err(_) => return Read::Eof,
-                Ok(_) => {}
-            }
-        }
+        self.read_command(max, max, |_| false).await
     }
 
     /// Reads one command line: at most `max` bytes, or `long_max` when `may_be_long` says the

@@ -715,6 +715,43 @@ scopes = ["https://mail.example/.default", "offline_access"]
     )
 }
 
+/// A relay with its fake upstream (which accepts the tokens `access-1` … `access-200` for
+/// `mailbox@example.com`) and its fake token endpoint.
+pub struct World {
+    pub upstream: FakeUpstream,
+    pub tokens: TokenEndpoint,
+    pub relay: Relay,
+}
+
+/// A [`World`] with these upstream options and TLS, and `listener_extra` / `extra` added to the
+/// configuration as in [`relay_toml`].
+pub async fn world_with(
+    opts: UpstreamOptions,
+    upstream_tls: &str,
+    listener_extra: &str,
+    extra: &str,
+    cert: Option<&TestCert>,
+) -> World {
+    let upstream = FakeUpstream::start(opts, cert).await;
+    for n in 1..=200 {
+        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
+    }
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let relay = Relay::start(&relay_toml(
+        upstream.addr,
+        upstream_tls,
+        &tokens.url(),
+        listener_extra,
+        extra,
+    ))
+    .await;
+    World {
+        upstream,
+        tokens,
+        relay,
+    }
+}
+
 // ------------------------------------------------------------------ a raw client
 
 pub struct Client {
