@@ -54,6 +54,15 @@ fn microsoft_account(name: &str, mailbox: &str, client_id: &str, extra: &str) ->
     )
 }
 
+/// The CSRF token an account page's forms carry.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a form with a CSRF token")
+        .to_owned()
+}
+
 fn register_client(json: &str) {
     idp_post("/admin/client", json);
 }
@@ -181,12 +190,7 @@ fn the_admin_pages_refuse_other_hosts_and_forged_forms() {
     assert_eq!(text(&out), "403");
     // A wrong local password on the page: refused, nothing stored.
     let page = http_get(&format!("{}/account/scanner", r.admin_url()));
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
+    let csrf = csrf_of(&page);
     let out = run(Command::new("curl").args([
         "-s",
         "-d",
@@ -230,12 +234,7 @@ fn the_account_pages_need_the_local_password_and_are_throttled() {
         page.contains("name=\"password\""),
         "the page asks for the password"
     );
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
+    let csrf = csrf_of(&page);
     let post = |path: &str, form: &str| {
         let out = run(Command::new("curl").args([
             "-s",

@@ -407,7 +407,7 @@ async fn a_store_locked_by_another_process_stalls_no_session() {
     let noop = started.elapsed();
     let started = std::time::Instant::now();
     assert_eq!(
-        smtp_login(&relay, PASSWORD).await,
+        smtp_login(relay, PASSWORD).await,
         "235 2.7.0 Authentication successful\r\n"
     );
     let login = started.elapsed();
