@@ -33,6 +33,20 @@ impl Default for DataScanner {
     }
 }
 
+/// What [`DataScanner::scan`] found at the start of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// The first `n` bytes are message bytes with canonical line ends: send them as they are.
+    Pass(usize),
+    /// The first `n` bytes, unchanged, end the message with its `.` line; what follows is the
+    /// client's next command.
+    End(usize),
+    /// A bare CR or LF comes first: pass that one byte through [`DataScanner::feed`].
+    Fix,
+    /// Only a CR whose LF has not arrived yet: read more.
+    NeedMore,
+}
+
 /// What one [`DataScanner::feed`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fed {
@@ -43,6 +57,45 @@ pub struct Fed {
 }
 
 impl DataScanner {
+    /// The zero-copy path: how much of `input` can be sent as it is (a well-formed message is
+    /// all of it), or that the next byte needs [`Self::feed`]. The state moves past exactly the
+    /// bytes it reports, so the two may be mixed freely: the output is the same.
+    pub fn scan(&mut self, input: &[u8]) -> Scan {
+        let Some(&first) = input.first() else {
+            return Scan::NeedMore;
+        };
+        if self.ended_at_cr || (self.after_cr && first == b'\n') {
+            return Scan::Fix;
+        }
+        self.after_cr = false;
+        let stop = |i: usize, at_start: Scan| if i == 0 { at_start } else { Scan::Pass(i) };
+        let mut i = 0;
+        while i < input.len() {
+            match input[i] {
+                b'\r' => match input.get(i + 1) {
+                    None => return stop(i, Scan::NeedMore),
+                    Some(b'\n') => {
+                        i += 2;
+                        if self.dot_only {
+                            return Scan::End(i);
+                        }
+                        self.line_start = true;
+                    }
+                    Some(_) => return stop(i, Scan::Fix),
+                },
+                b'\n' => return stop(i, Scan::Fix),
+                _ => {
+                    let end =
+                        memchr::memchr2(b'\r', b'\n', &input[i..]).map_or(input.len(), |p| i + p);
+                    self.dot_only = self.line_start && &input[i..end] == b".";
+                    self.line_start = false;
+                    i = end;
+                }
+            }
+        }
+        Scan::Pass(i)
+    }
+
     /// Appends `input`'s message bytes to `out`, up to and including the end line.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Fed {
         let mut i = 0;
@@ -170,6 +223,72 @@ mod tests {
             }
         }
         assert_eq!(run(b"a\rb\nc\r\n.\r\n", 1).0, b"a\r\nb\r\nc\r\n.\r\n");
+    }
+
+    /// Drives [`DataScanner::scan`] as the session does (feeding one byte on `Fix`), in pieces
+    /// of `step` bytes; returns the output and the bytes left over.
+    fn run_scan(input: &[u8], step: usize) -> Option<(Vec<u8>, Vec<u8>)> {
+        let mut s = DataScanner::default();
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        let mut fed_to = 0;
+        loop {
+            if buf.is_empty() || matches!(s.clone().scan(&buf), Scan::NeedMore) {
+                if fed_to == input.len() {
+                    return None;
+                }
+                let next = (fed_to + step).min(input.len());
+                buf.extend_from_slice(&input[fed_to..next]);
+                fed_to = next;
+                continue;
+            }
+            match s.scan(&buf) {
+                Scan::Pass(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    buf.drain(..n);
+                }
+                Scan::End(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    buf.drain(..n);
+                    buf.extend_from_slice(&input[fed_to..]);
+                    return Some((out, buf));
+                }
+                Scan::Fix => {
+                    let fed = s.feed(&buf[..1], &mut out);
+                    buf.drain(..fed.consumed);
+                    if fed.done {
+                        buf.extend_from_slice(&input[fed_to..]);
+                        return Some((out, buf));
+                    }
+                }
+                Scan::NeedMore => unreachable!(),
+            }
+        }
+    }
+
+    #[test]
+    fn the_zero_copy_path_gives_the_same_output() {
+        for input in [
+            &b"Subject: x\r\n\r\n..stuffed\r\n.not end\r\nend .\r\n.\r\nMAIL FROM:<a@b>\r\n"[..],
+            b".\r\nQUIT\r\n",
+            b"a\n.\nMAIL",
+            b"a\r.\rMAIL",
+            b"a\r\n.\nMAIL",
+            b"a\n.\r\nMAIL",
+            b"a\rb\nc\r\n.\r\n",
+            b"x\r\r\n.\r\n",
+        ] {
+            for step in [1, 2, 3, 100] {
+                assert_eq!(
+                    run_scan(input, step),
+                    Some(run(input, step)),
+                    "{input:?} / {step}"
+                );
+            }
+        }
+        // A well-formed message passes in one piece, without a copy.
+        let msg = b"Subject: x\r\n\r\nbody\r\n.\r\n";
+        assert_eq!(DataScanner::default().scan(msg), Scan::End(msg.len()));
     }
 
     #[test]

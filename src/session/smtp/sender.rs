@@ -11,7 +11,7 @@
 use super::Session;
 use crate::codec::line::{next_line, sanitize_for_reply, LineTooLong};
 use crate::codec::smtp::{parse_mail_command, MailCommand, MAX_COMMAND_LINE};
-use crate::codec::smtp_data::{parse_bdat, DataScanner};
+use crate::codec::smtp_data::{parse_bdat, DataScanner, Scan};
 use crate::config::{AccountAuth, AccountConfig};
 use crate::session::relay::PIPE_BUFFER;
 use crate::session::Outcome;
@@ -187,24 +187,36 @@ impl Session {
     }
 
     /// Streams one DATA message to the upstream and returns its final reply. Nothing is
-    /// acknowledged to the client before the upstream's reply to the end line.
+    /// acknowledged to the client before the upstream's reply to the end line. Well-formed
+    /// bytes go out as they came (no copy); only a bare CR or LF is rewritten, one at a time.
     async fn data(&mut self) -> Result<Vec<u8>, End> {
         let idle = self.ctx.config.idle_timeout;
         let mut scanner = DataScanner::default();
-        let mut out = Vec::with_capacity(PIPE_BUFFER + PIPE_BUFFER / 8);
+        let mut fixed = Vec::with_capacity(2);
         loop {
-            if self.client.conn.buffered().is_empty() {
-                self.client.conn.reserve(PIPE_BUFFER);
-                self.fill_client(idle).await?;
+            let buffered = self.client.conn.buffered();
+            let (send, used, done) = match scanner.scan(buffered) {
+                Scan::Pass(n) => (&buffered[..n], n, false),
+                Scan::End(n) => (&buffered[..n], n, true),
+                Scan::Fix => {
+                    fixed.clear();
+                    let fed = scanner.feed(&buffered[..1], &mut fixed);
+                    (&fixed[..], fed.consumed, fed.done)
+                }
+                Scan::NeedMore => {
+                    self.client.conn.reserve(PIPE_BUFFER);
+                    self.fill_client(idle).await?;
+                    continue;
+                }
+            };
+            if !send.is_empty() {
+                if let Err(e) = self.upstream.conn.send(send).await {
+                    return Err(self.upstream_failed(&e.to_string()).await);
+                }
+                self.moved.client_to_upstream += send.len() as u64;
             }
-            out.clear();
-            let fed = scanner.feed(self.client.conn.buffered(), &mut out);
-            self.client.conn.consume(fed.consumed);
-            if let Err(e) = self.upstream.conn.send(&out).await {
-                return Err(self.upstream_failed(&e.to_string()).await);
-            }
-            self.moved.client_to_upstream += out.len() as u64;
-            if fed.done {
+            self.client.conn.consume(used);
+            if done {
                 return self.final_reply(idle).await;
             }
         }
