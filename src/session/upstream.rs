@@ -2,10 +2,11 @@
 //! listener's time limits, upgrading to TLS after STARTTLS/STLS with the injection check, and
 //! the error type that says why the upstream cannot be used.
 
+use crate::auth::upstream::UpstreamCredential;
 use crate::codec::sasl::BearerMechanism;
 use crate::config::UpstreamTls;
 use crate::net::conn::Conn;
-use crate::secret::{Secret, SecretBytes};
+use crate::secret::SecretBytes;
 use crate::session::ListenerContext;
 use std::fmt;
 use std::io;
@@ -57,21 +58,31 @@ impl fmt::Display for UpstreamError {
     }
 }
 
-/// The initial response of a bearer-token login (XOAUTH2 or OAUTHBEARER) for `server`.
+/// The mechanism and initial response of a bearer-token login (XOAUTH2 or OAUTHBEARER) for
+/// `server`: what every protocol's upstream sends. A password credential is no bearer login.
 pub fn bearer_response(
-    mechanism: BearerMechanism,
-    user: &str,
-    token: &Secret,
+    credential: &UpstreamCredential,
     server: &(String, u16),
-) -> Result<SecretBytes, UpstreamError> {
-    mechanism
-        .response(user, token, &server.0, server.1)
+) -> Result<(BearerMechanism, SecretBytes), UpstreamError> {
+    let UpstreamCredential::Bearer {
+        user,
+        token,
+        mechanism,
+    } = credential
+    else {
+        return Err(UpstreamError::Protocol(
+            "not a bearer-token credential".into(),
+        ));
+    };
+    let blob = mechanism
+        .response(user, &token.secret, &server.0, server.1)
         .map_err(|_| {
             UpstreamError::Protocol(format!(
                 "the mailbox name is not usable in {}",
                 String::from_utf8_lossy(mechanism.name())
             ))
-        })
+        })?;
+    Ok((*mechanism, blob))
 }
 
 /// Connects to the listener's upstream, with implicit TLS when configured.

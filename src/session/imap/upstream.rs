@@ -228,14 +228,9 @@ impl ImapUpstream {
         let tag = self.login_tag.clone();
         let sasl_ir = has_capability(&self.capabilities, b"SASL-IR");
         let (mechanism, blob, bearer) = match credential {
-            UpstreamCredential::Bearer {
-                user,
-                token,
-                mechanism,
-            } => {
-                let blob =
-                    upstream::bearer_response(*mechanism, user, &token.secret, &self.server)?;
-                (mechanism.name(), blob, Some(*mechanism))
+            UpstreamCredential::Bearer { .. } => {
+                let (mechanism, blob) = upstream::bearer_response(credential, &self.server)?;
+                (mechanism.name(), blob, Some(mechanism))
             }
             UpstreamCredential::Password { user, password } => {
                 if !has_capability(&self.capabilities, b"AUTH=PLAIN") {

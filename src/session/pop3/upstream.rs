@@ -155,13 +155,8 @@ impl Pop3Upstream {
         credential: &UpstreamCredential,
     ) -> Result<AuthResult<Line>, UpstreamError> {
         match credential {
-            UpstreamCredential::Bearer {
-                user,
-                token,
-                mechanism,
-            } => {
-                let blob =
-                    upstream::bearer_response(*mechanism, user, &token.secret, &self.server)?;
+            UpstreamCredential::Bearer { .. } => {
+                let (mechanism, blob) = upstream::bearer_response(credential, &self.server)?;
                 let r = self.command(&[b"AUTH ", mechanism.name(), b"\r\n"]).await?;
                 if !r.continuation {
                     return Ok(AuthResult::Rejected {

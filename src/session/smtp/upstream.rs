@@ -154,14 +154,9 @@ impl SmtpUpstream {
         credential: &UpstreamCredential,
     ) -> Result<AuthResult<OwnedReply>, UpstreamError> {
         match credential {
-            UpstreamCredential::Bearer {
-                user,
-                token,
-                mechanism,
-            } => {
-                let blob =
-                    upstream::bearer_response(*mechanism, user, &token.secret, &self.server)?;
-                self.sasl_exchange(mechanism.name(), &[blob.expose()], Some(*mechanism))
+            UpstreamCredential::Bearer { .. } => {
+                let (mechanism, blob) = upstream::bearer_response(credential, &self.server)?;
+                self.sasl_exchange(mechanism.name(), &[blob.expose()], Some(mechanism))
                     .await
             }
             UpstreamCredential::Password { user, password } => {
