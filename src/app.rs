@@ -5,11 +5,10 @@ use crate::auth::accounts::Directory;
 use crate::auth::oauth;
 use crate::auth::tokens::TokenCache;
 use crate::config::{Config, ListenerConfig, LocalTls};
-use crate::net::{conn, listener, tls};
+use crate::net::{listener, tls};
 use crate::session::ListenerContext;
 use crate::shared::Shared;
 use crate::store::Store;
-use rustls::pki_types::ServerName;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -174,25 +173,7 @@ fn listener_context(
         )),
         _ => return Err(where_("local TLS needs cert and key".into())),
     };
-    let client = if config.upstream_pin.is_empty() {
-        tls::client_config(config.upstream_ca.as_deref())
-    } else {
-        tls::pinned_client_config(&config.upstream_pin)
-    }
-    .map_err(|e| where_(e.to_string()))?;
-    let upstream_name = ServerName::try_from(config.upstream_name.clone()).map_err(|_| {
-        where_(format!(
-            "{:?} is not a valid TLS server name",
-            config.upstream_name
-        ))
-    })?;
-    Ok(ListenerContext {
-        config: config.clone(),
-        acceptor,
-        connector: conn::connector(client),
-        upstream_name,
-        shared,
-    })
+    ListenerContext::new(config.clone(), acceptor, shared).map_err(where_)
 }
 
 /// Background token upkeep: refresh ahead of expiry and keep refresh tokens alive, for the

@@ -23,6 +23,29 @@ pub fn next_line(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, LineT
     }
 }
 
+/// Frames one command line: at most `max` bytes (terminator included), or `long_max` when
+/// `may_be_long` says the line's start allows more (an `AUTH` line with a long initial response:
+/// RFC 4954 §4 allows 12,288 octets). A line without an end within `max` bytes that may not be
+/// long is refused at once. Returns the length of the line without its terminator and the
+/// bytes it takes.
+pub fn next_command(
+    buf: &[u8],
+    max: usize,
+    long_max: usize,
+    may_be_long: fn(&[u8]) -> bool,
+) -> Result<Option<(usize, usize)>, LineTooLong> {
+    let limit = if buf.len() >= max.min(16) && !may_be_long(buf) {
+        max
+    } else {
+        long_max.max(max)
+    };
+    match next_line(buf, limit)? {
+        Some((line, used)) if used > max && !may_be_long(line) => Err(LineTooLong),
+        Some((line, used)) => Ok(Some((line.len(), used))),
+        None => Ok(None),
+    }
+}
+
 fn memchr_lf(buf: &[u8]) -> Option<usize> {
     buf.iter().position(|&b| b == b'\n')
 }

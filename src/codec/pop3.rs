@@ -279,26 +279,14 @@ impl Capabilities {
     }
 }
 
-/// Removes an APOP timestamp (`<…@…>`) from a greeting: the relay does not offer APOP, and the
-/// upstream's timestamp must not reach the client.
-pub fn strip_apop_timestamp(greeting_text: &[u8]) -> Vec<u8> {
-    let start = greeting_text.iter().position(|&b| b == b'<');
-    let end = greeting_text.iter().rposition(|&b| b == b'>');
-    match (start, end) {
-        (Some(s), Some(e)) if s < e && greeting_text[s..e].contains(&b'@') => {
-            let mut out = greeting_text[..s].trim_ascii_end().to_vec();
-            let tail = greeting_text[e + 1..].trim_ascii_start();
-            if !tail.is_empty() {
-                if !out.is_empty() {
-                    out.push(b' ');
-                }
-                out.extend_from_slice(tail);
-            }
-            out
-        }
-        _ => greeting_text.to_vec(),
-    }
+/// True when an `-ERR` text carries a response code that says the refusal is temporary:
+/// `[SYS/TEMP]` (RFC 3206 §4), `[IN-USE]` or `[LOGIN-DELAY]` (RFC 2449 §8.1).
+pub fn is_temporary_refusal(text: &[u8]) -> bool {
+    [&b"[SYS/TEMP]"[..], b"[IN-USE]", b"[LOGIN-DELAY]"]
+        .iter()
+        .any(|code| text.starts_with(code))
 }
+
 
 #[cfg(test)]
 mod tests {
@@ -429,19 +417,5 @@ mod tests {
                 && !text.contains("SASL")
                 && !text.contains("USER")
         );
-    }
-
-    #[test]
-    fn apop_timestamp_is_removed() {
-        assert_eq!(
-            strip_apop_timestamp(b"POP3 server ready <1896.697170952@dbc.mtview.ca.us>"),
-            b"POP3 server ready"
-        );
-        assert_eq!(
-            strip_apop_timestamp(b"Dovecot ready. <a.b@c> more"),
-            b"Dovecot ready. more"
-        );
-        assert_eq!(strip_apop_timestamp(b"Dovecot ready."), b"Dovecot ready.");
-        assert_eq!(strip_apop_timestamp(b"<x> no at sign"), b"<x> no at sign");
     }
 }

@@ -14,6 +14,7 @@ pub(super) fn read_account(
     let mailbox: Option<String> = t.optional("mailbox");
     let mode: String = t.optional("auth").unwrap_or_else(|| "oauth".into());
     let allowed_from: Vec<String> = t.optional("allowed_from").unwrap_or_default();
+    let upstreams = super::upstream::read_account_upstreams(&mut t);
 
     if let Some(l) = &login {
         if crate::codec::sasl::parse_username(l.as_bytes()).is_err() {
@@ -74,6 +75,7 @@ pub(super) fn read_account(
         auth: auth?,
         allowed_from,
         ephemeral: false,
+        upstreams,
     })
 }
 

@@ -14,25 +14,8 @@ pub(super) fn read_listener(
     let tls: LocalTls = t.optional("tls").unwrap_or(LocalTls::None);
     let cert: Option<PathBuf> = t.optional("cert");
     let key: Option<PathBuf> = t.optional("key");
-    let upstream: Option<String> = t.required("upstream", "host:port of the mail server");
-    let upstream_tls: Option<UpstreamTls> = t.required(
-        "upstream_tls",
-        "starttls, implicit, or none for a loopback test server",
-    );
-    let upstream_name: Option<String> = t.optional("upstream_name");
-    let upstream_ca: Option<PathBuf> = t.optional("upstream_ca");
-    let pin_texts: Vec<String> = match t.optional::<OneOrMany>("upstream_pin") {
-        None => Vec::new(),
-        Some(OneOrMany::One(p)) => vec![p],
-        Some(OneOrMany::Many(v)) => v,
-    };
-    let mut upstream_pin = Vec::new();
-    for text in &pin_texts {
-        match crate::net::tls::Pin::parse(text) {
-            Ok(p) => upstream_pin.push(p),
-            Err(e) => t.problem("upstream_pin", format!("{text:?}: {e}")),
-        }
-    }
+    let upstream = upstream::read_spec(&mut t, &upstream::LISTENER_KEYS, false);
+    let upstream_probe: bool = t.optional("upstream_probe").unwrap_or(true);
     let allow_remote: bool = t.optional("allow_remote").unwrap_or(false);
     let remote_plaintext_auth: bool = t.optional("remote_plaintext_auth").unwrap_or(false);
     let ehlo_name: String = t
@@ -104,32 +87,6 @@ pub(super) fn read_listener(
             }
         }
     }
-    let upstream = upstream.and_then(|s| match split_host_port(&s) {
-        Some(hp) => Some(hp),
-        None => {
-            t.problem("upstream", format!("{s:?} is not host:port"));
-            None
-        }
-    });
-    if let (Some((host, _)), Some(UpstreamTls::None)) = (&upstream, upstream_tls) {
-        if !is_loopback_host(host) {
-            t.problem(
-                "upstream_tls",
-                "\"none\" is allowed only for a loopback upstream; use starttls or implicit",
-            );
-        }
-    }
-    if let Some(ca) = &upstream_ca {
-        if let Err(e) = crate::net::tls::load_certs(ca) {
-            t.problem("upstream_ca", e.to_string());
-        }
-        if !pin_texts.is_empty() {
-            t.problem(
-                "upstream_pin",
-                "give upstream_pin or upstream_ca, not both: a pin is the whole trust",
-            );
-        }
-    }
     if max_connections == 0 {
         t.problem("max_connections", "must be at least 1");
     }
@@ -137,7 +94,7 @@ pub(super) fn read_listener(
         t.problem("max_connections_per_address", "must be at least 1");
     }
     t.finish();
-    let (host, port) = upstream?;
+    let upstream = upstream?;
     Some(ListenerConfig {
         name: name.to_owned(),
         protocol: protocol?,
@@ -145,12 +102,8 @@ pub(super) fn read_listener(
         tls,
         cert,
         key,
-        upstream_name: upstream_name.unwrap_or_else(|| host.clone()),
-        upstream_host: host,
-        upstream_port: port,
-        upstream_tls: upstream_tls?,
-        upstream_ca,
-        upstream_pin,
+        upstream,
+        upstream_probe,
         ehlo_name,
         max_connections,
         max_connections_per_address,
@@ -203,12 +156,4 @@ pub fn split_host_port(s: &str) -> Option<(String, u16)> {
 pub fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// A key that takes one string or a list of them.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
 }

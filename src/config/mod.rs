@@ -14,6 +14,7 @@ mod listener;
 mod load;
 mod reader;
 mod schema;
+mod upstream;
 
 pub use reader::Problem;
 use reader::{Problems, Table};

@@ -61,7 +61,7 @@ pub struct ServiceConfig {
     pub drain: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Smtp,
@@ -79,13 +79,58 @@ pub enum LocalTls {
 }
 
 /// TLS between the relay and the mail provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamTls {
     Starttls,
     Implicit,
     /// Plaintext: allowed only to a loopback address (test servers).
     None,
+}
+
+/// One upstream server: where it is and how its certificate is trusted. A listener names the
+/// default one; an account may name its own per protocol (`[account.NAME.upstream]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamSpec {
+    pub host: String,
+    pub port: u16,
+    pub tls: UpstreamTls,
+    /// The name the certificate must carry (defaults to `host`).
+    pub name: String,
+    /// Extra CA certificates (PEM) trusted besides the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Trust exactly these certificates or keys (self-signed servers); no CA, no name.
+    pub pin: Vec<crate::net::tls::Pin>,
+}
+
+impl UpstreamSpec {
+    /// `host:port`, for log lines and replies.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The servers an account uses instead of the listener's, per protocol.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountUpstreams {
+    pub smtp: Option<UpstreamSpec>,
+    pub imap: Option<UpstreamSpec>,
+    pub pop3: Option<UpstreamSpec>,
+}
+
+impl AccountUpstreams {
+    /// The account's own server for `protocol`, if it has one.
+    pub fn get(&self, protocol: Protocol) -> Option<&UpstreamSpec> {
+        match protocol {
+            Protocol::Smtp => self.smtp.as_ref(),
+            Protocol::Imap => self.imap.as_ref(),
+            Protocol::Pop3 => self.pop3.as_ref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -96,14 +141,10 @@ pub struct ListenerConfig {
     pub tls: LocalTls,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
-    pub upstream_host: String,
-    pub upstream_port: u16,
-    pub upstream_tls: UpstreamTls,
-    /// The name the upstream certificate must carry; defaults to the upstream host.
-    pub upstream_name: String,
-    pub upstream_ca: Option<PathBuf>,
-    /// Trust exactly these certificates or keys upstream (no CA, no name): self-signed servers.
-    pub upstream_pin: Vec<crate::net::tls::Pin>,
+    /// The default upstream server (an account may name its own).
+    pub upstream: UpstreamSpec,
+    /// Connect to the upstream once at start to learn its capabilities (shown before login).
+    pub upstream_probe: bool,
     /// The name the relay gives in its own EHLO before upstream STARTTLS.
     pub ehlo_name: String,
     pub max_connections: usize,
@@ -279,9 +320,21 @@ pub struct AccountConfig {
     pub allowed_from: Vec<String>,
     /// True for accounts made up for one `mailbox~client_id` login: nothing is stored.
     pub ephemeral: bool,
+    /// Servers of this account that replace the listener's (`[account.NAME.upstream]`).
+    pub upstreams: AccountUpstreams,
 }
 
 impl AccountConfig {
+    /// The server this account logs in to through a listener of `protocol`: its own, or the
+    /// listener's `default`.
+    pub fn upstream<'a>(
+        &'a self,
+        protocol: Protocol,
+        default: &'a UpstreamSpec,
+    ) -> &'a UpstreamSpec {
+        self.upstreams.get(protocol).unwrap_or(default)
+    }
+
     /// Whether SMTP may send as `address` (`<>` is always allowed).
     pub fn may_send_as(&self, address: &str) -> bool {
         address.is_empty()

@@ -37,10 +37,10 @@ fn minimal_config_has_sensible_defaults() {
     let c = parse(&minimal()).unwrap();
     let l = &c.listeners[0];
     assert_eq!(
-        (l.name.as_str(), l.tls, l.upstream_port),
+        (l.name.as_str(), l.tls, l.upstream.port),
         ("smtp", LocalTls::None, 587)
     );
-    assert_eq!(l.upstream_name, "smtp.office365.com");
+    assert_eq!(l.upstream.name, "smtp.office365.com");
     let a = &c.accounts[0];
     assert_eq!(a.mailbox, "scanner@contoso.com");
     let AccountAuth::OAuth(o) = &a.auth else {

@@ -5,7 +5,7 @@ use crate::codec::proxy;
 use crate::config::{LocalTls, Protocol};
 use crate::metrics;
 use crate::net::conn::Conn;
-use crate::session::{imap, pop3, smtp, ListenerContext};
+use crate::session::{driver, imap, pop3, smtp, ListenerContext};
 use dashmap::DashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,8 +63,18 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken, tasks: TaskTracker
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(listener = %ctx.config.name, address = %local, protocol = ?ctx.config.protocol,
-        tls = ?ctx.config.tls, upstream = %format!("{}:{}", ctx.config.upstream_host, ctx.config.upstream_port),
+        tls = ?ctx.config.tls, upstream = %ctx.config.upstream.address(),
         "listening");
+    if ctx.config.upstream_probe {
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            match ctx.config.protocol {
+                Protocol::Smtp => driver::probe::<smtp::Smtp>(ctx).await,
+                Protocol::Imap => driver::probe::<imap::Imap>(ctx).await,
+                Protocol::Pop3 => driver::probe::<pop3::Pop3>(ctx).await,
+            }
+        });
+    }
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,

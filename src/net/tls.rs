@@ -66,7 +66,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 
 /// A SHA-256 digest the upstream certificate must match: of its SubjectPublicKeyInfo (the key,
 /// which survives a renewal with the same key) or of the whole certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Pin(pub [u8; 32]);
 
 impl Pin {

@@ -3,12 +3,10 @@
 //! LOGIN, with or without an initial response, `*` to cancel). The sessions turn the outcomes
 //! into their protocol's replies.
 
-use crate::codec::line::sanitize_for_reply;
-use crate::codec::line::{next_line, LineTooLong};
+use crate::codec::line::{next_command, LineTooLong};
 use crate::codec::sasl::{self, Credentials, Mechanism, SaslError};
 use crate::config::LocalTls;
 use crate::net::conn::Conn;
-use crate::session::upstream::UpstreamError;
 use crate::session::ListenerContext;
 use tokio::time::{timeout_at, Instant};
 
@@ -38,35 +36,11 @@ impl ClientSide {
     /// Reads one line of at most `max` bytes (terminator included), counting it against the
     /// pre-authentication budget.
     pub async fn read_line(&mut self, max: usize) -> Read {
-        self.read_command(max, max, |_| false).await
-    }
-
-    /// Reads one command line: at most `max` bytes, or `long_max` when `may_be_long` says the
-    /// line's start allows more (an `AUTH` line with a long initial response: RFC 4954 §4
-    /// allows 12,288 octets). A line without an end within `max` bytes that may not be long is
-    /// refused at once, as [`Self::read_line`] would.
-    pub async fn read_command(
-        &mut self,
-        max: usize,
-        long_max: usize,
-        may_be_long: fn(&[u8]) -> bool,
-    ) -> Read {
         loop {
-            let buffered = self.conn.buffered();
-            let limit = if buffered.len() >= max.min(16) && !may_be_long(buffered) {
-                max
-            } else {
-                long_max.max(max)
-            };
-            match next_line(buffered, limit) {
-                Ok(Some((line, used))) => {
-                    if used > max && !may_be_long(line) {
-                        return Read::TooLong;
-                    }
-                    let line = line.to_vec();
-                    self.conn.consume(used);
-                    self.pre_auth_bytes += used;
-                    return Read::Line(line);
+            match next_command(self.conn.buffered(), max, max, |_| false) {
+                Ok(Some((len, used))) => {
+                    let line = self.take(used);
+                    return Read::Line(line[..len].to_vec());
                 }
                 Ok(None) => {}
                 Err(LineTooLong) => return Read::TooLong,
@@ -216,19 +190,4 @@ pub async fn accept_implicit_tls(
         }
         Err(_) => false,
     }
-}
-
-/// Tells the client that the upstream cannot be used, in the protocol's words (`line` turns the
-/// sanitized reason into a complete reply line), logs why, and closes.
-pub async fn refuse_upstream_unavailable(
-    ctx: &ListenerContext,
-    mut conn: Conn,
-    error: &UpstreamError,
-    line: impl FnOnce(&str) -> String,
-) {
-    let upstream = format!("{}:{}", ctx.config.upstream_host, ctx.config.upstream_port);
-    tracing::warn!(%upstream, %error, "upstream unavailable");
-    let reason = sanitize_for_reply(&error.to_string(), 300);
-    let _ = conn.send(line(&reason).as_bytes()).await;
-    conn.shutdown().await;
 }

@@ -1,6 +1,7 @@
 //! The login, the same in every protocol: check the local credential, get the upstream
-//! credential for the account's mode, log in upstream, and when upstream refuses a token that
-//! may be stale, refresh it and try once more. The sessions map the outcome to their replies.
+//! credential for the account's mode, and only then open the account's upstream and log in
+//! there; when upstream refuses a token that may be stale, refresh it and try once more. The
+//! driver maps the outcome to the protocol's replies.
 
 use crate::auth::accounts::LocalAuth;
 use crate::auth::advice::aadsts_advice;
@@ -11,7 +12,7 @@ use crate::codec::line::sanitize_for_reply;
 use crate::codec::sasl::Credentials;
 use crate::config::{AccountAuth, AccountConfig};
 use crate::secret::Secret;
-use crate::session::upstream::UpstreamError;
+use crate::session::upstream::{Target, UpstreamError};
 use crate::session::ListenerContext;
 use crate::shared::Shared;
 use std::net::IpAddr;
@@ -36,22 +37,38 @@ pub enum AuthResult<R> {
 
 /// A protocol's upstream client, as far as the login is concerned.
 pub trait UpstreamLogin {
-    type Reply;
+    /// The server's answer to a login, relayed or explained to the client.
+    type Reply: Send;
     /// The reply's status for metrics: `235`, `535`, `OK`, `NO`, `+OK`, `-ERR`.
     fn reply_code(reply: &Self::Reply) -> String;
+    /// What the server offered before login (for the listener's capability cache), if this
+    /// connection learned it.
+    fn capabilities(&self) -> Option<Vec<Vec<u8>>>;
+    /// Logs in with `credential`.
     fn authenticate(
         &mut self,
         credential: &UpstreamCredential,
     ) -> impl std::future::Future<Output = Result<AuthResult<Self::Reply>, UpstreamError>> + Send;
 }
 
+/// Opens a protocol's upstream connection to a target, up to the point where it can log in.
+pub trait Dial {
+    /// The protocol's upstream client.
+    type Upstream: UpstreamLogin + Send;
+    /// Connects, reads the greeting, finishes TLS and learns what the login needs.
+    fn dial(
+        &self,
+        target: &Target,
+    ) -> impl std::future::Future<Output = Result<Self::Upstream, UpstreamError>> + Send;
+}
+
 /// How the whole login ended.
-#[derive(Debug)]
-pub enum Login<R> {
-    /// Upstream accepted: relay `reply` and start the pipe.
+pub enum Login<U: UpstreamLogin> {
+    /// Upstream accepted: relay `reply` and hand `upstream` to the protocol's after-login part.
     Accepted {
         account: Arc<AccountConfig>,
-        reply: R,
+        upstream: U,
+        reply: U::Reply,
     },
     /// Unknown user or wrong local password (already logged and delayed).
     LocalRejected,
@@ -62,18 +79,20 @@ pub enum Login<R> {
         account: Arc<AccountConfig>,
         error: TokenError,
     },
-    /// Upstream refused; `reply` is its answer.
-    UpstreamRejected { reply: R },
-    /// The upstream connection failed during the login.
-    UpstreamLost(UpstreamError),
+    /// Upstream refused; `reply` is its answer (the connection is closed).
+    UpstreamRejected { reply: U::Reply },
+    /// The upstream could not be reached, or failed during the login: temporary.
+    UpstreamUnavailable(UpstreamError),
 }
 
-pub async fn login<U: UpstreamLogin + Send>(
+/// Logs `credentials` in: the local check first, then the upstream credential, then the
+/// account's upstream (dialled only now: a failed login costs no upstream connection).
+pub async fn login<D: Dial + Sync>(
     ctx: &ListenerContext,
     peer: IpAddr,
     credentials: &Credentials,
-    upstream: &mut U,
-) -> Login<U::Reply> {
+    dialer: &D,
+) -> Login<D::Upstream> {
     let shared = &ctx.shared;
     let started = Instant::now();
     let attempt = match shared.throttle.begin(peer, &credentials.username).await {
@@ -123,6 +142,14 @@ pub async fn login<U: UpstreamLogin + Send>(
     if account.password_hash.is_some() && !account.ephemeral {
         verdict.proved();
     }
+    let target = match ctx.target(&account) {
+        Ok(t) => t,
+        Err(e) => {
+            verdict.refused(true);
+            return Login::UpstreamUnavailable(UpstreamError::Config(e));
+        }
+    };
+    let mut upstream: Option<D::Upstream> = None;
     let mut rejected_token = None;
     let mut attempt = 0;
     loop {
@@ -142,11 +169,26 @@ pub async fn login<U: UpstreamLogin + Send>(
                 return Login::TokenFailed { account, error };
             }
         };
-        let result = match upstream.authenticate(&cred).await {
+        if upstream.is_none() {
+            match dialer.dial(&target).await {
+                Ok(up) => {
+                    ctx.learned(&target, up.capabilities());
+                    upstream = Some(up);
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %target.spec.address(), error = %e, "upstream unavailable");
+                    verdict.refused(true);
+                    return Login::UpstreamUnavailable(e);
+                }
+            }
+        }
+        let up = upstream.as_mut().expect("dialled above");
+        let result = match up.authenticate(&cred).await {
             Ok(r) => r,
             Err(e) => {
+                tracing::warn!(upstream = %target.spec.address(), error = %e, "upstream failed during the login");
                 verdict.refused(true);
-                return Login::UpstreamLost(e);
+                return Login::UpstreamUnavailable(e);
             }
         };
         let protocol = ctx.config.protocol;
@@ -154,7 +196,7 @@ pub async fn login<U: UpstreamLogin + Send>(
             AuthResult::Accepted(reply) | AuthResult::Rejected { reply, .. } => {
                 shared
                     .metrics
-                    .upstream_auth(protocol, &U::reply_code(reply));
+                    .upstream_auth(protocol, &D::Upstream::reply_code(reply));
             }
         }
         match result {
@@ -165,7 +207,12 @@ pub async fn login<U: UpstreamLogin + Send>(
                     latency_ms = started.elapsed().as_millis() as u64,
                     "upstream login accepted"
                 );
-                return Login::Accepted { account, reply };
+                let upstream = upstream.expect("dialled above");
+                return Login::Accepted {
+                    account,
+                    upstream,
+                    reply,
+                };
             }
             AuthResult::Rejected {
                 reply,
@@ -260,6 +307,7 @@ fn tilde_account(shared: &Shared, username: &str, password: &Secret) -> Option<A
         auth: AccountAuth::OAuth(Box::new(oauth)),
         allowed_from: Vec::new(),
         ephemeral: true,
+        upstreams: Default::default(),
     }))
 }
 

@@ -1,17 +1,61 @@
-//! What every protocol's upstream connection shares: opening TCP (and implicit TLS) within the
-//! listener's time limits, upgrading to TLS after STARTTLS/STLS with the injection check, and
-//! the error type that says why the upstream cannot be used.
+//! What every protocol's upstream connection shares: the [`Target`] (one server, ready to
+//! dial), opening TCP (and implicit TLS) within the listener's time limits, upgrading to TLS
+//! after STARTTLS/STLS with the injection check, and the error type that says why the upstream
+//! cannot be used.
 
 use crate::auth::upstream::UpstreamCredential;
 use crate::codec::sasl::BearerMechanism;
-use crate::config::UpstreamTls;
-use crate::net::conn::Conn;
+use crate::config::{ListenerConfig, UpstreamSpec, UpstreamTls};
+use crate::net::conn::{self, Conn};
+use crate::net::tls;
 use crate::secret::SecretBytes;
-use crate::session::ListenerContext;
+use rustls::pki_types::ServerName;
 use std::fmt;
 use std::io;
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+/// One upstream server, ready to dial: where, how to trust it, and the listener's time limits.
+pub struct Target {
+    pub spec: UpstreamSpec,
+    name: ServerName<'static>,
+    connector: TlsConnector,
+    /// Time for the TCP connect, the TLS handshake and the greeting.
+    pub connect_timeout: Duration,
+    /// Time for any one reply before the login ends.
+    pub reply_timeout: Duration,
+    /// The name the relay gives in its own EHLO (SMTP).
+    pub ehlo_name: String,
+}
+
+impl Target {
+    /// Builds the TLS client configuration for `spec` (CA file or pins) once.
+    pub fn new(spec: &UpstreamSpec, listener: &ListenerConfig) -> Result<Target, String> {
+        let client = if spec.pin.is_empty() {
+            tls::client_config(spec.ca.as_deref())
+        } else {
+            tls::pinned_client_config(&spec.pin)
+        }
+        .map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(spec.name.clone())
+            .map_err(|_| format!("{:?} is not a valid TLS server name", spec.name))?;
+        Ok(Target {
+            spec: spec.clone(),
+            name,
+            connector: conn::connector(client),
+            connect_timeout: listener.connect_timeout,
+            reply_timeout: listener.upstream_timeout,
+            ehlo_name: listener.ehlo_name.clone(),
+        })
+    }
+
+    /// The server's host and port, which OAUTHBEARER names (RFC 7628 §3.1).
+    pub fn server(&self) -> (String, u16) {
+        (self.spec.host.clone(), self.spec.port)
+    }
+}
 
 /// Why the upstream connection cannot be used.
 #[derive(Debug)]
@@ -30,6 +74,8 @@ pub enum UpstreamError {
     /// The server sent something that is not a valid reply.
     Protocol(String),
     Closed,
+    /// The upstream's settings cannot be used (an account's TLS files, checked at start).
+    Config(String),
 }
 
 impl fmt::Display for UpstreamError {
@@ -54,6 +100,7 @@ impl fmt::Display for UpstreamError {
             UpstreamError::Io(e) => write!(f, "connection error: {e}"),
             UpstreamError::Protocol(e) => write!(f, "sent an invalid reply: {e}"),
             UpstreamError::Closed => f.write_str("closed the connection"),
+            UpstreamError::Config(e) => write!(f, "unusable settings: {e}"),
         }
     }
 }
@@ -85,33 +132,32 @@ pub fn bearer_response(
     Ok((*mechanism, blob))
 }
 
-/// Connects to the listener's upstream, with implicit TLS when configured.
-pub async fn open(ctx: &ListenerContext) -> Result<Conn, UpstreamError> {
-    let cfg = &ctx.config;
+/// Connects to `target`, with implicit TLS when configured.
+pub async fn open(target: &Target) -> Result<Conn, UpstreamError> {
     let tcp = timeout(
-        cfg.connect_timeout,
-        TcpStream::connect((cfg.upstream_host.as_str(), cfg.upstream_port)),
+        target.connect_timeout,
+        TcpStream::connect((target.spec.host.as_str(), target.spec.port)),
     )
     .await
     .map_err(|_| UpstreamError::Timeout("connect"))?
     .map_err(UpstreamError::Connect)?;
     let _ = tcp.set_nodelay(true);
     let mut conn = Conn::new(tcp);
-    if cfg.upstream_tls == UpstreamTls::Implicit {
-        start_tls(&mut conn, ctx).await?;
+    if target.spec.tls == UpstreamTls::Implicit {
+        start_tls(&mut conn, target).await?;
     }
     Ok(conn)
 }
 
 /// The TLS handshake towards upstream, verifying the configured name. Refuses to start while
 /// plaintext from the server is still buffered.
-pub async fn start_tls(conn: &mut Conn, ctx: &ListenerContext) -> Result<(), UpstreamError> {
+pub async fn start_tls(conn: &mut Conn, target: &Target) -> Result<(), UpstreamError> {
     if !conn.buffered().is_empty() {
         return Err(UpstreamError::Injection);
     }
     timeout(
-        ctx.config.connect_timeout,
-        conn.connect_tls(&ctx.connector, ctx.upstream_name.clone()),
+        target.connect_timeout,
+        conn.connect_tls(&target.connector, target.name.clone()),
     )
     .await
     .map_err(|_| UpstreamError::Timeout("TLS handshake"))?

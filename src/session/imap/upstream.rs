@@ -7,8 +7,7 @@ use crate::codec::sasl;
 use crate::config::UpstreamTls;
 use crate::net::conn::Conn;
 use crate::session::login::{AuthResult, UpstreamLogin};
-use crate::session::upstream::{self, UpstreamError};
-use crate::session::ListenerContext;
+use crate::session::upstream::{self, Target, UpstreamError};
 use std::time::Duration;
 use tokio::time::timeout;
 
@@ -76,17 +75,16 @@ pub struct ImapUpstream {
 impl ImapUpstream {
     /// Connects, reads the greeting, finishes TLS (implicit, or STARTTLS that fails closed) and
     /// learns the capabilities.
-    pub async fn connect(ctx: &ListenerContext) -> Result<Self, UpstreamError> {
-        let cfg = &ctx.config;
+    pub async fn connect(target: &Target) -> Result<Self, UpstreamError> {
         let mut up = ImapUpstream {
-            conn: upstream::open(ctx).await?,
+            conn: upstream::open(target).await?,
             greeting_text: Vec::new(),
             capabilities: Vec::new(),
             login_tag: Vec::new(),
-            reply_timeout: cfg.upstream_timeout,
-            server: (cfg.upstream_host.clone(), cfg.upstream_port),
+            reply_timeout: target.reply_timeout,
+            server: target.server(),
         };
-        let greeting = timeout(cfg.connect_timeout, up.read_response())
+        let greeting = timeout(target.connect_timeout, up.read_response())
             .await
             .map_err(|_| UpstreamError::Timeout("greeting"))??;
         let text = match greeting.parsed() {
@@ -119,7 +117,7 @@ impl ImapUpstream {
             }
             None => rest.to_vec(),
         };
-        if cfg.upstream_tls == UpstreamTls::Starttls {
+        if target.spec.tls == UpstreamTls::Starttls {
             if up.capabilities.is_empty() {
                 up.fetch_capabilities().await?;
             }
@@ -138,7 +136,7 @@ impl ImapUpstream {
             ) {
                 return Err(UpstreamError::StartTls(r.tagged.text_lossy()));
             }
-            upstream::start_tls(&mut up.conn, ctx).await?;
+            upstream::start_tls(&mut up.conn, target).await?;
             // RFC 3501 §6.2.1: capabilities learned before TLS are void.
             up.capabilities.clear();
         }
@@ -323,6 +321,14 @@ fn split_word(s: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// The words of a capability list.
+pub fn capability_words(list: &[u8]) -> Vec<Vec<u8>> {
+    list.split(|&b| b == b' ')
+        .filter(|w| !w.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
 /// True when the space-separated list holds `cap` (case-insensitively).
 pub fn has_capability(list: &[u8], cap: &[u8]) -> bool {
     list.split(|&b| b == b' ')
@@ -331,6 +337,10 @@ pub fn has_capability(list: &[u8], cap: &[u8]) -> bool {
 
 impl UpstreamLogin for ImapUpstream {
     type Reply = LoginReply;
+
+    fn capabilities(&self) -> Option<Vec<Vec<u8>>> {
+        Some(capability_words(&self.capabilities))
+    }
 
     fn reply_code(reply: &LoginReply) -> String {
         match reply.tagged.parsed() {

@@ -6,8 +6,7 @@ use crate::codec::sasl;
 use crate::config::UpstreamTls;
 use crate::net::conn::Conn;
 use crate::session::login::{AuthResult, UpstreamLogin};
-use crate::session::upstream::{self, UpstreamError};
-use crate::session::ListenerContext;
+use crate::session::upstream::{self, Target, UpstreamError};
 use std::time::Duration;
 use tokio::time::timeout;
 
@@ -29,9 +28,9 @@ impl Line {
 
 pub struct Pop3Upstream {
     pub conn: Conn,
-    /// The greeting's text (after `+OK `).
-    pub greeting: Vec<u8>,
     caps: Option<Capabilities>,
+    /// The CAPA lines, once asked for (after TLS).
+    capa_lines: Option<Vec<Vec<u8>>>,
     reply_timeout: Duration,
     /// The server's host and port, which OAUTHBEARER names (RFC 7628 §3.1).
     server: (String, u16),
@@ -39,23 +38,21 @@ pub struct Pop3Upstream {
 
 impl Pop3Upstream {
     /// Connects, reads the greeting and finishes TLS (implicit, or STLS that fails closed).
-    pub async fn connect(ctx: &ListenerContext) -> Result<Self, UpstreamError> {
-        let cfg = &ctx.config;
+    pub async fn connect(target: &Target) -> Result<Self, UpstreamError> {
         let mut up = Pop3Upstream {
-            conn: upstream::open(ctx).await?,
-            greeting: Vec::new(),
+            conn: upstream::open(target).await?,
             caps: None,
-            reply_timeout: cfg.upstream_timeout,
-            server: (cfg.upstream_host.clone(), cfg.upstream_port),
+            capa_lines: None,
+            reply_timeout: target.reply_timeout,
+            server: target.server(),
         };
-        let greeting = timeout(cfg.connect_timeout, up.read_line())
+        let greeting = timeout(target.connect_timeout, up.read_line())
             .await
             .map_err(|_| UpstreamError::Timeout("greeting"))??;
         if !greeting.ok {
             return Err(UpstreamError::Greeting(greeting.text_lossy()));
         }
-        up.greeting = greeting.text;
-        if cfg.upstream_tls == UpstreamTls::Starttls {
+        if target.spec.tls == UpstreamTls::Starttls {
             let caps = up.capa().await?.1;
             if !caps.stls {
                 return Err(UpstreamError::StartTls(
@@ -69,8 +66,10 @@ impl Pop3Upstream {
                     r.text_lossy()
                 )));
             }
-            upstream::start_tls(&mut up.conn, ctx).await?;
-            up.caps = None; // RFC 2595 §4: forget what was learned before TLS.
+            upstream::start_tls(&mut up.conn, target).await?;
+            // RFC 2595 §4: forget what was learned before TLS.
+            up.caps = None;
+            up.capa_lines = None;
         }
         Ok(up)
     }
@@ -138,10 +137,11 @@ impl Pop3Upstream {
         let views: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
         let caps = Capabilities::from_capa(&views);
         self.caps = Some(caps.clone());
+        self.capa_lines = Some(lines.clone());
         Ok((status, caps, lines))
     }
 
-    async fn capabilities(&mut self) -> Result<Capabilities, UpstreamError> {
+    async fn learned_capabilities(&mut self) -> Result<Capabilities, UpstreamError> {
         match &self.caps {
             Some(c) => Ok(c.clone()),
             None => Ok(self.capa().await?.1),
@@ -177,7 +177,7 @@ impl Pop3Upstream {
                 Ok(finish(r))
             }
             UpstreamCredential::Password { user, password } => {
-                if self.capabilities().await?.supports_sasl("PLAIN") {
+                if self.learned_capabilities().await?.supports_sasl("PLAIN") {
                     let blob = sasl::plain_response(user, password);
                     let r = self.command(&[b"AUTH PLAIN\r\n"]).await?;
                     if !r.continuation {
@@ -237,6 +237,10 @@ impl UpstreamLogin for Pop3Upstream {
 
     fn reply_code(reply: &Line) -> String {
         if reply.ok { "+OK" } else { "-ERR" }.to_owned()
+    }
+
+    fn capabilities(&self) -> Option<Vec<Vec<u8>>> {
+        self.capa_lines.clone()
     }
 
     async fn authenticate(

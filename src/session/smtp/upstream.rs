@@ -6,8 +6,7 @@ use crate::codec::smtp::{next_reply, Capabilities};
 use crate::config::UpstreamTls;
 use crate::net::conn::Conn;
 use crate::session::login::{AuthResult, UpstreamLogin};
-use crate::session::upstream::{self, UpstreamError};
-use crate::session::ListenerContext;
+use crate::session::upstream::{self, Target, UpstreamError};
 use std::time::Duration;
 use tokio::time::timeout;
 
@@ -39,10 +38,10 @@ impl OwnedReply {
 
 pub struct SmtpUpstream {
     pub conn: Conn,
-    /// The server's greeting, relayed to the client.
-    pub greeting: Vec<u8>,
     /// What the last EHLO (after TLS) offered.
     pub caps: Capabilities,
+    /// The keyword lines of the last accepted EHLO (its first line, the server's name, left out).
+    keywords: Option<Vec<Vec<u8>>>,
     reply_timeout: Duration,
     /// The server's host and port, which OAUTHBEARER names (RFC 7628 §3.1).
     server: (String, u16),
@@ -50,17 +49,16 @@ pub struct SmtpUpstream {
 
 impl SmtpUpstream {
     /// Connects, reads the greeting and finishes TLS (implicit, or STARTTLS that fails closed).
-    pub async fn connect(ctx: &ListenerContext) -> Result<Self, UpstreamError> {
-        let cfg = &ctx.config;
+    pub async fn connect(target: &Target) -> Result<Self, UpstreamError> {
         let mut up = SmtpUpstream {
-            conn: upstream::open(ctx).await?,
-            greeting: Vec::new(),
+            conn: upstream::open(target).await?,
             caps: Capabilities::default(),
-            reply_timeout: cfg.upstream_timeout,
-            server: (cfg.upstream_host.clone(), cfg.upstream_port),
+            keywords: None,
+            reply_timeout: target.reply_timeout,
+            server: target.server(),
         };
         let greeting = up
-            .read_reply_within(cfg.connect_timeout, "greeting")
+            .read_reply_within(target.connect_timeout, "greeting")
             .await?;
         if greeting.code != 220 {
             return Err(UpstreamError::Greeting(format!(
@@ -69,10 +67,9 @@ impl SmtpUpstream {
                 greeting.first_text()
             )));
         }
-        up.greeting = greeting.raw;
-        if cfg.upstream_tls == UpstreamTls::Starttls {
+        if target.spec.tls == UpstreamTls::Starttls {
             let ehlo = up
-                .command(&[b"EHLO ", cfg.ehlo_name.as_bytes(), b"\r\n"])
+                .command(&[b"EHLO ", target.ehlo_name.as_bytes(), b"\r\n"])
                 .await?;
             if ehlo.code != 250 {
                 return Err(UpstreamError::StartTls(format!(
@@ -94,7 +91,7 @@ impl SmtpUpstream {
                     r.first_text()
                 )));
             }
-            upstream::start_tls(&mut up.conn, ctx).await?;
+            upstream::start_tls(&mut up.conn, target).await?;
         }
         Ok(up)
     }
@@ -138,13 +135,19 @@ impl SmtpUpstream {
         self.read_reply_within(self.reply_timeout, "reply").await
     }
 
-    /// Relays the client's EHLO (or HELO, sent as EHLO) and remembers what the server offers.
+    /// Sends EHLO for `domain` and remembers what the server offers.
     pub async fn ehlo(&mut self, domain: &[u8]) -> Result<OwnedReply, UpstreamError> {
         let reply = self.command(&[b"EHLO ", domain, b"\r\n"]).await?;
         if reply.code == 250 {
             self.caps = Capabilities::from_ehlo(&reply.as_reply());
+            self.keywords = Some(reply.lines.iter().skip(1).cloned().collect());
         }
         Ok(reply)
+    }
+
+    /// The keyword lines of the last accepted EHLO.
+    pub fn keywords(&self) -> Option<Vec<Vec<u8>>> {
+        self.keywords.clone()
     }
 
     /// Logs in with the account's credential. XOAUTH2 is always two-step (the initial response
@@ -236,6 +239,10 @@ impl UpstreamLogin for SmtpUpstream {
 
     fn reply_code(reply: &OwnedReply) -> String {
         reply.code.to_string()
+    }
+
+    fn capabilities(&self) -> Option<Vec<Vec<u8>>> {
+        self.keywords()
     }
 
     async fn authenticate(
