@@ -287,7 +287,6 @@ pub fn is_temporary_refusal(text: &[u8]) -> bool {
         .any(|code| text.starts_with(code))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,8 +34,13 @@ const ACCOUNT_KEYS: Keys = Keys {
 
 /// Reads one upstream from `t`. Without a `tls` key the mode follows the well-known ports when
 /// `tls_from_port` (465, 993, 995: implicit; 25, 587, 143, 110: STARTTLS), else it is required.
-pub(super) fn read_spec(t: &mut Table<'_>, keys: &Keys, tls_from_port: bool) -> Option<UpstreamSpec> {
+pub(super) fn read_spec(
+    t: &mut Table<'_>,
+    keys: &Keys,
+    tls_from_port: bool,
+) -> Option<UpstreamSpec> {
     let address: Option<String> = t.required(keys.address, "host:port of the mail server");
+    let tls_given = t.has(keys.tls);
     let tls: Option<UpstreamTls> = t.optional(keys.tls);
     let name: Option<String> = t.optional(keys.name);
     let ca: Option<PathBuf> = t.optional(keys.ca);
@@ -61,6 +66,7 @@ pub(super) fn read_spec(t: &mut Table<'_>, keys: &Keys, tls_from_port: bool) -> 
     };
     let tls = match tls.or_else(|| tls_from_port.then(|| tls_for_port(port)).flatten()) {
         Some(tls) => tls,
+        None if tls_given => return None,
         None => {
             t.problem(
                 keys.tls,
@@ -82,7 +88,10 @@ pub(super) fn read_spec(t: &mut Table<'_>, keys: &Keys, tls_from_port: bool) -> 
         if !pin.is_empty() {
             t.problem(
                 keys.pin,
-                format!("give {} or {}, not both: a pin is the whole trust", keys.pin, keys.ca),
+                format!(
+                    "give {} or {}, not both: a pin is the whole trust",
+                    keys.pin, keys.ca
+                ),
             );
         }
     }

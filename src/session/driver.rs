@@ -409,7 +409,9 @@ impl<P: Protocol> Driver<P> {
             }
             Login::UpstreamUnavailable(e) => {
                 let reason = crate::codec::line::sanitize_for_reply(&e.to_string(), 300);
-                let reply = self.protocol.say(Say::UpstreamUnavailable { reason: &reason });
+                let reply = self
+                    .protocol
+                    .say(Say::UpstreamUnavailable { reason: &reason });
                 self.reply(&reply).await
             }
         }

@@ -79,8 +79,9 @@ impl Imap {
 
     fn authenticate(&self, mechanism: &[u8], ir: Option<&[u8]>, view: &View) -> Action {
         if !view.auth_allowed {
-            return self
-                .tagged_reply("NO [PRIVACYREQUIRED] Authentication is disabled until TLS is active");
+            return self.tagged_reply(
+                "NO [PRIVACYREQUIRED] Authentication is disabled until TLS is active",
+            );
         }
         match Mechanism::parse(mechanism) {
             Some(mechanism) => Action::Authenticate {

@@ -49,8 +49,7 @@ const REPLY_TOO_MANY_FAILURES: &[u8] =
     b"-ERR [SYS/PERM] Too many failed logins, closing connection\r\n";
 const REPLY_TIMEOUT: &[u8] =
     b"-ERR [SYS/TEMP] Timeout before authentication, closing connection\r\n";
-const REPLY_SHUTTING_DOWN: &[u8] =
-    b"-ERR [SYS/TEMP] Server shutting down, closing connection\r\n";
+const REPLY_SHUTTING_DOWN: &[u8] = b"-ERR [SYS/TEMP] Server shutting down, closing connection\r\n";
 const REPLY_ENCRYPTION_REQUIRED: &[u8] = b"-ERR [AUTH] TLS is required before authentication\r\n";
 const REPLY_TLS_READY: &[u8] = b"+OK Begin TLS negotiation\r\n";
 const REPLY_TLS_ACTIVE: &[u8] = b"-ERR Command not permitted when TLS active\r\n";
@@ -154,11 +153,15 @@ impl Protocol for Pop3 {
                 }
                 Err(_) => reply(REPLY_MALFORMED),
             },
-            Command::Pass(password) => match (pending_user, sasl::parse_password(password.expose())) {
-                (None, _) => reply(REPLY_NO_USER),
-                (Some(username), Ok(password)) => Action::Login(Credentials { username, password }),
-                (Some(_), Err(_)) => Action::Unusable,
-            },
+            Command::Pass(password) => {
+                match (pending_user, sasl::parse_password(password.expose())) {
+                    (None, _) => reply(REPLY_NO_USER),
+                    (Some(username), Ok(password)) => {
+                        Action::Login(Credentials { username, password })
+                    }
+                    (Some(_), Err(_)) => Action::Unusable,
+                }
+            }
             Command::Auth {
                 mechanism: None, ..
             } => reply(REPLY_AUTH_LIST),
@@ -201,8 +204,10 @@ impl Protocol for Pop3 {
                 return format!("-ERR [{code}] {text}\r\n").into_bytes();
             }
             Say::UpstreamUnavailable { reason } => {
-                return format!("-ERR [SYS/TEMP] Upstream unreachable ({reason}), try again later\r\n")
-                    .into_bytes()
+                return format!(
+                    "-ERR [SYS/TEMP] Upstream unreachable ({reason}), try again later\r\n"
+                )
+                .into_bytes()
             }
         };
         fixed.to_vec()

@@ -169,7 +169,12 @@ impl Protocol for Smtp {
     }
 
     fn frame(&mut self, buffered: &[u8]) -> Framing {
-        match next_command(buffered, MAX_COMMAND_LINE, MAX_AUTH_LINE, smtp::is_auth_line) {
+        match next_command(
+            buffered,
+            MAX_COMMAND_LINE,
+            MAX_AUTH_LINE,
+            smtp::is_auth_line,
+        ) {
             Ok(Some((body, used))) => Framing::Command { body, used },
             Ok(None) => Framing::Incomplete,
             Err(_) => Framing::TooLong(REPLY_LINE_TOO_LONG.to_vec()),

@@ -17,7 +17,10 @@ fn greeting_and_ehlo_are_local_with_cached_keywords() {
         b"STARTTLS".to_vec(),
         b"8BITMIME".to_vec(),
     ];
-    assert_eq!(s.greeting(&LOOPBACK, &caps), b"220 relay.test ESMTP ready\r\n");
+    assert_eq!(
+        s.greeting(&LOOPBACK, &caps),
+        b"220 relay.test ESMTP ready\r\n"
+    );
     let Action::Reply(ehlo) = s.command(b"EHLO printer", &LOOPBACK, &caps) else {
         panic!("EHLO is answered locally");
     };
@@ -34,7 +37,10 @@ fn greeting_and_ehlo_are_local_with_cached_keywords() {
         panic!()
     };
     assert!(!String::from_utf8(tls).unwrap().contains("STARTTLS"));
-    assert_eq!(reply(&mut s, &LOOPBACK, "HELO printer\r\n"), "250 relay.test\r\n");
+    assert_eq!(
+        reply(&mut s, &LOOPBACK, "HELO printer\r\n"),
+        "250 relay.test\r\n"
+    );
 }
 
 #[test]
@@ -52,13 +58,25 @@ fn commands_before_login_get_exact_replies() {
     let cases = [
         ("EHLO\r\n", "501 5.5.4 Syntax: EHLO hostname\r\n"),
         ("HELO\r\n", "501 5.5.4 Syntax: HELO hostname\r\n"),
-        ("AUTH PLAIN\r\n", "503 5.5.1 Error: send HELO/EHLO first\r\n"),
-        ("MAIL FROM:<a@b>\r\n", "530 5.7.0 Authentication required\r\n"),
+        (
+            "AUTH PLAIN\r\n",
+            "503 5.5.1 Error: send HELO/EHLO first\r\n",
+        ),
+        (
+            "MAIL FROM:<a@b>\r\n",
+            "530 5.7.0 Authentication required\r\n",
+        ),
         ("NOOP\r\n", "250 2.0.0 OK\r\n"),
         ("RSET\r\n", "250 2.0.0 OK\r\n"),
-        ("STARTTLS now\r\n", "501 5.5.4 Syntax: STARTTLS takes no parameters\r\n"),
+        (
+            "STARTTLS now\r\n",
+            "501 5.5.4 Syntax: STARTTLS takes no parameters\r\n",
+        ),
         ("FOO\r\n", "500 5.5.2 Error: command not recognized\r\n"),
-        ("NOOP\0\r\n", "500 5.5.2 Error: command contains invalid characters\r\n"),
+        (
+            "NOOP\0\r\n",
+            "500 5.5.2 Error: command contains invalid characters\r\n",
+        ),
     ];
     for (input, expected) in cases {
         assert_eq!(reply(&mut s, &LOOPBACK, input), expected, "{input:?}");
@@ -66,7 +84,10 @@ fn commands_before_login_get_exact_replies() {
     reply(&mut s, &LOOPBACK, "EHLO x\r\n");
     let cases = [
         ("AUTH\r\n", "501 5.5.4 Syntax: AUTH mechanism\r\n"),
-        ("AUTH CRAM-MD5\r\n", "504 5.5.4 Unrecognized authentication type\r\n"),
+        (
+            "AUTH CRAM-MD5\r\n",
+            "504 5.5.4 Unrecognized authentication type\r\n",
+        ),
     ];
     for (input, expected) in cases {
         assert_eq!(reply(&mut s, &LOOPBACK, input), expected, "{input:?}");
@@ -115,9 +136,7 @@ fn auth_starttls_quit_and_http_ask_the_driver() {
         "503 5.5.1 Error: send HELO/EHLO first\r\n"
     );
     let (_, a) = step(&mut s, &LOOPBACK, b"QUIT\r\n");
-    assert!(
-        matches!(a, Action::Close(ref r, Outcome::ClientLeft) if r == b"221 2.0.0 Bye\r\n")
-    );
+    assert!(matches!(a, Action::Close(ref r, Outcome::ClientLeft) if r == b"221 2.0.0 Bye\r\n"));
     let (_, a) = step(&mut s, &LOOPBACK, b"GET / HTTP/1.1\r\n");
     assert!(matches!(a, Action::Close(ref r, Outcome::Refused) if r.is_empty()));
 }
@@ -179,12 +198,20 @@ fn upstream_refusals_keep_their_code_and_stay_temporary_when_they_are() {
         r.reply,
         b"454 4.7.0 Temporary authentication failure (upstream said: 451 4.7.0 Try later)\r\n"
     );
-    let r = s.refused(&upstream_reply(535, "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."));
+    let r = s.refused(&upstream_reply(
+        535,
+        "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
+    ));
     assert!(!r.temporary);
     let text = String::from_utf8(r.reply).unwrap();
     assert!(
-        text.starts_with("535 5.7.8 Upstream server refused the login (535 5.7.139 Authentication unsuccessful"),
+        text.starts_with(
+            "535 5.7.8 Upstream server refused the login (535 5.7.139 Authentication unsuccessful"
+        ),
         "{text}"
     );
-    assert_eq!(s.accepted(&upstream_reply(235, "2.7.0 OK")), b"235 2.7.0 OK\r\n");
+    assert_eq!(
+        s.accepted(&upstream_reply(235, "2.7.0 OK")),
+        b"235 2.7.0 OK\r\n"
+    );
 }
