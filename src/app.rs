@@ -75,6 +75,7 @@ impl Running {
             let name = ctx.config.name.clone();
             match listener::bind(ctx).await {
                 Ok(b) => {
+                    self.tasks.spawn(listener::probe(b.ctx.clone()));
                     current.insert(name.clone(), self.spawn_listener(b));
                     changes.push(format!("listener.{name} started"));
                 }
@@ -161,6 +162,9 @@ impl Running {
     }
 }
 
+/// How long the listeners wait at start for their upstream probes before accepting anyway.
+const PROBE_HEAD_START: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn listener_context(
     config: &ListenerConfig,
     shared: Arc<Shared>,
@@ -244,6 +248,17 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         fixed: (config.admin.clone(), config.store.clone()),
         security: tokio::sync::Mutex::new(config.security.clone()),
     };
+    // Devices connecting right after start should see the upstreams' real capabilities: the
+    // probes get a short head start, then the listeners accept anyway (an upstream that is down
+    // or slow must not keep them closed; its probe goes on in the background).
+    let probes: Vec<_> = bound
+        .iter()
+        .map(|b| running.tasks.spawn(listener::probe(b.ctx.clone())))
+        .collect();
+    let head_start = tokio::time::Instant::now() + PROBE_HEAD_START;
+    for probe in probes {
+        let _ = tokio::time::timeout_at(head_start, probe).await;
+    }
     for b in bound {
         let addr = b.socket.local_addr().map_err(|e| e.to_string())?;
         running.addresses.push((b.ctx.config.name.clone(), addr));

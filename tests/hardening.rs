@@ -210,16 +210,16 @@ async fn f06_one_address_cannot_take_every_slot() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut c = Client::connect_tls(w.relay.addr, &cert).await;
-        assert_eq!(c.reply().await, "220 fake.upstream ESMTP\r\n");
+        assert_eq!(c.reply().await, "220 localhost ESMTP ready\r\n");
         held.push(c);
     }
     let mut third = Client::connect_tls(w.relay.addr, &cert).await;
     assert_eq!(third.reply().await, busy);
     // Other addresses still get in, until the listener is full.
     let mut c = tls_from(w.relay.addr, &cert, "127.0.0.2").await;
-    assert_eq!(read_line(&mut c).await, "220 fake.upstream ESMTP\r\n");
+    assert_eq!(read_line(&mut c).await, "220 localhost ESMTP ready\r\n");
     let mut d = tls_from(w.relay.addr, &cert, "127.0.0.3").await;
-    assert_eq!(read_line(&mut d).await, "220 fake.upstream ESMTP\r\n");
+    assert_eq!(read_line(&mut d).await, "220 localhost ESMTP ready\r\n");
     let mut full = tls_from(w.relay.addr, &cert, "127.0.0.4").await;
     assert_eq!(read_line(&mut full).await, busy);
     drop(held);

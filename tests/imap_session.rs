@@ -157,7 +157,8 @@ async fn without_sasl_ir_upstream_the_blob_goes_after_the_continuation_and_the_c
     )
     .await;
     let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
-    let relay = Relay::start(&imap_toml(addr, "none", &tokens.url(), "")).await;
+    // No probe at start: the upstream's log holds this session's commands only.
+    let relay = Relay::start(&imap_toml(addr, "none", &tokens.url(), "upstream_probe = false")).await;
     let mut c = Client::connect(relay.addr).await;
     assert_eq!(
         c.reply().await,
@@ -187,13 +188,12 @@ async fn without_sasl_ir_upstream_the_blob_goes_after_the_continuation_and_the_c
 
 #[tokio::test]
 async fn preauth_greeting_missing_starttls_and_injection_are_refused() {
-    let tokens = TokenEndpoint::start("rt").await;
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
     let (addr, _) = fake_imap("* PREAUTH welcome", "IMAP4rev1", "OK go\r\n", "x").await;
     let relay = Relay::start(&imap_toml(addr, "none", &tokens.url(), "")).await;
-    let mut c = Client::connect(relay.addr).await;
     assert_eq!(
-        c.reply().await,
-        "* BYE [UNAVAILABLE] Upstream unreachable (refused the connection: PREAUTH welcome)\r\n"
+        login_reply(relay.addr).await,
+        "a NO [UNAVAILABLE] Upstream unreachable (refused the connection: PREAUTH welcome), try again later\r\n"
     );
 
     let cert = TestCert::new();
@@ -202,11 +202,11 @@ async fn preauth_greeting_missing_starttls_and_injection_are_refused() {
         cert.cert.display()
     );
     let (addr, _) = fake_imap("* OK ready", "IMAP4rev1 AUTH=XOAUTH2", "OK go\r\n", "x").await;
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
     let relay = Relay::start(&imap_toml(addr, "starttls", &tokens.url(), &extra)).await;
-    let mut c = Client::connect(relay.addr).await;
     assert_eq!(
-        c.reply().await,
-        "* BYE [UNAVAILABLE] Upstream unreachable (STARTTLS failed: the server does not offer STARTTLS; refusing to continue in plaintext)\r\n"
+        login_reply(relay.addr).await,
+        "a NO [UNAVAILABLE] Upstream unreachable (STARTTLS failed: the server does not offer STARTTLS; refusing to continue in plaintext), try again later\r\n"
     );
 
     let (addr, _) = fake_imap(
@@ -216,12 +216,21 @@ async fn preauth_greeting_missing_starttls_and_injection_are_refused() {
         "x",
     )
     .await;
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
     let relay = Relay::start(&imap_toml(addr, "starttls", &tokens.url(), &extra)).await;
-    let mut c = Client::connect(relay.addr).await;
     assert_eq!(
-        c.reply().await,
-        "* BYE [UNAVAILABLE] Upstream unreachable (sent data right after its STARTTLS reply (injection attempt))\r\n"
+        login_reply(relay.addr).await,
+        "a NO [UNAVAILABLE] Upstream unreachable (sent data right after its STARTTLS reply (injection attempt)), try again later\r\n"
     );
+}
+
+/// Logs in with the right local password; the upstream is dialled only now, so its faults show
+/// in the login's reply (the greeting is the relay's own).
+async fn login_reply(relay: SocketAddr) -> String {
+    let mut c = Client::connect(relay).await;
+    assert!(c.reply().await.starts_with("* OK [CAPABILITY "));
+    c.send(&format!("a LOGIN user@example.com \"{PASSWORD}\"\r\n")).await;
+    c.reply().await
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ async fn world() -> World {
 
 async fn greeted(w: &World) -> Client {
     let mut c = Client::connect(w.relay.addr).await;
-    assert_eq!(c.reply().await, "220 fake.upstream ESMTP\r\n");
+    assert_eq!(c.reply().await, "220 localhost ESMTP ready\r\n");
     c
 }
 
@@ -27,10 +27,10 @@ async fn ehlo_is_rewritten() {
     let mut c = greeted(&w).await;
     assert_eq!(
         c.ehlo().await,
-        "250-fake.upstream Hello\r\n250-SIZE 35882577\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n"
+        "250-localhost\r\n250-SIZE 35882577\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n"
     );
     c.send("HELO client.test\r\n").await;
-    assert_eq!(c.reply().await, "250 fake.upstream\r\n");
+    assert_eq!(c.reply().await, "250 localhost\r\n");
     c.send("EHLO\r\n").await;
     assert_eq!(c.reply().await, "501 5.5.4 Syntax: EHLO hostname\r\n");
 }
@@ -326,26 +326,37 @@ async fn upstream_rejection_is_reported_with_its_code() {
 }
 
 #[tokio::test]
-async fn upstream_unreachable_greets_421() {
+async fn upstream_unreachable_still_greets_and_the_login_is_told_to_retry() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let relay = Relay::start(&relay_toml(
-        closed,
-        "none",
-        "http://127.0.0.1:9/token",
-        "",
-        "",
-    ))
-    .await;
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let relay = Relay::start(&relay_toml(closed, "none", &tokens.url(), "", "")).await;
+    // The greeting and EHLO are the relay's own; the login says the upstream is unreachable
+    // and leaves the session open for another try.
     let mut c = Client::connect(relay.addr).await;
+    assert_eq!(c.reply().await, "220 localhost ESMTP ready\r\n");
+    assert!(c.ehlo().await.starts_with("250-localhost\r\n"));
+    c.send(&format!("AUTH PLAIN {}\r\n", plain("user@example.com", PASSWORD))).await;
     let reply = c.reply().await;
     assert!(
-        reply.starts_with("421 4.4.1 Upstream unreachable (cannot connect: "),
+        reply.starts_with("454 4.4.1 Upstream unreachable (cannot connect: ")
+            && reply.ends_with("), try again later\r\n"),
         "{reply}"
     );
-    assert!(c.closed().await);
+    c.send("NOOP\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 OK\r\n");
+}
+
+/// Logs in with the right local password and returns the reply: the upstream is dialled only
+/// now, so its faults show here.
+async fn login_reply(relay: std::net::SocketAddr) -> String {
+    let mut c = Client::connect(relay).await;
+    assert_eq!(c.reply().await, "220 localhost ESMTP ready\r\n");
+    assert!(c.ehlo().await.starts_with("250-"));
+    c.send(&format!("AUTH PLAIN {}\r\n", plain("user@example.com", PASSWORD))).await;
+    c.reply().await
 }
 
 #[tokio::test]
@@ -387,8 +398,7 @@ async fn upstream_starttls_is_required_and_verified() {
         Some(&cert),
     )
     .await;
-    let mut c = Client::connect(w.relay.addr).await;
-    assert_eq!(c.reply().await, "421 4.4.1 Upstream unreachable (STARTTLS failed: the server does not offer STARTTLS; refusing to continue in plaintext), closing connection\r\n");
+    assert_eq!(login_reply(w.relay.addr).await, "454 4.4.1 Upstream unreachable (STARTTLS failed: the server does not offer STARTTLS; refusing to continue in plaintext), try again later\r\n");
 
     // Bytes injected after the 220 abort the connection.
     let w = world_with(
@@ -403,8 +413,7 @@ async fn upstream_starttls_is_required_and_verified() {
         Some(&cert),
     )
     .await;
-    let mut c = Client::connect(w.relay.addr).await;
-    assert_eq!(c.reply().await, "421 4.4.1 Upstream unreachable (sent data right after its STARTTLS reply (injection attempt)), closing connection\r\n");
+    assert_eq!(login_reply(w.relay.addr).await, "454 4.4.1 Upstream unreachable (sent data right after its STARTTLS reply (injection attempt)), try again later\r\n");
 
     // A certificate the relay does not trust fails the handshake.
     let w = world_with(
@@ -418,10 +427,9 @@ async fn upstream_starttls_is_required_and_verified() {
         Some(&cert),
     )
     .await;
-    let mut c = Client::connect(w.relay.addr).await;
-    let reply = c.reply().await;
+    let reply = login_reply(w.relay.addr).await;
     assert!(
-        reply.starts_with("421 4.4.1 Upstream unreachable (TLS handshake failed: "),
+        reply.starts_with("454 4.4.1 Upstream unreachable (TLS handshake failed: "),
         "{reply}"
     );
 }
@@ -472,7 +480,7 @@ async fn local_implicit_tls() {
     );
     let w = world_with(UpstreamOptions::default(), "none", &tls, "", None).await;
     let mut c = Client::connect_tls(w.relay.addr, &cert).await;
-    assert_eq!(c.reply().await, "220 fake.upstream ESMTP\r\n");
+    assert_eq!(c.reply().await, "220 localhost ESMTP ready\r\n");
     assert!(!c.ehlo().await.contains("STARTTLS"));
     c.send(&format!(
         "AUTH PLAIN {}\r\n",
@@ -808,9 +816,12 @@ async fn a_client_outside_the_allow_list_is_closed_without_a_greeting() {
         None,
     )
     .await;
+    // The probe at start is all the upstream has seen.
+    let before = w.upstream.log.lock().unwrap().commands.clone();
+    assert_eq!(before, ["EHLO localhost", "QUIT"]);
     let mut c = Client::connect(w.relay.addr).await;
     assert!(c.closed().await);
-    assert!(w.upstream.log.lock().unwrap().commands.is_empty());
+    assert_eq!(w.upstream.log.lock().unwrap().commands, before);
 }
 
 #[tokio::test]

@@ -52,6 +52,19 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Learns the listener's upstream capabilities (when `upstream_probe` is on), so that devices
+/// see what it offers before any of them logged in.
+pub async fn probe(ctx: Arc<ListenerContext>) {
+    if !ctx.config.upstream_probe {
+        return;
+    }
+    match ctx.config.protocol {
+        Protocol::Smtp => driver::probe::<smtp::Smtp>(ctx).await,
+        Protocol::Imap => driver::probe::<imap::Imap>(ctx).await,
+        Protocol::Pop3 => driver::probe::<pop3::Pop3>(ctx).await,
+    }
+}
+
 /// Accepts connections until `shutdown` is cancelled. Sessions are tracked by `tasks` so the
 /// caller can wait for them to finish.
 pub async fn serve(bound: Bound, shutdown: CancellationToken, tasks: TaskTracker) {
@@ -65,16 +78,6 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken, tasks: TaskTracker
     tracing::info!(listener = %ctx.config.name, address = %local, protocol = ?ctx.config.protocol,
         tls = ?ctx.config.tls, upstream = %ctx.config.upstream.address(),
         "listening");
-    if ctx.config.upstream_probe {
-        let ctx = ctx.clone();
-        tasks.spawn(async move {
-            match ctx.config.protocol {
-                Protocol::Smtp => driver::probe::<smtp::Smtp>(ctx).await,
-                Protocol::Imap => driver::probe::<imap::Imap>(ctx).await,
-                Protocol::Pop3 => driver::probe::<pop3::Pop3>(ctx).await,
-            }
-        });
-    }
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
