@@ -158,7 +158,13 @@ async fn without_sasl_ir_upstream_the_blob_goes_after_the_continuation_and_the_c
     .await;
     let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
     // No probe at start: the upstream's log holds this session's commands only.
-    let relay = Relay::start(&imap_toml(addr, "none", &tokens.url(), "upstream_probe = false")).await;
+    let relay = Relay::start(&imap_toml(
+        addr,
+        "none",
+        &tokens.url(),
+        "upstream_probe = false",
+    ))
+    .await;
     let mut c = Client::connect(relay.addr).await;
     assert_eq!(
         c.reply().await,
@@ -229,7 +235,8 @@ async fn preauth_greeting_missing_starttls_and_injection_are_refused() {
 async fn login_reply(relay: SocketAddr) -> String {
     let mut c = Client::connect(relay).await;
     assert!(c.reply().await.starts_with("* OK [CAPABILITY "));
-    c.send(&format!("a LOGIN user@example.com \"{PASSWORD}\"\r\n")).await;
+    c.send(&format!("a LOGIN user@example.com \"{PASSWORD}\"\r\n"))
+        .await;
     c.reply().await
 }
 

@@ -141,11 +141,14 @@ fn password_step(line: &str, state: &mut PasswordState) -> Option<String> {
 
 fn pop3_toml(upstream: SocketAddr, upstream_tls: &str, token_url: &str) -> String {
     // No probe at start: the upstreams' logs hold the sessions' commands only.
-    relay_toml(upstream, upstream_tls, token_url, "upstream_probe = false", "").replacen(
-        "protocol = \"smtp\"",
-        "protocol = \"pop3\"",
-        1,
+    relay_toml(
+        upstream,
+        upstream_tls,
+        token_url,
+        "upstream_probe = false",
+        "",
     )
+    .replacen("protocol = \"smtp\"", "protocol = \"pop3\"", 1)
 }
 
 #[tokio::test]

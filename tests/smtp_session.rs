@@ -338,7 +338,11 @@ async fn upstream_unreachable_still_greets_and_the_login_is_told_to_retry() {
     let mut c = Client::connect(relay.addr).await;
     assert_eq!(c.reply().await, "220 localhost ESMTP ready\r\n");
     assert!(c.ehlo().await.starts_with("250-localhost\r\n"));
-    c.send(&format!("AUTH PLAIN {}\r\n", plain("user@example.com", PASSWORD))).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("user@example.com", PASSWORD)
+    ))
+    .await;
     let reply = c.reply().await;
     assert!(
         reply.starts_with("454 4.4.1 Upstream unreachable (cannot connect: ")
@@ -355,7 +359,11 @@ async fn login_reply(relay: std::net::SocketAddr) -> String {
     let mut c = Client::connect(relay).await;
     assert_eq!(c.reply().await, "220 localhost ESMTP ready\r\n");
     assert!(c.ehlo().await.starts_with("250-"));
-    c.send(&format!("AUTH PLAIN {}\r\n", plain("user@example.com", PASSWORD))).await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("user@example.com", PASSWORD)
+    ))
+    .await;
     c.reply().await
 }
 
