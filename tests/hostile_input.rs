@@ -1,6 +1,7 @@
 //! The hostile-input catalogue: what a broken or malicious client may send before login, to
-//! each protocol, with the exact bytes the relay answers and whether it then closes. Upstream is
-//! the real Dovecot of the test stack, so relayed replies are real ones too.
+//! each protocol, with the exact bytes the relay answers and whether it then closes. Everything
+//! before login is answered by the relay itself; upstream (the real Dovecot of the test stack)
+//! is reached only by the cases that log in.
 //!
 //! Each case is one fresh connection: read the greeting, send the input, collect everything until
 //! the relay closes or is quiet for a moment. `AUTHRELAY_RECORD=1` prints what was received
@@ -160,7 +161,7 @@ fn cases() -> Vec<Case> {
         (Pop3, "three failed logins", s("USER x\r\nPASS y\r\nUSER x\r\nPASS y\r\nUSER x\r\nPASS y\r\n"), "+OK\r\n-ERR [AUTH] Authentication failed\r\n+OK\r\n-ERR [AUTH] Authentication failed\r\n+OK\r\n-ERR [AUTH] Authentication failed\r\n-ERR [SYS/PERM] Too many failed logins, closing connection\r\n", CLOSE),
         (Pop3, "STLS on a listener without TLS", s("STLS\r\n"), "-ERR STLS not available\r\n", OPEN),
         (Pop3, "a flood of NOOPs before login", flood("NOOP\r\n", 60_000), "...?-ERR [AUTH] Authenticate first\r\n-ERR [SYS/PERM] Too much data before authentication, closing connection\r\n", CLOSE),
-        (Pop3, "QUIT", s("QUIT\r\n"), "+OK Logging out\r\n", CLOSE),
+        (Pop3, "QUIT", s("QUIT\r\n"), "+OK Bye\r\n", CLOSE),
     ]);
     v
 }

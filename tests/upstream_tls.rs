@@ -49,10 +49,9 @@ async fn a_self_signed_upstream_is_trusted_by_its_pin_and_a_wrong_pin_is_refused
     let cert = TestCert::new();
     let wrong = format!("sha256/{}", b64(&[0u8; 32]));
     let (_u, _t, r) = relay(&cert, &format!("upstream_pin = \"{wrong}\"")).await;
-    let mut c = Client::connect(r.addr).await;
-    let reply = c.reply().await;
+    let reply = login_reply(&r).await;
     assert!(
-        reply.starts_with("421 4.4.1 Upstream unreachable (TLS handshake failed: "),
+        reply.starts_with("454 4.4.1 Upstream unreachable (TLS handshake failed: "),
         "{reply}"
     );
     assert!(reply.contains("matches no upstream_pin"), "{reply}");
@@ -99,11 +98,22 @@ async fn a_self_signed_upstream_is_trusted_by_its_pin_and_a_wrong_pin_is_refused
         ),
     )
     .await;
-    let mut c = Client::connect(r.addr).await;
-    assert!(c
-        .reply()
+    assert!(login_reply(&r)
         .await
-        .starts_with("421 4.4.1 Upstream unreachable (TLS handshake failed"));
+        .starts_with("454 4.4.1 Upstream unreachable (TLS handshake failed"));
+}
+
+/// The reply to a login with the right local password: the upstream is dialled only then.
+async fn login_reply(r: &Relay) -> String {
+    let mut c = Client::connect(r.addr).await;
+    assert_eq!(c.reply().await, "220 localhost ESMTP ready\r\n");
+    c.ehlo().await;
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("user@example.com", PASSWORD)
+    ))
+    .await;
+    c.reply().await
 }
 
 #[test]
