@@ -348,6 +348,8 @@ pub struct FakeUpstream {
     pub log: Arc<Mutex<UpstreamLog>>,
     /// XOAUTH2 tokens (and PLAIN passwords) accepted, with the user they belong to.
     pub accepted: Arc<Mutex<HashMap<String, String>>>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -360,14 +362,17 @@ impl FakeUpstream {
             addr: listener.local_addr().unwrap(),
             log: Arc::default(),
             accepted: Arc::default(),
+            connections: Arc::default(),
         };
         let acceptor = cert.map(TestCert::acceptor);
         let (log, accepted) = (up.log.clone(), up.accepted.clone());
+        let connections = up.connections.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
+                connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (log, accepted, opts, acceptor) = (
                     log.clone(),
                     accepted.clone(),
