@@ -171,3 +171,42 @@ fn a_syntax_error_does_not_quote_the_line() {
     assert!(!text.contains("canary"), "{text}");
     assert!(text.contains("TOML parse error at line"), "{text}");
 }
+
+#[test]
+fn an_account_may_name_its_own_upstream_per_protocol() {
+    let toml = format!(
+        "{}upstream.smtp = \"smtp.gmail.com:587\"\nupstream.imap = {{ address = \"mail.corp.example:993\", pin = \"sha256/{}\" }}\nupstream.pop3 = {{ address = \"127.0.0.1:1110\", tls = \"none\" }}\n",
+        minimal(),
+        "A".repeat(43) + "="
+    );
+    let c = parse(&toml).unwrap();
+    let u = &c.accounts[0].upstreams;
+    let smtp = u.smtp.as_ref().unwrap();
+    assert_eq!((smtp.host.as_str(), smtp.port, smtp.tls), ("smtp.gmail.com", 587, UpstreamTls::Starttls));
+    assert_eq!(smtp.name, "smtp.gmail.com");
+    let imap = u.imap.as_ref().unwrap();
+    // The well-known port says implicit TLS; the pin is the whole trust.
+    assert_eq!((imap.tls, imap.pin.len()), (UpstreamTls::Implicit, 1));
+    assert_eq!(u.pop3.as_ref().unwrap().tls, UpstreamTls::None);
+    // The listener's upstream for protocols the account does not name.
+    let listener = &c.listeners[0].upstream;
+    assert_eq!(c.accounts[0].upstream(Protocol::Smtp, listener), smtp);
+}
+
+#[test]
+fn a_bad_account_upstream_is_named_with_its_path() {
+    let cases = [
+        ("upstream.smtp = \"mail.example:2587\"", "account.scanner.upstream.smtp.tls", "missing"),
+        ("upstream.imap = { address = \"mail.example:143\", tls = \"none\" }", "account.scanner.upstream.imap.tls", "only for a loopback"),
+        ("upstream.nntp = \"news.example:119\"", "account.scanner.upstream.nntp", "unknown protocol"),
+        ("upstream.smtp = \"no-port\"", "account.scanner.upstream.smtp.address", "not host:port"),
+        ("upstream.smtp = { address = \"a.example:587\", colour = \"red\" }", "account.scanner.upstream.smtp.colour", "unknown key"),
+    ];
+    for (line, path, message) in cases {
+        let problems = parse(&format!("{}{line}\n", minimal())).unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.path == path && p.message.contains(message)),
+            "{line}: {problems:?}"
+        );
+    }
+}
