@@ -182,7 +182,10 @@ fn an_account_may_name_its_own_upstream_per_protocol() {
     let c = parse(&toml).unwrap();
     let u = &c.accounts[0].upstreams;
     let smtp = u.smtp.as_ref().unwrap();
-    assert_eq!((smtp.host.as_str(), smtp.port, smtp.tls), ("smtp.gmail.com", 587, UpstreamTls::Starttls));
+    assert_eq!(
+        (smtp.host.as_str(), smtp.port, smtp.tls),
+        ("smtp.gmail.com", 587, UpstreamTls::Starttls)
+    );
     assert_eq!(smtp.name, "smtp.gmail.com");
     let imap = u.imap.as_ref().unwrap();
     // The well-known port says implicit TLS; the pin is the whole trust.
@@ -196,16 +199,38 @@ fn an_account_may_name_its_own_upstream_per_protocol() {
 #[test]
 fn a_bad_account_upstream_is_named_with_its_path() {
     let cases = [
-        ("upstream.smtp = \"mail.example:2587\"", "account.scanner.upstream.smtp.tls", "missing"),
-        ("upstream.imap = { address = \"mail.example:143\", tls = \"none\" }", "account.scanner.upstream.imap.tls", "only for a loopback"),
-        ("upstream.nntp = \"news.example:119\"", "account.scanner.upstream.nntp", "unknown protocol"),
-        ("upstream.smtp = \"no-port\"", "account.scanner.upstream.smtp.address", "not host:port"),
-        ("upstream.smtp = { address = \"a.example:587\", colour = \"red\" }", "account.scanner.upstream.smtp.colour", "unknown key"),
+        (
+            "upstream.smtp = \"mail.example:2587\"",
+            "account.scanner.upstream.smtp.tls",
+            "missing",
+        ),
+        (
+            "upstream.imap = { address = \"mail.example:143\", tls = \"none\" }",
+            "account.scanner.upstream.imap.tls",
+            "only for a loopback",
+        ),
+        (
+            "upstream.nntp = \"news.example:119\"",
+            "account.scanner.upstream.nntp",
+            "unknown protocol",
+        ),
+        (
+            "upstream.smtp = \"no-port\"",
+            "account.scanner.upstream.smtp.address",
+            "not host:port",
+        ),
+        (
+            "upstream.smtp = { address = \"a.example:587\", colour = \"red\" }",
+            "account.scanner.upstream.smtp.colour",
+            "unknown key",
+        ),
     ];
     for (line, path, message) in cases {
         let problems = parse(&format!("{}{line}\n", minimal())).unwrap_err();
         assert!(
-            problems.iter().any(|p| p.path == path && p.message.contains(message)),
+            problems
+                .iter()
+                .any(|p| p.path == path && p.message.contains(message)),
             "{line}: {problems:?}"
         );
     }
