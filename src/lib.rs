@@ -3,7 +3,7 @@
 //!
 //! The parts, in the order a session meets them (see docs/ARCHITECTURE.md):
 //! - [`net`]: listeners, TLS, and the connection type;
-//! - [`session`]: one pre-authentication state machine per protocol, then the byte pipe;
+//! - [`session`]: one pre-login driver with a description per protocol, then the byte pipe;
 //! - [`codec`]: sans-I/O, zero-copy protocol parsers the sessions drive;
 //! - [`auth`]: accounts, local password checks, access tokens and OAuth grants;
 //! - [`admin`]: the admin HTTP server: account pages and the consent flow;
@@ -13,6 +13,8 @@
 //! - [`logging`]: the text log's field format, which a client cannot forge;
 //! - [`secret`]: types that keep secrets out of logs;
 //! - [`shared`]: what sessions, the admin server and the upkeep share.
+
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod app;

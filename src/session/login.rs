@@ -93,16 +93,52 @@ pub async fn login<D: Dial + Sync>(
     credentials: &Credentials,
     dialer: &D,
 ) -> Login<D::Upstream> {
-    let shared = &ctx.shared;
     let started = Instant::now();
+    let (account, attempt) = match check_locally(ctx, peer, credentials).await {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
+    };
+    tracing::Span::current().record("account", account.id.as_str());
+    // A local password proves the device now; pass-through and `~` logins only when upstream
+    // (or the identity provider) accepts what the device sent.
+    let mut verdict = Verdict {
+        shared: &ctx.shared,
+        peer,
+        username: &credentials.username,
+        account: account.clone(),
+        attempt: Some(attempt),
+    };
+    if account.password_hash.is_some() && !account.ephemeral {
+        verdict.proved();
+    }
+    let login = log_in_upstream(ctx, &account, credentials, dialer, &mut verdict).await;
+    if let Login::Accepted { .. } = login {
+        verdict.proved();
+        ctx.shared.metrics.login_latency(started.elapsed());
+        tracing::info!(
+            latency_ms = started.elapsed().as_millis() as u64,
+            "upstream login accepted"
+        );
+    }
+    login
+}
+
+/// The throttle and the local check: the account, and the throttle's place for this attempt;
+/// or the refusal (already logged and counted).
+async fn check_locally<U: UpstreamLogin>(
+    ctx: &ListenerContext,
+    peer: IpAddr,
+    credentials: &Credentials,
+) -> Result<(Arc<AccountConfig>, Attempt), Login<U>> {
+    let shared = &ctx.shared;
+    let user = || sanitize_for_reply(&credentials.username, 120);
     let attempt = match shared.throttle.begin(peer, &credentials.username).await {
         Ok(a) => a,
         Err(why) => {
-            let user = sanitize_for_reply(&credentials.username, 120);
-            tracing::warn!(user = %user, over = ?why, "login refused: too many failed logins");
+            tracing::warn!(user = %user(), over = ?why, "login refused: too many failed logins");
             shared.metrics.local_failure();
             tokio::time::sleep(shared.directory().failure_delay()).await;
-            return Login::Throttled;
+            return Err(Login::Throttled);
         }
     };
     let tilde = ctx
@@ -119,30 +155,27 @@ pub async fn login<D: Dial + Sync>(
                 .await
         }
     };
-    let account = match local {
-        LocalAuth::Accepted(a) => a,
+    match local {
+        LocalAuth::Accepted(account) => Ok((account, attempt)),
         LocalAuth::Rejected => {
             shared.throttle.failed(attempt);
-            let user = sanitize_for_reply(&credentials.username, 120);
             shared.metrics.local_failure();
-            tracing::info!(user = %user, "login failed: unknown user or wrong local password");
-            return Login::LocalRejected;
+            tracing::info!(user = %user(), "login failed: unknown user or wrong local password");
+            Err(Login::LocalRejected)
         }
-    };
-    tracing::Span::current().record("account", account.id.as_str());
-    // A local password proves the device now; pass-through and `~` logins only when upstream
-    // (or the identity provider) accepts what the device sent.
-    let mut verdict = Verdict {
-        shared,
-        peer,
-        username: &credentials.username,
-        account: account.clone(),
-        attempt: Some(attempt),
-    };
-    if account.password_hash.is_some() && !account.ephemeral {
-        verdict.proved();
     }
-    let target = match ctx.target(&account) {
+}
+
+/// Gets the credential, dials the account's upstream and logs in there; a refused token that
+/// may be stale is refreshed and tried once more on the same connection.
+async fn log_in_upstream<D: Dial + Sync>(
+    ctx: &ListenerContext,
+    account: &Arc<AccountConfig>,
+    credentials: &Credentials,
+    dialer: &D,
+    verdict: &mut Verdict<'_>,
+) -> Login<D::Upstream> {
+    let target = match ctx.target(account) {
         Ok(t) => t,
         Err(e) => {
             verdict.refused(true);
@@ -154,35 +187,26 @@ pub async fn login<D: Dial + Sync>(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let cred = match credential(
-            &account,
-            credentials,
-            &shared.tokens,
-            rejected_token.as_ref(),
-        )
-        .await
-        {
+        let tokens = &ctx.shared.tokens;
+        let cred = match credential(account, credentials, tokens, rejected_token.as_ref()).await {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(error = %error.error, code = %error.code(), class = ?error.class, description = %error.description, "token request failed");
                 verdict.refused(error.class == ErrorClass::Temporary);
+                let account = account.clone();
                 return Login::TokenFailed { account, error };
             }
         };
-        if upstream.is_none() {
-            match dialer.dial(&target).await {
-                Ok(up) => {
-                    ctx.learned(&target, up.capabilities());
-                    upstream = Some(up);
-                }
+        let up = match upstream {
+            Some(ref mut up) => up,
+            None => match dial(ctx, &target, dialer).await {
+                Ok(up) => upstream.insert(up),
                 Err(e) => {
-                    tracing::warn!(upstream = %target.spec.address(), error = %e, "upstream unavailable");
                     verdict.refused(true);
                     return Login::UpstreamUnavailable(e);
                 }
-            }
-        }
-        let up = upstream.as_mut().expect("dialled above");
+            },
+        };
         let result = match up.authenticate(&cred).await {
             Ok(r) => r,
             Err(e) => {
@@ -191,23 +215,13 @@ pub async fn login<D: Dial + Sync>(
                 return Login::UpstreamUnavailable(e);
             }
         };
-        let protocol = ctx.config.protocol;
-        match &result {
-            AuthResult::Accepted(reply) | AuthResult::Rejected { reply, .. } => {
-                shared
-                    .metrics
-                    .upstream_auth(protocol, &D::Upstream::reply_code(reply));
-            }
-        }
-        match result {
+        let (AuthResult::Accepted(reply) | AuthResult::Rejected { reply, .. }) = &result;
+        let code = D::Upstream::reply_code(reply);
+        ctx.shared.metrics.upstream_auth(ctx.config.protocol, &code);
+        let (reply, token_rejected) = match result {
             AuthResult::Accepted(reply) => {
-                verdict.proved();
-                shared.metrics.login_latency(started.elapsed());
-                tracing::info!(
-                    latency_ms = started.elapsed().as_millis() as u64,
-                    "upstream login accepted"
-                );
                 let upstream = upstream.expect("dialled above");
+                let account = account.clone();
                 return Login::Accepted {
                     account,
                     upstream,
@@ -217,22 +231,35 @@ pub async fn login<D: Dial + Sync>(
             AuthResult::Rejected {
                 reply,
                 token_rejected,
-            } => {
-                let UpstreamCredential::Bearer { token, .. } = cred else {
-                    verdict.refused(false);
-                    return Login::UpstreamRejected { reply };
-                };
-                let stale = token.obtained_at.elapsed() > STALE_TOKEN_AGE;
-                if attempt == 1 && (token_rejected || stale) {
-                    tracing::info!(
-                        "upstream refused the token; refreshing it and trying once more"
-                    );
-                    rejected_token = Some(token);
-                    continue;
-                }
-                verdict.refused(false);
-                return Login::UpstreamRejected { reply };
+            } => (reply, token_rejected),
+        };
+        if let UpstreamCredential::Bearer { token, .. } = cred {
+            let stale = token.obtained_at.elapsed() > STALE_TOKEN_AGE;
+            if attempt == 1 && (token_rejected || stale) {
+                tracing::info!("upstream refused the token; refreshing it and trying once more");
+                rejected_token = Some(token);
+                continue;
             }
+        }
+        verdict.refused(false);
+        return Login::UpstreamRejected { reply };
+    }
+}
+
+/// Dials `target` and remembers what it offered.
+async fn dial<D: Dial + Sync>(
+    ctx: &ListenerContext,
+    target: &Target,
+    dialer: &D,
+) -> Result<D::Upstream, UpstreamError> {
+    match dialer.dial(target).await {
+        Ok(up) => {
+            ctx.learned(target, up.capabilities());
+            Ok(up)
+        }
+        Err(e) => {
+            tracing::warn!(upstream = %target.spec.address(), error = %e, "upstream unavailable");
+            Err(e)
         }
     }
 }
