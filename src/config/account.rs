@@ -92,17 +92,7 @@ pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
     let device_url: Option<String> = t.optional("device_url");
     let authority: Option<String> = t.optional("authority");
     let scopes: Option<Vec<String>> = t.optional("scopes");
-    let mechanism = match t.optional::<String>("mechanism").as_deref() {
-        None | Some("xoauth2") => crate::codec::sasl::BearerMechanism::XOAuth2,
-        Some("oauthbearer") => crate::codec::sasl::BearerMechanism::OAuthBearer,
-        Some(other) => {
-            t.problem(
-                "mechanism",
-                format!("unknown value {other:?}, expected xoauth2 or oauthbearer"),
-            );
-            crate::codec::sasl::BearerMechanism::XOAuth2
-        }
-    };
+    let mechanism = read_mechanism(t);
     let provider = provider?;
 
     for (key, url) in [
@@ -128,43 +118,16 @@ pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
     if provider == Provider::Custom && token_url.is_none() {
         t.problem("token_url", "missing (required for provider = \"custom\")");
     }
-    let certificate = match (certificate, certificate_key) {
-        (Some(cert), Some(key)) => Some(CertificateCredential { cert, key }),
-        (None, None) => None,
-        (Some(_), None) => {
-            t.problem(
-                "certificate_key",
-                "missing (the PEM private key of certificate)",
-            );
-            None
-        }
-        (None, Some(_)) => {
-            t.problem(
-                "certificate",
-                "missing (the PEM certificate of certificate_key)",
-            );
-            None
-        }
-    };
+    let certificate = pair_certificate(t, certificate, certificate_key);
     if flow == Flow::ClientCredentials {
-        if client_id.is_none() {
-            t.problem(
-                "client_id",
-                "missing (client credentials need the application (client) ID)",
-            );
-        }
-        if provider == Provider::Microsoft && tenant.is_none() {
-            t.problem("tenant", "missing (client credentials need the directory (tenant) ID; common or organizations cannot be used)");
-        }
-        if client_secret.is_none() && certificate.is_none() {
-            t.problem("client_secret", "missing (client credentials need client_secret, client_secret_file, or certificate and certificate_key)");
-        }
-        if refresh_token.is_some() {
-            t.problem(
-                "refresh_token",
-                "not used with auth = \"client_credentials\"",
-            );
-        }
+        let has_secret = client_secret.is_some() || certificate.is_some();
+        let needs = ClientCredentialNeeds {
+            client_id: client_id.is_some(),
+            tenant: tenant.is_some() || provider != Provider::Microsoft,
+            secret: has_secret,
+            refresh_token: refresh_token.is_some(),
+        };
+        check_client_credentials(t, needs);
     }
     if let Some(c) = &certificate {
         if let Err(e) = crate::auth::assertion::CertificateSigner::load(&c.cert, &c.key) {
@@ -194,6 +157,81 @@ pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
         scopes,
         mechanism,
     })
+}
+
+/// `mechanism`: how the token is presented upstream (RFC 7628 or Google's XOAUTH2).
+fn read_mechanism(t: &mut Table<'_>) -> crate::codec::sasl::BearerMechanism {
+    use crate::codec::sasl::BearerMechanism;
+    match t.optional::<String>("mechanism").as_deref() {
+        None | Some("xoauth2") => BearerMechanism::XOAuth2,
+        Some("oauthbearer") => BearerMechanism::OAuthBearer,
+        Some(other) => {
+            t.problem(
+                "mechanism",
+                format!("unknown value {other:?}, expected xoauth2 or oauthbearer"),
+            );
+            BearerMechanism::XOAuth2
+        }
+    }
+}
+
+/// `certificate` and `certificate_key` come together or not at all.
+fn pair_certificate(
+    t: &mut Table<'_>,
+    certificate: Option<PathBuf>,
+    certificate_key: Option<PathBuf>,
+) -> Option<CertificateCredential> {
+    match (certificate, certificate_key) {
+        (Some(cert), Some(key)) => Some(CertificateCredential { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => {
+            t.problem(
+                "certificate_key",
+                "missing (the PEM private key of certificate)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            t.problem(
+                "certificate",
+                "missing (the PEM certificate of certificate_key)",
+            );
+            None
+        }
+    }
+}
+
+/// What a client-credentials account has of what it needs.
+struct ClientCredentialNeeds {
+    client_id: bool,
+    /// A tenant, where the provider needs one (Microsoft).
+    tenant: bool,
+    /// A client secret or a certificate.
+    secret: bool,
+    /// A refresh token, which this flow does not use.
+    refresh_token: bool,
+}
+
+/// Client credentials need the app's ID, its tenant, and a secret or certificate.
+fn check_client_credentials(t: &mut Table<'_>, has: ClientCredentialNeeds) {
+    if !has.client_id {
+        t.problem(
+            "client_id",
+            "missing (client credentials need the application (client) ID)",
+        );
+    }
+    if !has.tenant {
+        t.problem("tenant", "missing (client credentials need the directory (tenant) ID; common or organizations cannot be used)");
+    }
+    if !has.secret {
+        t.problem("client_secret", "missing (client credentials need client_secret, client_secret_file, or certificate and certificate_key)");
+    }
+    if has.refresh_token {
+        t.problem(
+            "refresh_token",
+            "not used with auth = \"client_credentials\"",
+        );
+    }
 }
 
 /// An identity provider URL must be https, or http to a loopback host (local test servers).

@@ -46,46 +46,9 @@ pub(super) fn read_listener(
         );
     }
 
-    let listen = listen.and_then(|s| match s.parse::<SocketAddr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            t.problem("listen", format!("{s:?} is not an IP address and port"));
-            None
-        }
-    });
-    if let Some(addr) = listen {
-        if !addr.ip().is_loopback() && !allow_remote {
-            t.problem(
-                "listen",
-                format!("{addr} is not a loopback address; set allow_remote = true to serve other hosts"),
-            );
-        }
-        if !addr.ip().is_loopback()
-            && allow_remote
-            && tls == LocalTls::None
-            && !remote_plaintext_auth
-        {
-            t.problem(
-                "tls",
-                "a listener that serves other hosts needs tls = \"starttls\" or \"implicit\", or remote_plaintext_auth = true for a trusted network (passwords then cross it in clear)",
-            );
-        }
-    }
+    let listen = check_listen(&mut t, listen, tls, allow_remote, remote_plaintext_auth);
     if tls != LocalTls::None {
-        if cert.is_none() {
-            t.problem(
-                "cert",
-                "missing (a PEM certificate chain is needed for local TLS)",
-            );
-        }
-        if key.is_none() {
-            t.problem("key", "missing (a PEM private key is needed for local TLS)");
-        }
-        if let (Some(c), Some(k)) = (&cert, &key) {
-            if let Err(e) = crate::net::tls::server_config(c, k) {
-                t.problem("cert", e.to_string());
-            }
-        }
+        check_local_tls(&mut t, cert.as_deref(), key.as_deref());
     }
     if max_connections == 0 {
         t.problem("max_connections", "must be at least 1");
@@ -117,6 +80,56 @@ pub(super) fn read_listener(
         proxy_trusted,
         allow,
     })
+}
+
+/// The listen address: an IP address and port, loopback unless `allow_remote`, and then with
+/// TLS unless the network is declared trusted.
+fn check_listen(
+    t: &mut Table<'_>,
+    listen: Option<String>,
+    tls: LocalTls,
+    allow_remote: bool,
+    remote_plaintext_auth: bool,
+) -> Option<SocketAddr> {
+    let text = listen?;
+    let Ok(addr) = text.parse::<SocketAddr>() else {
+        t.problem("listen", format!("{text:?} is not an IP address and port"));
+        return None;
+    };
+    if !addr.ip().is_loopback() && !allow_remote {
+        t.problem(
+            "listen",
+            format!(
+                "{addr} is not a loopback address; set allow_remote = true to serve other hosts"
+            ),
+        );
+    }
+    if !addr.ip().is_loopback() && allow_remote && tls == LocalTls::None && !remote_plaintext_auth
+    {
+        t.problem(
+            "tls",
+            "a listener that serves other hosts needs tls = \"starttls\" or \"implicit\", or remote_plaintext_auth = true for a trusted network (passwords then cross it in clear)",
+        );
+    }
+    Some(addr)
+}
+
+/// Local TLS needs a certificate chain and its key, which must load.
+fn check_local_tls(t: &mut Table<'_>, cert: Option<&Path>, key: Option<&Path>) {
+    if cert.is_none() {
+        t.problem(
+            "cert",
+            "missing (a PEM certificate chain is needed for local TLS)",
+        );
+    }
+    if key.is_none() {
+        t.problem("key", "missing (a PEM private key is needed for local TLS)");
+    }
+    if let (Some(c), Some(k)) = (cert, key) {
+        if let Err(e) = crate::net::tls::server_config(c, k) {
+            t.problem("cert", e.to_string());
+        }
+    }
 }
 
 pub(super) fn read_cidrs(t: &mut Table<'_>, key: &str) -> Vec<crate::net::cidr::Cidr> {
