@@ -122,6 +122,15 @@ impl Metrics {
     /// The exposition text. `expiry` gives each OAuth account's token seconds-to-expiry.
     pub fn render(&self, expiry: &[(String, Option<f64>)]) -> String {
         let mut s = String::with_capacity(4096);
+        self.render_sessions(&mut s);
+        self.render_logins(&mut s);
+        self.render_tokens(&mut s, expiry);
+        self.render_latency(&mut s);
+        s
+    }
+
+    /// Sessions open and ended, by protocol.
+    fn render_sessions(&self, s: &mut String) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         s.push_str("# HELP authrelay_sessions_active Sessions open now.\n# TYPE authrelay_sessions_active gauge\n");
         for p in PROTOCOLS {
@@ -144,6 +153,11 @@ impl Metrics {
                 );
             }
         }
+    }
+
+    /// Upstream logins by reply code, local failures, bytes relayed.
+    fn render_logins(&self, s: &mut String) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         s.push_str("# HELP authrelay_upstream_auth_total Upstream logins, by the server's reply code.\n# TYPE authrelay_upstream_auth_total counter\n");
         let mut auth: Vec<_> = self
             .upstream_auth
@@ -171,6 +185,11 @@ impl Metrics {
             let _ = writeln!(s, "authrelay_relayed_bytes_total{{protocol=\"{}\",direction=\"client_to_upstream\"}} {}", protocol_name(p), load(&b[0]));
             let _ = writeln!(s, "authrelay_relayed_bytes_total{{protocol=\"{}\",direction=\"upstream_to_client\"}} {}", protocol_name(p), load(&b[1]));
         }
+    }
+
+    /// Token requests by outcome, and each account's token expiry.
+    fn render_tokens(&self, s: &mut String, expiry: &[(String, Option<f64>)]) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         s.push_str("# HELP authrelay_token_refresh_total Token requests, by outcome (ok or the error code).\n# TYPE authrelay_token_refresh_total counter\n");
         let mut refreshes: Vec<_> = self
             .refreshes
@@ -194,6 +213,11 @@ impl Metrics {
                 secs.unwrap_or(-1.0)
             );
         }
+    }
+
+    /// The login latency histogram.
+    fn render_latency(&self, s: &mut String) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         s.push_str("# HELP authrelay_login_duration_seconds From the client's credentials to upstream's answer, for successful logins.\n# TYPE authrelay_login_duration_seconds histogram\n");
         let h = &self.login_latency;
         for (i, le) in BUCKETS.iter().enumerate() {
@@ -218,7 +242,6 @@ impl Metrics {
             "authrelay_login_duration_seconds_count {}",
             load(&h.count)
         );
-        s
     }
 }
 
