@@ -235,28 +235,8 @@ impl TokenCache {
         let expires = SystemTime::now() + grant.expires_in;
         if !account.ephemeral {
             // Keep the rotated refresh token before the new access token is used.
-            let change = Change {
-                refresh_token: grant.refresh_token.clone(),
-                access_token: Some((grant.access_token.clone(), expires)),
-                refreshed: true,
-                ..Default::default()
-            };
-            let saved = match key.as_ref() {
-                Some(k) => Some(self.store.update_async(&account.id, Some(k), change).await),
-                None => None,
-            };
-            match saved {
-                Some(Ok(generation)) => {
-                    state.generation = generation;
-                    entry.seen_generation.store(generation, Ordering::Release);
-                }
-                Some(Err(e)) => {
-                    tracing::error!(account = %account.id, "the new tokens could not be saved: {e}")
-                }
-                None => {
-                    tracing::debug!(account = %account.id, "no key for the token store yet; the new tokens are kept in memory")
-                }
-            }
+            self.persist(account, entry, &mut state, key.as_ref(), &grant, expires)
+                .await;
         }
         if let Some(rotated) = grant.refresh_token {
             state.refresh = Some(rotated);
@@ -273,6 +253,38 @@ impl TokenCache {
             "access token refreshed"
         );
         Ok(token)
+    }
+
+    /// Writes a grant's tokens to the store (when its key is known) and records the generation
+    /// written, so this process does not take its own write for another's.
+    async fn persist(
+        &self,
+        account: &AccountConfig,
+        entry: &AccountTokens,
+        state: &mut RefreshState,
+        key: Option<&Key>,
+        grant: &oauth::Grant,
+        expires: SystemTime,
+    ) {
+        let Some(key) = key else {
+            tracing::debug!(account = %account.id, "no key for the token store yet; the new tokens are kept in memory");
+            return;
+        };
+        let change = Change {
+            refresh_token: grant.refresh_token.clone(),
+            access_token: Some((grant.access_token.clone(), expires)),
+            refreshed: true,
+            ..Default::default()
+        };
+        match self.store.update_async(&account.id, Some(key), change).await {
+            Ok(generation) => {
+                state.generation = generation;
+                entry.seen_generation.store(generation, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::error!(account = %account.id, "the new tokens could not be saved: {e}")
+            }
+        }
     }
 
     /// Brings the entry up to date with the store (a new refresh token from `authrelay login`,
