@@ -82,6 +82,24 @@ impl Running {
                 Err(e) => errors.push(e),
             }
         }
+        self.replace_accounts(config, &mut changes);
+        self.apply_security(config, &mut changes).await;
+        let (admin, store) = &self.fixed;
+        if admin.listen != config.admin.listen
+            || admin.public_url != config.admin.public_url
+            || store.path != config.store.path
+        {
+            changes.push("[admin] and [store] changes need a restart".to_owned());
+        }
+        if errors.is_empty() {
+            Ok(changes)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Swaps in the new accounts and app registrations, noting which were added or removed.
+    fn replace_accounts(&self, config: &Config, changes: &mut Vec<String>) {
         let before: Vec<String> = self
             .shared
             .directory()
@@ -101,37 +119,27 @@ impl Running {
                 changes.push(format!("account.{id} removed"));
             }
         }
-        {
-            let mut security = self.security.lock().await;
-            let (applied, restart) = security.changes(&config.security);
-            self.shared.throttle.set_limits(
-                config.security.max_failures_per_address,
-                config.security.max_failures_per_username,
-                config.security.throttle_window,
-            );
-            if !applied.is_empty() {
-                changes.push(format!("[security] {} applied", applied.join(", ")));
-            }
-            if !restart.is_empty() {
-                changes.push(format!("[security] {} need a restart", restart.join(", ")));
-            }
-            let mut kept = config.security.clone();
-            kept.refresh_margin = security.refresh_margin;
-            kept.token_timeout = security.token_timeout;
-            *security = kept;
+    }
+
+    /// Applies what of `[security]` can change at run time, noting what needs a restart.
+    async fn apply_security(&self, config: &Config, changes: &mut Vec<String>) {
+        let mut security = self.security.lock().await;
+        let (applied, restart) = security.changes(&config.security);
+        self.shared.throttle.set_limits(
+            config.security.max_failures_per_address,
+            config.security.max_failures_per_username,
+            config.security.throttle_window,
+        );
+        if !applied.is_empty() {
+            changes.push(format!("[security] {} applied", applied.join(", ")));
         }
-        let (admin, store) = &self.fixed;
-        if admin.listen != config.admin.listen
-            || admin.public_url != config.admin.public_url
-            || store.path != config.store.path
-        {
-            changes.push("[admin] and [store] changes need a restart".to_owned());
+        if !restart.is_empty() {
+            changes.push(format!("[security] {} need a restart", restart.join(", ")));
         }
-        if errors.is_empty() {
-            Ok(changes)
-        } else {
-            Err(errors.join("; "))
-        }
+        let mut kept = config.security.clone();
+        kept.refresh_margin = security.refresh_margin;
+        kept.token_timeout = security.token_timeout;
+        *security = kept;
     }
 
     fn spawn_listener(&self, b: listener::Bound) -> ListenerHandle {
@@ -159,6 +167,49 @@ impl Running {
             self.shared.close_sessions.cancel();
             self.tasks.wait().await;
         }
+    }
+}
+
+/// What sessions, the admin server and the upkeep share: the store, the token cache, the
+/// accounts, the throttle and the metrics.
+fn shared_state(config: &Config) -> Result<Shared, String> {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let store = Store::open(&config.store.path, config.store.key.as_ref())
+        .map_err(|e| format!("store: {e}"))?;
+    let admin_url = config.admin.listen.map(|_| config.admin.public_url.clone());
+    let tokens = TokenCache::new(
+        oauth::http_client(config.security.token_timeout),
+        config.security.refresh_margin,
+        store,
+        admin_url,
+        metrics.clone(),
+    );
+    let directory = Directory::new(&config.accounts, &config.security);
+    let throttle = crate::auth::throttle::Throttle::new(
+        config.security.max_failures_per_address,
+        config.security.max_failures_per_username,
+        config.security.throttle_window,
+    );
+    Ok(Shared::new(
+        directory,
+        config.clients.clone(),
+        tokens,
+        metrics,
+        throttle,
+    ))
+}
+
+/// Devices connecting right after start should see the upstreams' real capabilities: the
+/// probes get a short head start, then the listeners accept anyway (an upstream that is down or
+/// slow must not keep them closed; its probe goes on in the background).
+async fn probe_with_head_start(tasks: &TaskTracker, bound: &[listener::Bound]) {
+    let probes: Vec<_> = bound
+        .iter()
+        .map(|b| tasks.spawn(listener::probe(b.ctx.clone())))
+        .collect();
+    let head_start = tokio::time::Instant::now() + PROBE_HEAD_START;
+    for probe in probes {
+        let _ = tokio::time::timeout_at(head_start, probe).await;
     }
 }
 
@@ -200,30 +251,7 @@ async fn upkeep(
 
 /// Binds every listener (all or nothing) and starts serving.
 pub async fn start(config: &Config) -> Result<Running, String> {
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    let store = Store::open(&config.store.path, config.store.key.as_ref())
-        .map_err(|e| format!("store: {e}"))?;
-    let admin_url = config.admin.listen.map(|_| config.admin.public_url.clone());
-    let tokens = TokenCache::new(
-        oauth::http_client(config.security.token_timeout),
-        config.security.refresh_margin,
-        store,
-        admin_url,
-        metrics.clone(),
-    );
-    let directory = Directory::new(&config.accounts, &config.security);
-    let throttle = crate::auth::throttle::Throttle::new(
-        config.security.max_failures_per_address,
-        config.security.max_failures_per_username,
-        config.security.throttle_window,
-    );
-    let shared = Arc::new(Shared::new(
-        directory,
-        config.clients.clone(),
-        tokens,
-        metrics,
-        throttle,
-    ));
+    let shared = Arc::new(shared_state(config)?);
     let mut bound = Vec::new();
     for l in &config.listeners {
         let ctx = Arc::new(listener_context(l, shared.clone())?);
@@ -248,17 +276,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         fixed: (config.admin.clone(), config.store.clone()),
         security: tokio::sync::Mutex::new(config.security.clone()),
     };
-    // Devices connecting right after start should see the upstreams' real capabilities: the
-    // probes get a short head start, then the listeners accept anyway (an upstream that is down
-    // or slow must not keep them closed; its probe goes on in the background).
-    let probes: Vec<_> = bound
-        .iter()
-        .map(|b| running.tasks.spawn(listener::probe(b.ctx.clone())))
-        .collect();
-    let head_start = tokio::time::Instant::now() + PROBE_HEAD_START;
-    for probe in probes {
-        let _ = tokio::time::timeout_at(head_start, probe).await;
-    }
+    probe_with_head_start(&running.tasks, &bound).await;
     for b in bound {
         let addr = b.socket.local_addr().map_err(|e| e.to_string())?;
         running.addresses.push((b.ctx.config.name.clone(), addr));

@@ -276,7 +276,11 @@ impl TokenCache {
             refreshed: true,
             ..Default::default()
         };
-        match self.store.update_async(&account.id, Some(key), change).await {
+        match self
+            .store
+            .update_async(&account.id, Some(key), change)
+            .await
+        {
             Ok(generation) => {
                 state.generation = generation;
                 entry.seen_generation.store(generation, Ordering::Release);

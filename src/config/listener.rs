@@ -104,8 +104,7 @@ fn check_listen(
             ),
         );
     }
-    if !addr.ip().is_loopback() && allow_remote && tls == LocalTls::None && !remote_plaintext_auth
-    {
+    if !addr.ip().is_loopback() && allow_remote && tls == LocalTls::None && !remote_plaintext_auth {
         t.problem(
             "tls",
             "a listener that serves other hosts needs tls = \"starttls\" or \"implicit\", or remote_plaintext_auth = true for a trusted network (passwords then cross it in clear)",
