@@ -18,9 +18,13 @@ use tokio_util::task::TaskTracker;
 
 /// A running relay: its bound addresses and the handle to stop it.
 pub struct Running {
+    /// Each listener's name and bound address (and `admin`'s).
     pub addresses: Vec<(String, SocketAddr)>,
+    /// Cancelled to stop accepting and start the drain.
     pub shutdown: CancellationToken,
+    /// Every session and background task, to wait for at the end.
     pub tasks: TaskTracker,
+    /// What sessions, the admin server and the upkeep share.
     pub shared: Arc<Shared>,
     /// The accept loop of each listener, by name (replaced on reload).
     listeners: tokio::sync::Mutex<HashMap<String, ListenerHandle>>,

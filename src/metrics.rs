@@ -30,6 +30,7 @@ fn protocol_index(p: Protocol) -> usize {
     }
 }
 
+/// The protocol's label value.
 pub fn protocol_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Smtp => "smtp",
@@ -38,6 +39,7 @@ pub fn protocol_name(p: Protocol) -> &'static str {
     }
 }
 
+/// The outcome's label value.
 pub fn outcome_name(o: Outcome) -> &'static str {
     match o {
         Outcome::Relayed => "relayed",
@@ -56,6 +58,7 @@ struct Histogram {
 }
 
 #[derive(Default)]
+/// The counters behind `/metrics` (Prometheus text format).
 pub struct Metrics {
     active: [AtomicU64; 3],
     sessions: [[AtomicU64; 4]; 3],
@@ -70,10 +73,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// A session of `p` began.
     pub fn session_started(&self, p: Protocol) {
         self.active[protocol_index(p)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A session of `p` ended with `o`.
     pub fn session_ended(&self, p: Protocol, o: Outcome) {
         let i = protocol_index(p);
         self.active[i].fetch_sub(1, Ordering::Relaxed);
@@ -89,10 +94,12 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A login was refused locally.
     pub fn local_failure(&self) {
         self.local_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Bytes relayed after a login, each way.
     pub fn relayed(&self, p: Protocol, up: u64, down: u64) {
         let b = &self.bytes[protocol_index(p)];
         b[0].fetch_add(up, Ordering::Relaxed);
@@ -107,6 +114,7 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A successful login took `d`.
     pub fn login_latency(&self, d: Duration) {
         let h = &self.login_latency;
         let secs = d.as_secs_f64();

@@ -16,6 +16,7 @@ use zeroize::Zeroize;
 pub struct Sensitive<T>(T);
 
 impl<T> Sensitive<T> {
+    /// Wraps `value`.
     pub fn new(value: T) -> Self {
         Sensitive(value)
     }
@@ -25,6 +26,7 @@ impl<T> Sensitive<T> {
         &self.0
     }
 
+    /// The value, unwrapped (the caller takes care of it).
     pub fn into_inner(self) -> T {
         self.0
     }
@@ -41,6 +43,7 @@ impl<T> fmt::Debug for Sensitive<T> {
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret string.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
@@ -51,6 +54,7 @@ impl Secret {
         &self.0
     }
 
+    /// True for the empty string.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -91,10 +95,12 @@ impl From<&str> for Secret {
 pub struct SecretBytes(Vec<u8>);
 
 impl SecretBytes {
+    /// Secret bytes.
     pub fn new(value: Vec<u8>) -> Self {
         SecretBytes(value)
     }
 
+    /// The bytes, for the one place that must send them.
     pub fn expose(&self) -> &[u8] {
         &self.0
     }

@@ -12,16 +12,19 @@ use std::sync::{Arc, RwLock};
 pub struct Shared {
     directory: RwLock<Arc<Directory>>,
     clients: RwLock<Arc<Vec<ClientConfig>>>,
+    /// Access tokens per account.
     pub tokens: TokenCache,
     /// Cancelled when the drain deadline passes: sessions still running say their protocol's
     /// goodbye (before login) or close the pipe (after login).
     pub close_sessions: tokio_util::sync::CancellationToken,
+    /// The counters behind `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Failed logins per address and per username (kept across reloads).
     pub throttle: crate::auth::throttle::Throttle,
 }
 
 impl Shared {
+    /// What a started relay shares.
     pub fn new(
         directory: Directory,
         clients: Vec<ClientConfig>,

@@ -51,6 +51,7 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// The accounts of a configuration, with the `[security]` settings for checking them.
     pub fn new(accounts: &[AccountConfig], security: &SecurityConfig) -> Self {
         let by_login = accounts
             .iter()
@@ -90,6 +91,7 @@ impl Directory {
         self.failure_delay
     }
 
+    /// The account whose login is `login` (case-insensitive).
     pub fn account(&self, login: &str) -> Option<&Arc<AccountConfig>> {
         self.by_login
             .get(&login.to_ascii_lowercase())

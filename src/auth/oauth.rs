@@ -17,7 +17,9 @@ use std::time::Duration;
 /// A successful token response.
 #[derive(Debug)]
 pub struct Grant {
+    /// The access token.
     pub access_token: Secret,
+    /// How long it is valid (capped at 24 hours).
     pub expires_in: Duration,
     /// Present when the provider rotated the refresh token.
     pub refresh_token: Option<Secret>,
@@ -40,15 +42,18 @@ pub enum ErrorClass {
 /// short description, safe to log and to show to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenError {
+    /// What kind of failure this is, which decides the reply.
     pub class: ErrorClass,
     /// The OAuth `error` value (`invalid_grant`, …) or a short tag (`network`, `timeout`, …).
     pub error: String,
     /// The Microsoft Entra code (`AADSTS700082` → 700082), when the description carries one.
     pub aadsts: Option<u32>,
+    /// The provider's description, sanitized.
     pub description: String,
 }
 
 impl TokenError {
+    /// A failure of `class` with OAuth error `error` and its description.
     pub fn new(class: ErrorClass, error: &str, description: impl Into<String>) -> Self {
         TokenError {
             class,
@@ -222,8 +227,11 @@ pub async fn client_credentials(
 /// A started authorization-code request: send the browser to `url`; keep `state` and
 /// `verifier` (both secret) until the redirect comes back.
 pub struct AuthorizationRequest {
+    /// Where to send the browser.
     pub url: String,
+    /// The `state` value that ties the redirect to this request.
     pub state: Secret,
+    /// The PKCE code verifier (RFC 7636), kept until the code comes back.
     pub verifier: Secret,
 }
 
@@ -289,8 +297,11 @@ const DEVICE_CODE_MAX_WAIT: Duration = Duration::from_secs(30 * 60);
 /// What the user must do to finish a device-code sign-in.
 #[derive(Debug)]
 pub struct DevicePrompt {
+    /// Where the user enters the code.
     pub verification_uri: String,
+    /// The code to enter.
     pub user_code: String,
+    /// How long the code is valid.
     pub expires_in: Duration,
 }
 

@@ -32,7 +32,9 @@ pub const KNOWN_GOOD_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Why a login is not even tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Throttled {
+    /// Too many failed logins from this address.
     Address,
+    /// Too many failed logins for this username.
     Username,
 }
 

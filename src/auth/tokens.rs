@@ -24,12 +24,16 @@ use tokio::sync::Mutex;
 /// An access token and when it stops being usable.
 #[derive(Debug)]
 pub struct AccessToken {
+    /// The token itself.
     pub secret: Secret,
+    /// When it was obtained (a token refused soon after is not retried).
     pub obtained_at: Instant,
+    /// When it expires.
     pub expires_at: Instant,
 }
 
 impl AccessToken {
+    /// Time left before it expires.
     pub fn remaining(&self) -> Duration {
         self.expires_at.saturating_duration_since(Instant::now())
     }
@@ -77,6 +81,7 @@ enum Need {
     Refresh,
 }
 
+/// Access tokens per account: served from memory, refreshed once per account at a time (single flight), kept in the token store.
 pub struct TokenCache {
     http: reqwest::Client,
     entries: DashMap<String, Arc<AccountTokens>>,
@@ -90,6 +95,7 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
+    /// A cache that requests tokens with `http`, refreshes `margin` before expiry, and keeps them in `store`; `admin_url` is named in re-authorization advice.
     pub fn new(
         http: reqwest::Client,
         margin: Duration,
@@ -109,10 +115,12 @@ impl TokenCache {
         }
     }
 
+    /// The token store behind the cache.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
 
+    /// The HTTP client used for the identity provider.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }

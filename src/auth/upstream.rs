@@ -8,15 +8,24 @@ use crate::secret::Secret;
 use std::sync::Arc;
 
 #[derive(Debug)]
+/// What the relay presents upstream for an account.
 pub enum UpstreamCredential {
     /// A bearer token for `user` (the mailbox), sent with XOAUTH2 or OAUTHBEARER.
     Bearer {
+        /// The mailbox the token is for.
         user: String,
+        /// The access token.
         token: Arc<AccessToken>,
+        /// How it is presented (XOAUTH2 or OAUTHBEARER).
         mechanism: BearerMechanism,
     },
     /// SASL PLAIN or LOGIN with a password (app password, or the client's own in pass-through).
-    Password { user: String, password: Secret },
+    Password {
+        /// The upstream username.
+        user: String,
+        /// The password sent with it.
+        password: Secret,
+    },
 }
 
 /// Gets what the account needs upstream. For OAuth accounts `rejected` names a token that the

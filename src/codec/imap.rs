@@ -23,17 +23,32 @@ pub enum Frame {
     Incomplete,
     /// A line ended with a literal marker. With `sync`, the client waits for a `+`
     /// continuation before sending the `len` octets.
-    Literal { len: u64, sync: bool },
+    Literal {
+        /// The literal's announced size in octets.
+        len: u64,
+        /// A synchronizing literal (`{n}`, not `{n+}`).
+        sync: bool,
+    },
     /// A whole command (or response) of `len` bytes, literals included.
-    Complete { len: usize },
+    Complete {
+        /// The bytes the command takes, its CRLF included.
+        len: usize,
+    },
 }
 
+/// Why a command cannot be framed within the limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// A line without its end within the line limit.
     #[error("line too long")]
     LineTooLong,
+    /// A literal larger than allowed in this state.
     #[error("literal too big")]
-    LiteralTooBig { sync: bool },
+    LiteralTooBig {
+        /// It was a synchronizing literal (the client waits for a `+`).
+        sync: bool,
+    },
+    /// The whole command, literals included, is over the limit.
     #[error("command too long")]
     CommandTooLong,
 }
@@ -50,6 +65,7 @@ pub struct Framer {
 }
 
 impl Framer {
+    /// A framer at the start of a command.
     pub fn new() -> Self {
         Framer::default()
     }
@@ -166,35 +182,51 @@ fn is_tag_char(b: u8) -> bool {
 /// escapes are unescaped into owned bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
+    /// `LOGIN user password`.
     Login {
+        /// The username, unquoted.
         user: Cow<'a, [u8]>,
+        /// The password, unquoted (never logged).
         password: Sensitive<Cow<'a, [u8]>>,
     },
+    /// `AUTHENTICATE mechanism [initial-response]` (RFC 4959).
     Authenticate {
+        /// The mechanism name as sent.
         mechanism: &'a [u8],
+        /// The initial response, when given (never logged).
         initial_response: Option<Sensitive<&'a [u8]>>,
     },
+    /// `CAPABILITY`.
     Capability,
+    /// `NOOP`.
     Noop,
+    /// `LOGOUT`.
     Logout,
+    /// `STARTTLS`.
     StartTls,
+    /// `ID` (RFC 2971).
     Id,
     /// Any other command: not valid before login.
     Other,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a command line does not parse.
 pub enum ParseError {
     #[error("the command has no valid tag")]
+    /// No valid tag: answered with an untagged `BAD`.
     NoTag,
     #[error("syntax error")]
+    /// A tag, but the rest is not a valid command: a tagged `BAD`.
     Syntax,
 }
 
 /// A parsed command with its tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tagged<'a> {
+    /// The client's tag.
     pub tag: &'a [u8],
+    /// The command after it.
     pub command: Command<'a>,
 }
 
@@ -483,18 +515,27 @@ pub enum Response<'a> {
     Continuation(&'a [u8]),
     /// `tag OK|NO|BAD …`: the status and the text after it.
     Tagged {
+        /// The tag it answers.
         tag: &'a [u8],
+        /// OK, NO, BAD, PREAUTH or BYE.
         status: Status,
+        /// The text after the status.
         text: &'a [u8],
     },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The status word of a response (RFC 9051 §7.1).
 pub enum Status {
+    /// `OK`: success.
     Ok,
+    /// `NO`: failure.
     No,
+    /// `BAD`: a protocol error.
     Bad,
+    /// `PREAUTH`: a greeting of a session already logged in.
     Preauth,
+    /// `BYE`: the server is closing.
     Bye,
 }
 

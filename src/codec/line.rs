@@ -82,6 +82,7 @@ pub fn looks_like_http(line: &[u8]) -> bool {
         || line.windows(7).any(|w| w.eq_ignore_ascii_case(b" HTTP/1"))
 }
 
+/// True when `haystack` starts with `prefix`, ASCII case-insensitively.
 pub fn starts_with_ignore_case(haystack: &[u8], prefix: &[u8]) -> bool {
     haystack.len() >= prefix.len() && haystack[..prefix.len()].eq_ignore_ascii_case(prefix)
 }

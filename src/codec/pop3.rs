@@ -19,27 +19,38 @@ pub fn may_be_long(line: &[u8]) -> bool {
 }
 /// Longest status line, and longest multi-line response, accepted from upstream before login.
 pub const MAX_RESPONSE_LINE: usize = 8192;
+/// Most bytes of a multi-line response read before login (CAPA).
 pub const MAX_MULTILINE: usize = 65536;
 
 /// One client command, as a view into its line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
+    /// `USER name`.
     User(&'a [u8]),
     /// The password is everything after `PASS ` (RFC 1939 §7: spaces belong to it).
     Pass(Sensitive<&'a [u8]>),
     /// `AUTH` alone lists the mechanisms; otherwise a mechanism and an optional initial response.
     Auth {
+        /// The mechanism, if one was named.
         mechanism: Option<&'a [u8]>,
+        /// The initial response, when given (never logged).
         initial_response: Option<Sensitive<&'a [u8]>>,
     },
+    /// `APOP` (not offered).
     Apop,
+    /// `CAPA` (RFC 2449).
     Capa,
+    /// `STLS` (RFC 2595).
     Stls,
+    /// `QUIT`.
     Quit,
     /// A TRANSACTION-state command (STAT, LIST, RETR, DELE, NOOP, RSET, TOP, UIDL, LAST).
     NeedsAuth,
+    /// An HTTP request line on the POP3 port.
     Http,
+    /// A line with control characters or a bad argument.
     Malformed,
+    /// Any other command.
     Unknown,
 }
 
@@ -106,17 +117,22 @@ pub fn parse_command(line: &[u8]) -> Command<'_> {
 /// What a server's single line says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status<'a> {
+    /// `+OK text`.
     Ok(&'a [u8]),
+    /// `-ERR text`.
     Err(&'a [u8]),
     /// A SASL continuation: `+`, `+ `, or `+ <base64>`.
     Continue(&'a [u8]),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a server's response cannot be read.
 pub enum ResponseError {
     #[error("response line is not +OK, -ERR or +")]
+    /// Not a status line.
     Syntax,
     #[error("response too long")]
+    /// Over the length limit.
     TooLong,
 }
 
@@ -250,13 +266,16 @@ fn capa_keyword(line: &[u8]) -> &[u8] {
 /// What a CAPA list says about the server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
+    /// `STLS` is offered.
     pub stls: bool,
+    /// `USER` is offered.
     pub user: bool,
     /// Mechanisms from the `SASL` line, upper-cased.
     pub sasl: Vec<String>,
 }
 
 impl Capabilities {
+    /// Reads the lines of a CAPA response (without its status line and final dot).
     pub fn from_capa(lines: &[&[u8]]) -> Self {
         let mut caps = Capabilities::default();
         for line in lines {
@@ -274,6 +293,7 @@ impl Capabilities {
         caps
     }
 
+    /// True when `SASL` lists `mechanism` (upper case).
     pub fn supports_sasl(&self, mechanism: &str) -> bool {
         self.sasl.iter().any(|m| m == mechanism)
     }

@@ -13,10 +13,13 @@ pub const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 pub const MAX_PAYLOAD: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a PROXY v2 header says (haproxy.org/download/2.9/doc/proxy-protocol.txt §2.2).
 pub enum Header {
     /// A proxied connection from `source` to `destination`.
     Proxy {
+        /// The client's address.
         source: SocketAddr,
+        /// The address the client connected to.
         destination: SocketAddr,
     },
     /// The proxy's own connection (health check), or an address family the relay does not use
@@ -25,6 +28,7 @@ pub enum Header {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why the bytes are not a PROXY v2 header the relay accepts.
 pub enum ProxyError {
     /// The bytes do not start with the v2 signature (a client talking directly, or v1 text).
     NotProxyV2,

@@ -15,23 +15,31 @@ pub const LOGIN_PASSWORD_CHALLENGE: &str = "UGFzc3dvcmQ6";
 pub const MAX_USERNAME: usize = 320;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why SASL credentials cannot be used.
 pub enum SaslError {
     #[error("the response is not valid base64")]
+    /// Not valid base64.
     BadBase64,
     #[error("the PLAIN message is malformed")]
+    /// A PLAIN message without its two NULs (RFC 4616 §2).
     MalformedPlain,
     #[error("the username is empty, too long, not UTF-8 or contains control characters")]
+    /// An empty, overlong or control-character username.
     BadUsername,
     #[error("the password is not UTF-8")]
+    /// An empty, overlong or non-UTF-8 password.
     BadPassword,
     #[error("the client asked to act as another user")]
+    /// An authorization identity other than the username.
     AuthzidMismatch,
 }
 
 /// The mechanisms a legacy client may use with the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
+    /// PLAIN (RFC 4616).
     Plain,
+    /// LOGIN (draft-murchison-sasl-login).
     Login,
 }
 
@@ -52,7 +60,9 @@ impl Mechanism {
 /// A username and password as the legacy client sent them.
 #[derive(Debug, Clone)]
 pub struct Credentials {
+    /// The username, as sent.
     pub username: String,
+    /// The password (never logged).
     pub password: Secret,
 }
 
@@ -65,6 +75,7 @@ pub fn decode_base64(input: &[u8]) -> Result<SecretBytes, SaslError> {
         .map_err(|_| SaslError::BadBase64)
 }
 
+/// Standard base64 with padding (RFC 4648 §4).
 pub fn encode_base64(input: &[u8]) -> String {
     STANDARD.encode(input)
 }
@@ -102,6 +113,7 @@ pub fn parse_username(raw: &[u8]) -> Result<String, SaslError> {
     Ok(s.to_owned())
 }
 
+/// Checks a password as sent: UTF-8, not empty, not overlong.
 pub fn parse_password(raw: &[u8]) -> Result<Secret, SaslError> {
     std::str::from_utf8(raw)
         .map(Secret::from)
@@ -214,6 +226,7 @@ pub struct XoauthChallenge {
 }
 
 impl XoauthChallenge {
+    /// True when the server said the token was refused (status 401), so a fresh one may work.
     pub fn token_rejected(&self) -> bool {
         matches!(self.status.as_deref(), Some("401") | Some("invalid_token"))
     }

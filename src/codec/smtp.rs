@@ -19,22 +19,33 @@ pub const MAX_COMMAND_LINE: usize = 2048;
 pub const MAX_AUTH_LINE: usize = 12288;
 /// Longest reply line accepted from upstream, and longest whole reply.
 pub const MAX_REPLY_LINE: usize = 8192;
+/// Most bytes of one multi-line reply.
 pub const MAX_REPLY: usize = 65536;
 
 /// One client command, as a view into the line it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
+    /// `EHLO domain` (the domain may be empty: a syntax error).
     Ehlo(&'a [u8]),
+    /// `HELO domain`.
     Helo(&'a [u8]),
+    /// `AUTH mechanism [initial-response]` (RFC 4954 §4).
     Auth {
+        /// The mechanism name as sent (may be empty: a syntax error).
         mechanism: &'a [u8],
+        /// The initial response, when given (never logged).
         initial_response: Option<Sensitive<&'a [u8]>>,
     },
+    /// `STARTTLS` (RFC 3207).
     StartTls {
+        /// Arguments followed it (a syntax error).
         has_args: bool,
     },
+    /// `QUIT`.
     Quit,
+    /// `NOOP`.
     Noop,
+    /// `RSET`.
     Rset,
     /// MAIL, RCPT, DATA, BDAT, BURL, VRFY, EXPN, ETRN: all need an authenticated session.
     NeedsAuth,
@@ -64,8 +75,10 @@ pub enum MailCommand<'a> {
     BadMail,
     /// RCPT, DATA, BDAT, BURL: only valid after MAIL.
     NeedsMail {
+        /// It was BDAT (whose chunk follows the line).
         bdat: bool,
     },
+    /// `QUIT`.
     Quit,
     /// Anything else (RSET, NOOP, HELP, VRFY, EHLO, …): relayed as it is.
     Other,
@@ -202,13 +215,16 @@ pub fn parse_command(line: &[u8]) -> Command<'_> {
 /// CRLFs, ready to relay verbatim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply<'a> {
+    /// The three-digit code.
     pub code: u16,
     /// The text of each line, after the code and separator, without the terminator.
     pub lines: Vec<&'a [u8]>,
+    /// The whole reply with its CRLFs.
     pub raw: &'a [u8],
 }
 
 impl Reply<'_> {
+    /// A 2xx reply.
     pub fn is_positive_completion(&self) -> bool {
         (200..300).contains(&self.code)
     }
@@ -220,12 +236,16 @@ impl Reply<'_> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a server's reply cannot be read.
 pub enum ReplyError {
     #[error("reply line is not `NNN[ -]text`")]
+    /// Not `ddd` followed by a space, a hyphen or the line end.
     Syntax,
     #[error("reply lines carry different codes")]
+    /// Lines of one reply with different codes.
     MixedCodes,
     #[error("reply line or reply too long")]
+    /// Over the length limit.
     TooLong,
 }
 
@@ -309,12 +329,14 @@ pub fn enhanced_code(text: &[u8]) -> Option<&str> {
 /// What an EHLO reply says about the server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
+    /// `STARTTLS` is offered.
     pub starttls: bool,
     /// Mechanisms from the `AUTH` keyword (and the legacy `AUTH=` form), upper-cased.
     pub auth: Vec<String>,
 }
 
 impl Capabilities {
+    /// Reads an EHLO reply's keywords.
     pub fn from_ehlo(reply: &Reply<'_>) -> Self {
         let mut caps = Capabilities::default();
         for line in reply.lines.iter().skip(1) {
@@ -335,6 +357,7 @@ impl Capabilities {
         caps
     }
 
+    /// True when `AUTH` lists `mechanism` (upper case).
     pub fn supports_auth(&self, mechanism: &str) -> bool {
         self.auth.iter().any(|m| m == mechanism)
     }

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 /// One problem in the configuration, with the dotted key path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The dotted key path, such as `listener.smtp.upstream`.
     pub path: String,
+    /// What is wrong and what to do.
     pub message: String,
 }
 

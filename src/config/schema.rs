@@ -3,13 +3,21 @@
 use super::*;
 
 #[derive(Debug, Clone)]
+/// The whole configuration, as read and checked.
 pub struct Config {
+    /// `[listener.*]`.
     pub listeners: Vec<ListenerConfig>,
+    /// `[account.*]`.
     pub accounts: Vec<AccountConfig>,
+    /// `[log]`.
     pub log: LogConfig,
+    /// `[security]`.
     pub security: SecurityConfig,
+    /// `[service]`.
     pub service: ServiceConfig,
+    /// `[store]`.
     pub store: StoreConfig,
+    /// `[admin]`.
     pub admin: AdminConfig,
     /// App registrations for the `mailbox~client_id` login convention.
     pub clients: Vec<ClientConfig>,
@@ -18,6 +26,7 @@ pub struct Config {
 /// Where tokens are kept (see [`crate::store`]).
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// The store file.
     pub path: PathBuf,
     /// Content of the store key file: seal every account with it instead of its local password.
     pub key: Option<Secret>,
@@ -39,6 +48,7 @@ pub struct AdminConfig {
 }
 
 impl AdminConfig {
+    /// The OAuth redirect URI the account pages use: `public_url` + `redirect_path`.
     pub fn redirect_uri(&self) -> String {
         format!(
             "{}{}",
@@ -51,11 +61,14 @@ impl AdminConfig {
 /// An app registration that clients name in `mailbox~client_id` logins.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
+    /// The key in `[client.NAME]`.
     pub name: String,
+    /// Its app registration.
     pub oauth: OAuthConfig,
 }
 
 #[derive(Debug, Clone)]
+/// `[service]`: how the process runs.
 pub struct ServiceConfig {
     /// On SIGTERM/SIGINT, how long running sessions may go on before they are closed.
     pub drain: Duration,
@@ -63,9 +76,13 @@ pub struct ServiceConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// The protocol a listener speaks.
 pub enum Protocol {
+    /// SMTP submission (RFC 6409).
     Smtp,
+    /// IMAP (RFC 9051).
     Imap,
+    /// POP3 (RFC 1939).
     Pop3,
 }
 
@@ -73,8 +90,11 @@ pub enum Protocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LocalTls {
+    /// Plaintext (loopback, or a declared trusted network).
     None,
+    /// STARTTLS or STLS on request (RFC 3207, RFC 2595).
     Starttls,
+    /// TLS from the first byte (RFC 8314).
     Implicit,
 }
 
@@ -82,7 +102,9 @@ pub enum LocalTls {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamTls {
+    /// STARTTLS or STLS after the greeting; refuses to go on without it.
     Starttls,
+    /// TLS from the first byte.
     Implicit,
     /// Plaintext: allowed only to a loopback address (test servers).
     None,
@@ -92,8 +114,11 @@ pub enum UpstreamTls {
 /// default one; an account may name its own per protocol (`[account.NAME.upstream]`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UpstreamSpec {
+    /// Host name or address.
     pub host: String,
+    /// Port.
     pub port: u16,
+    /// How the connection is secured.
     pub tls: UpstreamTls,
     /// The name the certificate must carry (defaults to `host`).
     pub name: String,
@@ -117,8 +142,11 @@ impl UpstreamSpec {
 /// The servers an account uses instead of the listener's, per protocol.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccountUpstreams {
+    /// The server for SMTP listeners.
     pub smtp: Option<UpstreamSpec>,
+    /// The server for IMAP listeners.
     pub imap: Option<UpstreamSpec>,
+    /// The server for POP3 listeners.
     pub pop3: Option<UpstreamSpec>,
 }
 
@@ -134,12 +162,19 @@ impl AccountUpstreams {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// `[listener.NAME]`: one local port and what it relays to.
 pub struct ListenerConfig {
+    /// The key in `[listener.NAME]`.
     pub name: String,
+    /// The protocol it speaks.
     pub protocol: Protocol,
+    /// The address it binds.
     pub listen: SocketAddr,
+    /// TLS towards the device.
     pub tls: LocalTls,
+    /// The certificate chain for local TLS (PEM).
     pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
     pub key: Option<PathBuf>,
     /// The default upstream server (an account may name its own).
     pub upstream: UpstreamSpec,
@@ -147,20 +182,25 @@ pub struct ListenerConfig {
     pub upstream_probe: bool,
     /// The name the relay gives in its own EHLO before upstream STARTTLS.
     pub ehlo_name: String,
+    /// Connections held at once; more are told to come back later.
     pub max_connections: usize,
     /// Connections one client address may hold at once.
     pub max_connections_per_address: usize,
     /// Accept passwords over plaintext from non-loopback clients (a trusted container network).
     pub remote_plaintext_auth: bool,
+    /// Time for an upstream TCP connect, TLS handshake and greeting.
     pub connect_timeout: Duration,
     /// How long to wait for any one upstream reply before authentication.
     pub upstream_timeout: Duration,
+    /// Time a device has to log in.
     pub pre_auth_timeout: Duration,
+    /// After login, how long nothing may move before the session is closed.
     pub idle_timeout: Duration,
     /// Accept `mailbox~client_id` logins whose password is a refresh token.
     pub tilde_login: bool,
     /// Expect a PROXY protocol v2 header from `proxy_trusted` peers (load balancers).
     pub proxy_protocol: bool,
+    /// Addresses whose PROXY headers are believed.
     pub proxy_trusted: Vec<crate::net::cidr::Cidr>,
     /// Client addresses allowed to connect; empty: any.
     pub allow: Vec<crate::net::cidr::Cidr>,
@@ -168,9 +208,13 @@ pub struct ListenerConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// The identity provider, which decides default endpoints and scopes.
 pub enum Provider {
+    /// Microsoft Entra ID.
     Microsoft,
+    /// Google.
     Google,
+    /// Any other OAuth 2.0 server (`token_url` required).
     Custom,
 }
 
@@ -187,7 +231,9 @@ pub enum Flow {
 /// A certificate credential for client-credentials assertions (RFC 7523).
 #[derive(Debug, Clone)]
 pub struct CertificateCredential {
+    /// The certificate (PEM).
     pub cert: PathBuf,
+    /// Its RSA private key (PEM).
     pub key: PathBuf,
 }
 
@@ -195,18 +241,29 @@ pub struct CertificateCredential {
 /// and entered later on the account page; [`OAuthConfig::endpoints`] merges the two.
 #[derive(Debug, Clone)]
 pub struct OAuthConfig {
+    /// The identity provider.
     pub provider: Provider,
+    /// Delegated (a user's refresh token) or client credentials (the app's own).
     pub flow: Flow,
+    /// The Entra tenant (ID, domain, organizations, common or consumers).
     pub tenant: Option<String>,
     /// Microsoft authority host (national clouds), without the tenant.
     pub authority: String,
+    /// The app registration's client ID (may come from the account page instead).
     pub client_id: Option<String>,
+    /// Its client secret, if it has one.
     pub client_secret: Option<Secret>,
+    /// A certificate instead of a secret (client assertions, RFC 7523).
     pub certificate: Option<CertificateCredential>,
+    /// A refresh token given in the configuration (the store's wins once it has one).
     pub refresh_token: Option<Secret>,
+    /// Overrides the provider's token endpoint.
     pub token_url: Option<String>,
+    /// Overrides the provider's authorization endpoint.
     pub authorize_url: Option<String>,
+    /// Overrides the provider's device authorization endpoint (RFC 8628).
     pub device_url: Option<String>,
+    /// The scopes requested.
     pub scopes: Vec<String>,
     /// How the token is presented upstream: XOAUTH2 (default) or OAUTHBEARER.
     pub mechanism: crate::codec::sasl::BearerMechanism,
@@ -216,20 +273,28 @@ pub struct OAuthConfig {
 /// them open.
 #[derive(Debug, Clone, Default)]
 pub struct AppOverrides {
+    /// A client ID entered on the account page.
     pub client_id: Option<String>,
+    /// A tenant entered on the account page.
     pub tenant: Option<String>,
+    /// A client secret entered on the account page.
     pub client_secret: Option<Secret>,
 }
 
 /// Everything a token request needs, resolved.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
+    /// The client ID used.
     pub client_id: String,
+    /// The client secret used, if any.
     pub client_secret: Option<Secret>,
+    /// The token endpoint.
     pub token_url: String,
+    /// The authorization endpoint.
     pub authorize_url: String,
     /// `None` where the provider has no device flow for these scopes (Gmail).
     pub device_url: Option<String>,
+    /// The scopes requested.
     pub scopes: Vec<String>,
 }
 
@@ -286,6 +351,7 @@ impl OAuthConfig {
     }
 }
 
+/// True for a tenant ID (a GUID), a domain, `organizations`, `common` or `consumers`.
 pub fn valid_tenant(tenant: &str) -> bool {
     !tenant.is_empty()
         && tenant.len() <= 256
@@ -295,6 +361,7 @@ pub fn valid_tenant(tenant: &str) -> bool {
 }
 
 #[derive(Debug, Clone)]
+/// How an account logs in upstream.
 pub enum AccountAuth {
     /// XOAUTH2 with an access token the relay obtains and refreshes.
     OAuth(Box<OAuthConfig>),
@@ -305,6 +372,7 @@ pub enum AccountAuth {
 }
 
 #[derive(Debug, Clone)]
+/// `[account.NAME]`: a local login and how it reaches its mailbox.
 pub struct AccountConfig {
     /// The account's key in the configuration (`[account.NAME]`).
     pub id: String,
@@ -314,6 +382,7 @@ pub struct AccountConfig {
     pub password_hash: Option<Secret>,
     /// The mailbox used upstream (XOAUTH2 `user=`).
     pub mailbox: String,
+    /// How it logs in upstream.
     pub auth: AccountAuth,
     /// Sender addresses SMTP accepts after login (MAIL FROM); empty means only the mailbox, and
     /// `"*"` turns the check off (for send-as permissions granted upstream).
@@ -348,18 +417,25 @@ impl AccountConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// The log's format.
 pub enum LogFormat {
+    /// One line per event, `key=value` fields.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
 #[derive(Debug, Clone)]
+/// `[log]`.
 pub struct LogConfig {
+    /// The level filter (`info`, `debug`, or an `EnvFilter` directive).
     pub level: String,
+    /// Text or JSON.
     pub format: LogFormat,
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// `[security]`: password checks, the throttle, token timing.
 pub struct SecurityConfig {
     /// How many password hashes may be computed at once.
     pub hash_concurrency: usize,
@@ -375,7 +451,9 @@ pub struct SecurityConfig {
     /// Failed logins from one address, or for one username, within `throttle_window` after
     /// which further logins are refused unchecked (0: no limit).
     pub max_failures_per_address: u32,
+    /// Failed logins for one username within the window before it is refused unchecked; 0: no limit.
     pub max_failures_per_username: u32,
+    /// The window the failure counts cover.
     pub throttle_window: Duration,
 }
 
@@ -441,9 +519,13 @@ pub const MICROSOFT_SCOPES: [&str; 4] = [
     "https://outlook.office.com/SMTP.Send",
     "offline_access",
 ];
+/// Google's scope for IMAP, POP3 and SMTP (developers.google.com/gmail/imap/xoauth2-protocol).
 pub const GOOGLE_SCOPES: [&str; 1] = ["https://mail.google.com/"];
+/// Google's token endpoint.
 pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+/// Google's authorization endpoint.
 pub const GOOGLE_AUTHORIZE_URL: &str = "https://accounts.google.com/o/oauth2/v2/auth";
 /// The app-only scope for Exchange Online IMAP, POP and SMTP (client credentials).
 pub const MICROSOFT_APP_SCOPE: &str = "https://outlook.office365.com/.default";
+/// Microsoft's global authority (national clouds override it).
 pub const MICROSOFT_AUTHORITY: &str = "https://login.microsoftonline.com";

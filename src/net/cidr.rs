@@ -36,6 +36,7 @@ impl std::str::FromStr for Cidr {
 }
 
 impl Cidr {
+    /// True when `ip` is in the range (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match (self.network, ip) {
             (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),

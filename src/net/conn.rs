@@ -20,14 +20,18 @@ const INITIAL_BUFFER: usize = 4096;
 
 /// A TCP stream, possibly inside TLS (as server towards clients, as client towards upstream).
 pub enum Stream {
+    /// Plain TCP.
     Plain(TcpStream),
+    /// TLS as the server (towards a device).
     ServerTls(Box<server::TlsStream<TcpStream>>),
+    /// TLS as the client (towards upstream).
     ClientTls(Box<client::TlsStream<TcpStream>>),
     /// Only while a handshake is in progress.
     Detached,
 }
 
 impl Stream {
+    /// True once TLS is up.
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::ServerTls(_) | Stream::ClientTls(_))
     }
@@ -117,6 +121,7 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A plaintext connection with an empty buffer.
     pub fn new(tcp: TcpStream) -> Self {
         Conn {
             stream: Stream::Plain(tcp),
@@ -124,6 +129,7 @@ impl Conn {
         }
     }
 
+    /// True once TLS is up.
     pub fn is_tls(&self) -> bool {
         self.stream.is_tls()
     }
@@ -133,6 +139,7 @@ impl Conn {
         &self.buf
     }
 
+    /// Drops `n` bytes from the front of the buffer.
     pub fn consume(&mut self, n: usize) {
         self.buf.advance(n);
     }
@@ -153,6 +160,7 @@ impl Conn {
         self.stream.read_buf(&mut self.buf).await
     }
 
+    /// Writes all of `data` and flushes.
     pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
         self.stream.write_all(data).await?;
         self.stream.flush().await
@@ -213,6 +221,7 @@ impl Conn {
         (self.stream, self.buf)
     }
 
+    /// Closes the write side (TLS close_notify first), best effort.
     pub async fn shutdown(&mut self) {
         let _ = self.stream.shutdown().await;
     }

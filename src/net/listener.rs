@@ -21,7 +21,9 @@ static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// A bound listener, ready to serve.
 pub struct Bound {
+    /// The listener's shared context.
     pub ctx: Arc<ListenerContext>,
+    /// The bound socket.
     pub socket: TcpListener,
 }
 

@@ -14,12 +14,26 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::path::Path;
 use std::sync::Arc;
 
+/// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A certificate file could not be read or holds no certificate.
     #[error("cannot read certificates from {path}: {reason}")]
-    Certs { path: String, reason: String },
+    Certs {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A key file could not be read or holds no usable key.
     #[error("cannot read a private key from {path}: {reason}")]
-    Key { path: String, reason: String },
+    Key {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// rustls refused the combination.
     #[error("the certificate and key do not make a TLS configuration: {0}")]
     Config(String),
 }

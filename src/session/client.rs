@@ -15,17 +15,23 @@ pub const MAX_PRE_AUTH_BYTES: usize = 256 * 1024;
 
 /// A line read from the client, or why there is none.
 pub enum Read {
+    /// A line without its terminator.
     Line(Vec<u8>),
+    /// Over the limit.
     TooLong,
+    /// The client closed.
     Eof,
 }
 
+/// The device's connection before login, with its pre-login byte count.
 pub struct ClientSide {
+    /// The connection.
     pub conn: Conn,
     pre_auth_bytes: usize,
 }
 
 impl ClientSide {
+    /// A fresh connection, nothing counted yet.
     pub fn new(conn: Conn) -> Self {
         ClientSide {
             conn,
@@ -68,16 +74,20 @@ impl ClientSide {
 
 /// How a local SASL exchange ended.
 pub enum Sasl {
+    /// The username and password.
     Credentials(Credentials),
     /// The client sent `*`.
     Cancelled,
+    /// A response that is not base64.
     BadBase64,
     /// A PLAIN message without its two NULs.
     Malformed,
     /// Decoded, but not usable credentials (empty or bad username, authzid mismatch, non-UTF-8
     /// password): answered like a wrong password.
     Invalid(SaslError),
+    /// A response line over the limit.
     LineTooLong,
+    /// The client closed.
     Eof,
     /// Writing a challenge failed.
     Gone,
@@ -85,7 +95,9 @@ pub enum Sasl {
 
 /// How a protocol writes a SASL challenge: `334 <b64>` in SMTP, `+ <b64>` in POP3 and IMAP.
 pub struct Challenge {
+    /// `334 ` or `+ `.
     pub prefix: &'static [u8],
+    /// The longest response line accepted.
     pub max_line: usize,
 }
 

@@ -43,8 +43,13 @@ pub struct View {
 pub enum Framing {
     /// More bytes are needed.
     Incomplete,
-    /// A command: its first `body` bytes are the command, `used` bytes are consumed.
-    Command { body: usize, used: usize },
+    /// A command.
+    Command {
+        /// Its first `body` bytes are the command (without the line end for line protocols).
+        body: usize,
+        /// The bytes it takes.
+        used: usize,
+    },
     /// Send this and go on framing (IMAP's go-ahead for a synchronizing literal).
     Send(&'static [u8]),
     /// The command cannot be framed within the limits: send the reply and close.
@@ -62,7 +67,9 @@ pub enum Action {
     StartTls(Vec<u8>),
     /// Run the SASL exchange for `mechanism`, then log in.
     Authenticate {
+        /// PLAIN or LOGIN.
         mechanism: Mechanism,
+        /// The response sent on the command line, if any.
         initial_response: Option<SecretBytes>,
     },
     /// Log in with these credentials.
@@ -95,13 +102,22 @@ pub enum Say<'a> {
     /// A PLAIN response without its two NULs.
     Malformed,
     /// No token could be had; `text` explains it (README: What a device may be told).
-    Token { class: ErrorClass, text: &'a str },
+    Token {
+        /// Whether it may heal by itself, needs a new sign-in, or the administrator.
+        class: ErrorClass,
+        /// The explanation, free of secrets and control characters.
+        text: &'a str,
+    },
     /// The upstream cannot be reached or failed during the login: try again later.
-    UpstreamUnavailable { reason: &'a str },
+    UpstreamUnavailable {
+        /// Why, sanitized for a reply.
+        reason: &'a str,
+    },
 }
 
 /// A protocol's refusal of an upstream login reply, in its own words.
 pub struct Refusal {
+    /// The whole reply.
     pub reply: Vec<u8>,
     /// The refusal may heal by itself (not counted as a failed login).
     pub temporary: bool,

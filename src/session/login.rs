@@ -26,11 +26,14 @@ const STALE_TOKEN_AGE: Duration = Duration::from_secs(300);
 /// How an upstream login attempt ended, with the server's reply.
 #[derive(Debug)]
 pub enum AuthResult<R> {
+    /// Accepted, with the server's reply.
     Accepted(R),
     /// Refused. `token_rejected` is true when an XOAUTH2 error challenge said the token was
     /// invalid (status 401), so a fresh token may succeed.
     Rejected {
+        /// The server's reply.
         reply: R,
+        /// An XOAUTH2 error challenge said the token was invalid.
         token_rejected: bool,
     },
 }
@@ -66,8 +69,11 @@ pub trait Dial {
 pub enum Login<U: UpstreamLogin> {
     /// Upstream accepted: relay `reply` and hand `upstream` to the protocol's after-login part.
     Accepted {
+        /// The account logged in.
         account: Arc<AccountConfig>,
+        /// The logged-in upstream connection.
         upstream: U,
+        /// The server's reply, to relay.
         reply: U::Reply,
     },
     /// Unknown user or wrong local password (already logged and delayed).
@@ -76,11 +82,16 @@ pub enum Login<U: UpstreamLogin> {
     Throttled,
     /// No upstream credential could be had.
     TokenFailed {
+        /// The account.
         account: Arc<AccountConfig>,
+        /// Why.
         error: TokenError,
     },
     /// Upstream refused; `reply` is its answer (the connection is closed).
-    UpstreamRejected { reply: U::Reply },
+    UpstreamRejected {
+        /// The server's answer.
+        reply: U::Reply,
+    },
     /// The upstream could not be reached, or failed during the login: temporary.
     UpstreamUnavailable(UpstreamError),
 }
@@ -344,6 +355,7 @@ pub struct Explanation {
     /// The failure may heal by itself (identity provider unreachable or slow): the client should
     /// retry later and keep its password.
     pub temporary: bool,
+    /// The explanation, free of secrets.
     pub text: String,
 }
 

@@ -25,6 +25,7 @@ use upstream::Target;
 
 /// What the sessions of one listener share.
 pub struct ListenerContext {
+    /// The listener's configuration.
     pub config: ListenerConfig,
     /// Present when the listener offers TLS (implicit or STARTTLS).
     pub acceptor: Option<TlsAcceptor>,
@@ -34,6 +35,7 @@ pub struct ListenerContext {
     targets: Mutex<HashMap<UpstreamSpec, Arc<Target>>>,
     /// What the listener's upstream offered when last seen, shown before login.
     pub capabilities: CapabilityCache,
+    /// What every listener shares.
     pub shared: Arc<Shared>,
 }
 

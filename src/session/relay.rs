@@ -20,7 +20,9 @@ pub const PIPE_BUFFER: usize = 32 * 1024;
 /// Bytes moved in each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Transferred {
+    /// From the device to the server.
     pub client_to_upstream: u64,
+    /// From the server to the device.
     pub upstream_to_client: u64,
 }
 

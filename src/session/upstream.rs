@@ -19,6 +19,7 @@ use tokio_rustls::TlsConnector;
 
 /// One upstream server, ready to dial: where, how to trust it, and the listener's time limits.
 pub struct Target {
+    /// Where and how.
     pub spec: UpstreamSpec,
     name: ServerName<'static>,
     connector: TlsConnector,
@@ -60,7 +61,9 @@ impl Target {
 /// Why the upstream connection cannot be used.
 #[derive(Debug)]
 pub enum UpstreamError {
+    /// The TCP connection failed.
     Connect(io::Error),
+    /// No answer within the time limit; the phase is named.
     Timeout(&'static str),
     /// The server's greeting was not a welcome.
     Greeting(String),
@@ -69,10 +72,13 @@ pub enum UpstreamError {
     StartTls(String),
     /// Bytes followed the server's go-ahead for TLS (response injection).
     Injection,
+    /// The TLS handshake failed (an unverifiable certificate, a wrong pin).
     Tls(io::Error),
+    /// Reading or writing failed.
     Io(io::Error),
     /// The server sent something that is not a valid reply.
     Protocol(String),
+    /// The server closed the connection.
     Closed,
     /// The upstream's settings cannot be used (an account's TLS files, checked at start).
     Config(String),

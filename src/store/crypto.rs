@@ -21,8 +21,11 @@ pub enum Seal {
     Password {
         /// 16 random bytes, base64.
         salt: String,
+        /// Argon2 memory cost in KiB.
         m_cost: u32,
+        /// Argon2 iterations.
         t_cost: u32,
+        /// Argon2 parallelism.
         p_cost: u32,
     },
     /// The store key from `[store] key_file`.
@@ -48,6 +51,7 @@ impl Seal {
 #[derive(Clone)]
 pub struct Key {
     bytes: Zeroizing<[u8; 32]>,
+    /// How the key was made.
     pub seal: Seal,
 }
 

@@ -48,10 +48,22 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The file or its directory could not be read or written.
     #[error("token store {path}: {message}")]
-    Io { path: String, message: String },
+    Io {
+        /// The store file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The file is not a store this version can read.
     #[error("token store {path} is not a valid store file: {message}")]
-    Corrupt { path: String, message: String },
+    Corrupt {
+        /// The store file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The entry was sealed with another key (another local password, or the store key changed).
     #[error("the stored tokens of account {0} were sealed with another key (was the local password or the store key changed?); authorize the account again")]
     WrongKey(String),
@@ -97,18 +109,22 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the account was last authorized (Unix seconds).
     pub authorized_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When its token was last refreshed (Unix seconds).
     pub last_refresh_at: Option<u64>,
     /// The last failed token request: code and description, never a secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the last error happened (Unix seconds).
     pub last_error_at: Option<u64>,
     /// App settings entered on the account page (the configuration's own values win).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A tenant entered on the account page.
     pub tenant: Option<String>,
 }
 
@@ -124,9 +140,11 @@ impl Entry {
             })
     }
 
+    /// True when a refresh token is stored.
     pub fn has_refresh_token(&self) -> bool {
         self.refresh_token.is_some()
     }
+    /// True when a client secret is stored.
     pub fn has_client_secret(&self) -> bool {
         self.client_secret.is_some()
     }
@@ -142,21 +160,28 @@ struct StoreFile {
 /// The secrets of one entry, opened with its key.
 #[derive(Debug, Default)]
 pub struct Opened {
+    /// The refresh token.
     pub refresh_token: Option<Secret>,
     /// The access token and when it expires.
     pub access_token: Option<(Secret, SystemTime)>,
+    /// A client secret entered on the account page.
     pub client_secret: Option<Secret>,
 }
 
 /// A change to one entry. Secret fields are sealed with the key given to [`Store::update`].
 #[derive(Debug, Default)]
 pub struct Change {
+    /// A new refresh token to keep.
     pub refresh_token: Option<Secret>,
+    /// A new access token and its expiry.
     pub access_token: Option<(Secret, SystemTime)>,
     /// Drop the stored access token (it was refused upstream).
     pub clear_access_token: bool,
+    /// A client secret to keep.
     pub client_secret: Option<Secret>,
+    /// A client ID to keep.
     pub client_id: Option<String>,
+    /// A tenant to keep.
     pub tenant: Option<String>,
     /// A fresh authorization (page, device code, paste): clears the last error.
     pub authorized: bool,
@@ -210,6 +235,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -258,6 +284,7 @@ impl Store {
         Ok(Arc::new(store))
     }
 
+    /// The store file.
     pub fn path(&self) -> &Path {
         &self.path
     }

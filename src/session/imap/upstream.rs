@@ -39,10 +39,12 @@ impl Reply {
         line.strip_suffix(b"\r").unwrap_or(line)
     }
 
+    /// The first line, parsed.
     pub fn parsed(&self) -> Option<Response<'_>> {
         imap::parse_response(self.line())
     }
 
+    /// The text after the status (or the whole line), for messages.
     pub fn text_lossy(&self) -> String {
         match self.parsed() {
             Some(Response::Tagged { text, .. }) => String::from_utf8_lossy(text).into_owned(),
@@ -56,10 +58,13 @@ impl Reply {
 pub struct LoginReply {
     /// Untagged responses and the tagged result, as received (relayed on success).
     pub raw: Vec<u8>,
+    /// The tagged result (or a continuation request).
     pub tagged: Reply,
 }
 
+/// The relay as an IMAP client of one upstream server.
 pub struct ImapUpstream {
+    /// The connection.
     pub conn: Conn,
     /// The greeting's text (after `* OK `), without a capability code.
     pub greeting_text: Vec<u8>,

@@ -13,20 +13,26 @@ use tokio::time::timeout;
 /// A status line from upstream, copied out of the buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
+    /// `+OK`.
     pub ok: bool,
+    /// A `+` continuation.
     pub continuation: bool,
+    /// The text after the status.
     pub text: Vec<u8>,
     /// The line as received, with its terminator, to relay verbatim.
     pub raw: Vec<u8>,
 }
 
 impl Line {
+    /// The text, for messages.
     pub fn text_lossy(&self) -> String {
         String::from_utf8_lossy(&self.text).into_owned()
     }
 }
 
+/// The relay as a POP3 client of one upstream server.
 pub struct Pop3Upstream {
+    /// The connection.
     pub conn: Conn,
     caps: Option<Capabilities>,
     /// The CAPA lines, once asked for (after TLS).

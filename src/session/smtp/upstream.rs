@@ -13,6 +13,7 @@ use tokio::time::timeout;
 /// An upstream reply, copied out of the receive buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedReply {
+    /// The reply code.
     pub code: u16,
     /// The whole reply with CRLFs, to relay verbatim.
     pub raw: Vec<u8>,
@@ -21,6 +22,7 @@ pub struct OwnedReply {
 }
 
 impl OwnedReply {
+    /// The first line's text, for messages.
     pub fn first_text(&self) -> String {
         String::from_utf8_lossy(self.lines.first().map(Vec::as_slice).unwrap_or_default())
             .into_owned()
@@ -36,7 +38,9 @@ impl OwnedReply {
     }
 }
 
+/// The relay as an SMTP client of one upstream server.
 pub struct SmtpUpstream {
+    /// The connection.
     pub conn: Conn,
     /// What the last EHLO (after TLS) offered.
     pub caps: Capabilities,
