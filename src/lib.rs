@@ -8,6 +8,7 @@
 //! - [`auth`]: accounts, local password checks, access tokens and OAuth grants;
 //! - [`admin`]: the admin HTTP server: account pages and the consent flow;
 //! - [`config`]: the typed configuration and its validation;
+//! - [`credential`]: password hashes and certificate assertions;
 //! - [`store`]: the token store, a local file with tokens sealed at rest;
 //! - [`metrics`]: counters for `/metrics`;
 //! - [`logging`]: the text log's field format, which a client cannot forge;
@@ -21,6 +22,7 @@ pub mod app;
 pub mod auth;
 pub mod codec;
 pub mod config;
+pub mod credential;
 pub mod logging;
 pub mod metrics;
 pub mod net;

@@ -110,9 +110,10 @@ async fn unlock(store: &Store, account: &AccountConfig) -> Result<Key, ExitCode>
     ))
     .map_err(fail)?;
     let (pw, phc) = (password.clone(), hash.clone());
-    let ok = tokio::task::spawn_blocking(move || authrelay::auth::password::verify(&pw, &phc))
-        .await
-        .unwrap_or(false);
+    let ok =
+        tokio::task::spawn_blocking(move || authrelay::credential::password::verify(&pw, &phc))
+            .await
+            .unwrap_or(false);
     if !ok {
         return Err(fail(
             "wrong local password for this account; nothing was changed",
@@ -226,7 +227,7 @@ async fn client_credentials(
 ) -> Result<Grant, TokenError> {
     let signer = match &oauth.certificate {
         Some(c) => Some(
-            authrelay::auth::assertion::CertificateSigner::load(&c.cert, &c.key)
+            authrelay::credential::assertion::CertificateSigner::load(&c.cert, &c.key)
                 .map_err(|e| TokenError::new(oauth::ErrorClass::Configuration, "certificate", e))?,
         ),
         None => None,

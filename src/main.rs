@@ -188,7 +188,7 @@ fn hash_password() -> ExitCode {
         eprintln!("error: the password is empty (pipe it in: printf '%s' 'password' | authrelay hash-password)");
         return ExitCode::FAILURE;
     }
-    match authrelay::auth::password::hash(&password) {
+    match authrelay::credential::password::hash(&password) {
         Ok(phc) => {
             println!("{phc}");
             ExitCode::SUCCESS

@@ -4,7 +4,6 @@
 //! fixed words (protocol, outcome), reply codes, OAuth/AADSTS error codes and account names.
 
 use crate::config::Protocol;
-use crate::session::Outcome;
 use dashmap::DashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -291,4 +290,17 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
         }
     }
+}
+
+/// How a session ended, for the session's log line and the `authrelay_sessions_total` counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Logged in and relayed until one side closed.
+    Relayed,
+    /// The client left (QUIT or closed) without logging in.
+    ClientLeft,
+    /// Closed by the relay before login: timeout, abuse, protocol violation.
+    Refused,
+    /// The upstream server could not be reached or failed.
+    UpstreamFailed,
 }

@@ -132,8 +132,11 @@ fn hash_password_prints_a_verifiable_argon2id_hash() {
     let phc = String::from_utf8(out.stdout).unwrap();
     assert!(phc.starts_with("$argon2id$"), "{phc}");
     let phc = authrelay::secret::Secret::new(phc.trim());
-    assert!(authrelay::auth::password::verify(&"pass word".into(), &phc));
-    assert!(!authrelay::auth::password::verify(
+    assert!(authrelay::credential::password::verify(
+        &"pass word".into(),
+        &phc
+    ));
+    assert!(!authrelay::credential::password::verify(
         &"pass word\n".into(),
         &phc
     ));

@@ -112,7 +112,7 @@ fn relay_config(
     token: SocketAddr,
     store_key: bool,
 ) -> Result<PathBuf, String> {
-    let hash = authrelay::auth::password::hash(&authrelay::secret::Secret::new(PASSWORD))?;
+    let hash = authrelay::credential::password::hash(&authrelay::secret::Secret::new(PASSWORD))?;
     let ca = dir.join("cert.pem");
     let mut toml = format!(
         "[log]\nlevel = \"warn\"\n\n[admin]\nenabled = false\n\n[store]\npath = \"{}\"\ncheck_interval_secs = 3600\n",

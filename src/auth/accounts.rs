@@ -8,8 +8,8 @@
 //! account run one at a time, so a burst of logins with the same password costs one Argon2
 //! check, not one each. A new Directory (start, reload) starts with nothing remembered.
 
-use crate::auth::password;
 use crate::config::{AccountAuth, AccountConfig, SecurityConfig};
+use crate::credential::password;
 use crate::secret::Secret;
 use ring::hmac;
 use std::collections::HashMap;

@@ -1,12 +1,10 @@
 //! Who may log in, and with what upstream credential.
 //!
-//! - [`password`]: Argon2id hashes of local passwords.
 //! - [`advice`]: what a user can do about an Entra error code or an upstream refusal.
 //! - [`accounts`]: the account directory: maps a legacy login to an account and verifies the
 //!   local password in constant time, with the same cost for unknown users.
 //! - [`oauth`]: token endpoint requests (refresh, authorization code with PKCE, device code,
 //!   client credentials) and error classification.
-//! - [`assertion`]: signed certificate assertions for client credentials.
 //! - [`authorize`]: what the account page and `authrelay login` share.
 //! - [`throttle`]: failed logins counted per address and per username.
 //! - [`tokens`]: the access-token cache with one refresh at a time per account.
@@ -14,10 +12,8 @@
 
 pub mod accounts;
 pub mod advice;
-pub mod assertion;
 pub mod authorize;
 pub mod oauth;
-pub mod password;
 pub mod throttle;
 pub mod tokens;
 pub mod upstream;

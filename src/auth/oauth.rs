@@ -1,8 +1,8 @@
 //! Token endpoint requests (RFC 6749 refresh-token grant, through the `oauth2` crate) and the
 //! classification of their failures (RFC 6749 §5.2; Microsoft Entra error codes, learn.microsoft.com/entra/identity-platform/reference-error-codes).
 
-use crate::auth::assertion::CertificateSigner;
 use crate::config::Endpoints;
+use crate::credential::assertion::CertificateSigner;
 use crate::secret::Secret;
 use oauth2::basic::{BasicClient, BasicTokenResponse};
 use oauth2::{

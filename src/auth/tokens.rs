@@ -10,9 +10,9 @@
 //! or the account page (a new generation) replaces what the cache holds, and a rotated refresh
 //! token is written to the store before the new access token is used.
 
-use crate::auth::assertion::CertificateSigner;
 use crate::auth::oauth::{self, ErrorClass, TokenError};
 use crate::config::{AccountAuth, AccountConfig, AppOverrides, Flow, OAuthConfig};
+use crate::credential::assertion::CertificateSigner;
 use crate::secret::Secret;
 use crate::store::{unix_now, Change, Key, Store};
 use dashmap::DashMap;

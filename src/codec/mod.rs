@@ -3,7 +3,7 @@
 //! Every function here takes the bytes received so far (`&[u8]`) and returns a borrowed view of
 //! one complete unit (a command, a reply) together with the number of bytes it consumed, or
 //! `None` when more input is needed. Nothing here reads a socket, allocates per byte, or knows
-//! about accounts and tokens: the sessions in `crate::session` drive these codecs.
+//! about accounts and tokens: the sessions in the session module drive these codecs.
 
 pub mod imap;
 pub mod line;

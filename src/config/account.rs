@@ -60,7 +60,7 @@ pub(super) fn read_account(
             "missing (make one with `authrelay hash-password`; give password_hash or password_hash_file)",
         ),
         (Some(h), _) => {
-            if let Err(e) = crate::auth::password::check_hash(h) {
+            if let Err(e) = crate::credential::password::check_hash(h) {
                 t.problem("password_hash", e);
             }
         }
@@ -130,7 +130,7 @@ pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
         check_client_credentials(t, needs);
     }
     if let Some(c) = &certificate {
-        if let Err(e) = crate::auth::assertion::CertificateSigner::load(&c.cert, &c.key) {
+        if let Err(e) = crate::credential::assertion::CertificateSigner::load(&c.cert, &c.key) {
             t.problem("certificate", e);
         }
     }

@@ -1,9 +1,8 @@
-//! Sockets and TLS: the listeners, the TLS configurations, and the connection type the sessions
-//! read and write through.
+//! Sockets and TLS: the TLS configurations, address ranges, and the connection type the
+//! sessions read and write through. Knows nothing of protocols or accounts.
 
 pub mod cidr;
 pub mod conn;
-pub mod listener;
 pub mod tls;
 
 /// Every session holds two sockets (client and upstream), so the usual soft limit of 1,024 open

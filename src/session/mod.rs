@@ -10,6 +10,7 @@
 pub mod client;
 pub mod driver;
 pub mod imap;
+pub mod listener;
 pub mod login;
 pub mod pop3;
 pub mod relay;
@@ -105,15 +106,4 @@ impl CapabilityCache {
     }
 }
 
-/// How a session ended, for the session's log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Logged in and relayed until one side closed.
-    Relayed,
-    /// The client left (QUIT or closed) without logging in.
-    ClientLeft,
-    /// Closed by the relay before login: timeout, abuse, protocol violation.
-    Refused,
-    /// The upstream server could not be reached or failed.
-    UpstreamFailed,
-}
+pub use crate::metrics::Outcome;
