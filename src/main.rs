@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-mod login;
+mod signin;
 
 const AFTER_HELP: &str = "\
 Configuration: a TOML file (default config/authrelay.toml, or $AUTHRELAY_CONFIG), overridden by
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
             device,
             paste,
             config,
-        } => login::run(&config.config, &account, device, paste),
+        } => signin::run(&config.config, &account, device, paste),
         Command::Run {
             config,
             log_format,

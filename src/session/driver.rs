@@ -4,7 +4,7 @@
 //! each command asks for ([`Action`]), and its words for every outcome ([`Say`]). The
 //! description holds the session's state (SMTP's EHLO, POP3's USER, IMAP's tag) and does no I/O,
 //! so the dialogue is unit-tested without sockets. This driver does the rest, once for all:
-//! reading with limits, STARTTLS, the PLAIN/LOGIN exchange, the login ([`login::login`]: local
+//! reading with limits, STARTTLS, the PLAIN/LOGIN exchange, the login ([`login::log_in`]: local
 //! check first, upstream only after it passed), failure counting, the timeout, the goodbye on
 //! shutdown, and the hand-off to the protocol's after-login part.
 //!
@@ -17,7 +17,7 @@ use crate::config::{AccountConfig, LocalTls};
 use crate::net::conn::Conn;
 use crate::secret::SecretBytes;
 use crate::session::client::{accept_implicit_tls, read_sasl, Challenge, ClientSide, Sasl};
-use crate::session::login::{self, explain_token_failure, Dial, Login, UpstreamLogin};
+use crate::session::login::{self, explain_token_failure, Dial, LoginOutcome, UpstreamLogin};
 use crate::session::{ListenerContext, Outcome};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -386,12 +386,12 @@ impl<P: Protocol> Driver<P> {
         Next::Continue
     }
 
-    /// Logs in ([`login::login`]) and answers the outcome.
+    /// Logs in ([`login::log_in`]) and answers the outcome.
     async fn login(&mut self, credentials: Credentials) -> Next<P::Upstream> {
         let ctx = self.ctx.clone();
-        let outcome = login::login(&ctx, self.peer.ip(), &credentials, &self.protocol).await;
+        let outcome = login::log_in(&ctx, self.peer.ip(), &credentials, &self.protocol).await;
         match outcome {
-            Login::Accepted {
+            LoginOutcome::Accepted {
                 account,
                 upstream,
                 reply,
@@ -402,9 +402,9 @@ impl<P: Protocol> Driver<P> {
                 }
                 Next::Done(End::Authenticated { upstream, account })
             }
-            Login::LocalRejected => self.fail(Say::BadCredentials).await,
-            Login::Throttled => self.fail(Say::Throttled).await,
-            Login::TokenFailed { account, error } => {
+            LoginOutcome::LocalRejected => self.fail(Say::BadCredentials).await,
+            LoginOutcome::Throttled => self.fail(Say::Throttled).await,
+            LoginOutcome::TokenFailed { account, error } => {
                 let text = explain_token_failure(&ctx.shared, &account, &error).text;
                 let say = Say::Token {
                     class: error.class,
@@ -416,14 +416,14 @@ impl<P: Protocol> Driver<P> {
                 }
                 self.fail(say).await
             }
-            Login::UpstreamRejected { reply } => {
+            LoginOutcome::UpstreamRejected { reply } => {
                 let refusal = self.protocol.refused(&reply);
                 if refusal.temporary {
                     return self.reply(&refusal.reply).await;
                 }
                 self.fail_with(&refusal.reply).await
             }
-            Login::UpstreamUnavailable(e) => {
+            LoginOutcome::UpstreamUnavailable(e) => {
                 let reason = crate::codec::line::sanitize_for_reply(&e.to_string(), 300);
                 let reply = self
                     .protocol

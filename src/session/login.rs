@@ -66,7 +66,7 @@ pub trait Dial {
 }
 
 /// How the whole login ended.
-pub enum Login<U: UpstreamLogin> {
+pub enum LoginOutcome<U: UpstreamLogin> {
     /// Upstream accepted: relay `reply` and hand `upstream` to the protocol's after-login part.
     Accepted {
         /// The account logged in.
@@ -98,12 +98,12 @@ pub enum Login<U: UpstreamLogin> {
 
 /// Logs `credentials` in: the local check first, then the upstream credential, then the
 /// account's upstream (dialled only now: a failed login costs no upstream connection).
-pub async fn login<D: Dial + Sync>(
+pub async fn log_in<D: Dial + Sync>(
     ctx: &ListenerContext,
     peer: IpAddr,
     credentials: &Credentials,
     dialer: &D,
-) -> Login<D::Upstream> {
+) -> LoginOutcome<D::Upstream> {
     let started = Instant::now();
     let (account, attempt) = match check_locally(ctx, peer, credentials).await {
         Ok(checked) => checked,
@@ -123,7 +123,7 @@ pub async fn login<D: Dial + Sync>(
         verdict.proved();
     }
     let login = log_in_upstream(ctx, &account, credentials, dialer, &mut verdict).await;
-    if let Login::Accepted { .. } = login {
+    if let LoginOutcome::Accepted { .. } = login {
         verdict.proved();
         ctx.shared.metrics.login_latency(started.elapsed());
         tracing::info!(
@@ -140,7 +140,7 @@ async fn check_locally<U: UpstreamLogin>(
     ctx: &ListenerContext,
     peer: IpAddr,
     credentials: &Credentials,
-) -> Result<(Arc<AccountConfig>, Attempt), Login<U>> {
+) -> Result<(Arc<AccountConfig>, Attempt), LoginOutcome<U>> {
     let shared = &ctx.shared;
     let user = || sanitize_for_reply(&credentials.username, 120);
     let attempt = match shared.throttle.begin(peer, &credentials.username).await {
@@ -149,7 +149,7 @@ async fn check_locally<U: UpstreamLogin>(
             tracing::warn!(user = %user(), over = ?why, "login refused: too many failed logins");
             shared.metrics.local_failure();
             tokio::time::sleep(shared.directory().failure_delay()).await;
-            return Err(Login::Throttled);
+            return Err(LoginOutcome::Throttled);
         }
     };
     let tilde = ctx
@@ -172,7 +172,7 @@ async fn check_locally<U: UpstreamLogin>(
             shared.throttle.failed(attempt);
             shared.metrics.local_failure();
             tracing::info!(user = %user(), "login failed: unknown user or wrong local password");
-            Err(Login::LocalRejected)
+            Err(LoginOutcome::LocalRejected)
         }
     }
 }
@@ -185,12 +185,12 @@ async fn log_in_upstream<D: Dial + Sync>(
     credentials: &Credentials,
     dialer: &D,
     verdict: &mut Verdict<'_>,
-) -> Login<D::Upstream> {
+) -> LoginOutcome<D::Upstream> {
     let target = match ctx.target(account) {
         Ok(t) => t,
         Err(e) => {
             verdict.refused(true);
-            return Login::UpstreamUnavailable(UpstreamError::Config(e));
+            return LoginOutcome::UpstreamUnavailable(UpstreamError::Config(e));
         }
     };
     let mut upstream: Option<D::Upstream> = None;
@@ -205,7 +205,7 @@ async fn log_in_upstream<D: Dial + Sync>(
                 tracing::warn!(error = %error.error, code = %error.code(), class = ?error.class, description = %error.description, "token request failed");
                 verdict.refused(error.class == ErrorClass::Temporary);
                 let account = account.clone();
-                return Login::TokenFailed { account, error };
+                return LoginOutcome::TokenFailed { account, error };
             }
         };
         let up = match upstream {
@@ -214,7 +214,7 @@ async fn log_in_upstream<D: Dial + Sync>(
                 Ok(up) => upstream.insert(up),
                 Err(e) => {
                     verdict.refused(true);
-                    return Login::UpstreamUnavailable(e);
+                    return LoginOutcome::UpstreamUnavailable(e);
                 }
             },
         };
@@ -223,7 +223,7 @@ async fn log_in_upstream<D: Dial + Sync>(
             Err(e) => {
                 tracing::warn!(upstream = %target.spec.address(), error = %e, "upstream failed during the login");
                 verdict.refused(true);
-                return Login::UpstreamUnavailable(e);
+                return LoginOutcome::UpstreamUnavailable(e);
             }
         };
         let (AuthResult::Accepted(reply) | AuthResult::Rejected { reply, .. }) = &result;
@@ -233,7 +233,7 @@ async fn log_in_upstream<D: Dial + Sync>(
             AuthResult::Accepted(reply) => {
                 let upstream = upstream.expect("dialled above");
                 let account = account.clone();
-                return Login::Accepted {
+                return LoginOutcome::Accepted {
                     account,
                     upstream,
                     reply,
@@ -253,7 +253,7 @@ async fn log_in_upstream<D: Dial + Sync>(
             }
         }
         verdict.refused(false);
-        return Login::UpstreamRejected { reply };
+        return LoginOutcome::UpstreamRejected { reply };
     }
 }
 
