@@ -47,7 +47,7 @@ impl Running {
     /// that were added, removed or changed are started or stopped (their sessions go on). Returns
     /// what changed; on error nothing of the accounts changed and the old listeners still run,
     /// except a changed listener whose new address could not be bound (named in the error).
-    pub async fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
+    pub async fn reload(&self, config: &Config) -> Result<Vec<String>, ReloadError> {
         let mut changes = Vec::new();
         let mut current = self.listeners.lock().await;
         // Everything that can fail before anything changes: TLS files, server names.
@@ -56,7 +56,8 @@ impl Running {
             if current.get(&l.name).is_some_and(|h| h.config == *l) {
                 continue;
             }
-            starting.push(Arc::new(listener_context(l, self.shared.clone())?));
+            let ctx = listener_context(l, self.shared.clone()).map_err(|e| ReloadError(vec![e]))?;
+            starting.push(Arc::new(ctx));
         }
         let stopping: Vec<String> = current
             .iter()
@@ -78,7 +79,7 @@ impl Running {
         let mut errors = Vec::new();
         for ctx in starting {
             let name = ctx.config.name.clone();
-            match listener::bind(ctx).await {
+            match bind(ctx).await {
                 Ok(b) => {
                     self.tasks.spawn(listener::probe(b.ctx.clone()));
                     current.insert(name.clone(), self.spawn_listener(b));
@@ -99,7 +100,7 @@ impl Running {
         if errors.is_empty() {
             Ok(changes)
         } else {
-            Err(errors.join("; "))
+            Err(ReloadError(errors))
         }
     }
 
@@ -177,10 +178,9 @@ impl Running {
 
 /// What sessions, the admin server and the upkeep share: the store, the token cache, the
 /// accounts, the throttle and the metrics.
-fn shared_state(config: &Config) -> Result<Shared, String> {
+fn shared_state(config: &Config) -> Result<Shared, StartError> {
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let store = Store::open(&config.store.path, config.store.key.as_ref())
-        .map_err(|e| format!("store: {e}"))?;
+    let store = Store::open(&config.store.path, config.store.key.as_ref())?;
     let admin_url = config.admin.listen.map(|_| config.admin.public_url.clone());
     let tokens = TokenCache::new(
         oauth::http_client(config.security.token_timeout),
@@ -224,17 +224,90 @@ const PROBE_HEAD_START: std::time::Duration = std::time::Duration::from_secs(2);
 fn listener_context(
     config: &ListenerConfig,
     shared: Arc<Shared>,
-) -> Result<ListenerContext, String> {
-    let where_ = |e: String| format!("listener.{}: {e}", config.name);
+) -> Result<ListenerContext, StartError> {
+    let where_ = |source| StartError::Tls {
+        listener: config.name.clone(),
+        source,
+    };
     let acceptor = match (config.tls, &config.cert, &config.key) {
         (LocalTls::None, _, _) => None,
         (_, Some(cert), Some(key)) => Some(TlsAcceptor::from(
-            tls::server_config(cert, key).map_err(|e| where_(e.to_string()))?,
+            tls::server_config(cert, key).map_err(where_)?,
         )),
-        _ => return Err(where_("local TLS needs cert and key".into())),
+        _ => {
+            let missing = tls::TlsError::Config("local TLS needs cert and key".into());
+            return Err(where_(missing));
+        }
     };
     ListenerContext::new(config.clone(), acceptor, shared).map_err(where_)
 }
+
+/// Binds a listener's address; the error names the listener and the address.
+async fn bind(ctx: Arc<ListenerContext>) -> Result<listener::Bound, StartError> {
+    let (name, address) = (ctx.config.name.clone(), ctx.config.listen);
+    listener::bind(ctx)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener: name,
+            address,
+            source,
+        })
+}
+
+/// Why the relay could not start, or a reload could not start a listener.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The token store cannot be opened.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// A listener's TLS settings (local certificate, upstream CA, pins, name) cannot be used.
+    #[error("listener.{listener}: {source}")]
+    Tls {
+        /// The listener's name.
+        listener: String,
+        /// What is wrong.
+        #[source]
+        source: tls::TlsError,
+    },
+    /// A listener's address cannot be bound.
+    #[error("listener.{listener}: cannot listen on {address}: {source}")]
+    Bind {
+        /// The listener's name.
+        listener: String,
+        /// Its address.
+        address: std::net::SocketAddr,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin server's address cannot be bound.
+    #[error("admin.listen: cannot listen on {address}: {source} (set [admin] listen, or enabled = false)")]
+    Admin {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A reload that could start only some of its new listeners: each failure.
+#[derive(Debug)]
+pub struct ReloadError(pub Vec<StartError>);
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ReloadError {}
 
 /// Background token upkeep: refresh ahead of expiry and keep refresh tokens alive, for the
 /// accounts whose store key is known (a store key file, or a login since start).
@@ -255,18 +328,21 @@ async fn upkeep(
 }
 
 /// Binds every listener (all or nothing) and starts serving.
-pub async fn start(config: &Config) -> Result<Running, String> {
+pub async fn start(config: &Config) -> Result<Running, StartError> {
     let shared = Arc::new(shared_state(config)?);
     let mut bound = Vec::new();
     for l in &config.listeners {
         let ctx = Arc::new(listener_context(l, shared.clone())?);
-        bound.push(listener::bind(ctx).await?);
+        bound.push(bind(ctx).await?);
     }
     let admin_listener = match config.admin.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| format!("admin.listen: cannot listen on {addr}: {e} (set [admin] listen, or enabled = false)"))?,
+                .map_err(|source| StartError::Admin {
+                    address: addr,
+                    source,
+                })?,
         ),
         None => None,
     };
@@ -283,18 +359,22 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     };
     probe_with_head_start(&running.tasks, &bound).await;
     for b in bound {
-        let addr = b.socket.local_addr().map_err(|e| e.to_string())?;
+        let addr = b.socket.local_addr().map_err(|source| StartError::Bind {
+            listener: b.ctx.config.name.clone(),
+            address: b.ctx.config.listen,
+            source,
+        })?;
         running.addresses.push((b.ctx.config.name.clone(), addr));
         let name = b.ctx.config.name.clone();
         let handle = running.spawn_listener(b);
         running.listeners.get_mut().insert(name, handle);
     }
     let (shutdown, tasks) = (running.shutdown.clone(), running.tasks.clone());
-    if let Some(l) = admin_listener {
-        running.addresses.push((
-            "admin".to_owned(),
-            l.local_addr().map_err(|e| e.to_string())?,
-        ));
+    if let (Some(l), Some(address)) = (admin_listener, config.admin.listen) {
+        let bound = l
+            .local_addr()
+            .map_err(|source| StartError::Admin { address, source })?;
+        running.addresses.push(("admin".to_owned(), bound));
         tasks.spawn(admin::serve(
             l,
             shared.clone(),

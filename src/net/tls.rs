@@ -36,6 +36,9 @@ pub enum TlsError {
     /// rustls refused the combination.
     #[error("the certificate and key do not make a TLS configuration: {0}")]
     Config(String),
+    /// A name a certificate could never carry.
+    #[error("{0:?} is not a valid TLS server name")]
+    ServerName(String),
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -33,11 +33,9 @@ pub struct Bound {
 /// of it, and a server-speaks-first client then waits for a greeting that never comes.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// Binds a listener's address. The error names the listener and the address.
-pub async fn bind(ctx: Arc<ListenerContext>) -> Result<Bound, String> {
-    let addr = ctx.config.listen;
-    let socket = listen(addr)
-        .map_err(|e| format!("listener.{}: cannot listen on {addr}: {e}", ctx.config.name))?;
+/// Binds a listener's address.
+pub async fn bind(ctx: Arc<ListenerContext>) -> std::io::Result<Bound> {
+    let socket = listen(ctx.config.listen)?;
     Ok(Bound { ctx, socket })
 }
 

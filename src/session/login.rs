@@ -190,7 +190,7 @@ async fn log_in_upstream<D: Dial + Sync>(
         Ok(t) => t,
         Err(e) => {
             verdict.refused(true);
-            return LoginOutcome::UpstreamUnavailable(UpstreamError::Config(e));
+            return LoginOutcome::UpstreamUnavailable(UpstreamError::Settings(e));
         }
     };
     let mut upstream: Option<D::Upstream> = None;

@@ -46,7 +46,7 @@ impl ListenerContext {
         config: ListenerConfig,
         acceptor: Option<TlsAcceptor>,
         shared: Arc<Shared>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, crate::net::tls::TlsError> {
         let upstream = Arc::new(Target::new(&config.upstream, &config)?);
         Ok(ListenerContext {
             config,
@@ -59,7 +59,10 @@ impl ListenerContext {
     }
 
     /// The server `account` logs in to through this listener: its own, or the listener's.
-    pub fn target(&self, account: &AccountConfig) -> Result<Arc<Target>, String> {
+    pub fn target(
+        &self,
+        account: &AccountConfig,
+    ) -> Result<Arc<Target>, crate::net::tls::TlsError> {
         let Some(spec) = account.upstreams.get(self.config.protocol) else {
             return Ok(self.upstream.clone());
         };

@@ -33,15 +33,14 @@ pub struct Target {
 
 impl Target {
     /// Builds the TLS client configuration for `spec` (CA file or pins) once.
-    pub fn new(spec: &UpstreamSpec, listener: &ListenerConfig) -> Result<Target, String> {
+    pub fn new(spec: &UpstreamSpec, listener: &ListenerConfig) -> Result<Target, tls::TlsError> {
         let client = if spec.pin.is_empty() {
             tls::client_config(spec.ca.as_deref())
         } else {
             tls::pinned_client_config(&spec.pin)
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
         let name = ServerName::try_from(spec.name.clone())
-            .map_err(|_| format!("{:?} is not a valid TLS server name", spec.name))?;
+            .map_err(|_| tls::TlsError::ServerName(spec.name.clone()))?;
         Ok(Target {
             spec: spec.clone(),
             name,
@@ -81,7 +80,7 @@ pub enum UpstreamError {
     /// The server closed the connection.
     Closed,
     /// The upstream's settings cannot be used (an account's TLS files, checked at start).
-    Config(String),
+    Settings(tls::TlsError),
 }
 
 impl fmt::Display for UpstreamError {
@@ -106,7 +105,7 @@ impl fmt::Display for UpstreamError {
             UpstreamError::Io(e) => write!(f, "connection error: {e}"),
             UpstreamError::Protocol(e) => write!(f, "sent an invalid reply: {e}"),
             UpstreamError::Closed => f.write_str("closed the connection"),
-            UpstreamError::Config(e) => write!(f, "unusable settings: {e}"),
+            UpstreamError::Settings(e) => write!(f, "unusable settings: {e}"),
         }
     }
 }
