@@ -169,6 +169,25 @@ pub async fn start_tls(conn: &mut Conn, target: &Target) -> Result<(), UpstreamE
     .map_err(UpstreamError::Tls)
 }
 
+/// Reads until `parse` finds a complete item at the front of the received bytes: `parse` returns
+/// the item (owned) and how many bytes it took, `None` when more are needed, or why the bytes
+/// are not valid. The one "parse, else read more" loop of every upstream client.
+pub async fn read_frame<T, E: fmt::Display>(
+    conn: &mut Conn,
+    mut parse: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, E>,
+) -> Result<T, UpstreamError> {
+    loop {
+        match parse(conn.buffered()) {
+            Ok(Some((item, used))) => {
+                conn.consume(used);
+                return Ok(item);
+            }
+            Ok(None) => fill(conn).await?,
+            Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+        }
+    }
+}
+
 /// Reads more bytes from upstream; end of stream is an error before authentication.
 pub async fn fill(conn: &mut Conn) -> Result<(), UpstreamError> {
     match conn.fill().await {

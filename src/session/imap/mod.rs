@@ -256,7 +256,7 @@ impl Protocol for Imap {
     async fn probe(target: &Target) -> Result<Vec<Vec<u8>>, UpstreamError> {
         let mut up = ImapUpstream::connect(target).await?;
         up.logout().await;
-        Ok(upstream::capability_words(&up.capabilities))
+        Ok(imap::capability_words(&up.capabilities))
     }
 
     async fn after_login(

@@ -66,8 +66,6 @@ pub struct LoginReply {
 pub struct ImapUpstream {
     /// The connection.
     pub conn: Conn,
-    /// The greeting's text (after `* OK `), without a capability code.
-    pub greeting_text: Vec<u8>,
     /// The capability list before login.
     pub capabilities: Vec<u8>,
     /// The client's tag for the next login.
@@ -83,7 +81,6 @@ impl ImapUpstream {
     pub async fn connect(target: &Target) -> Result<Self, UpstreamError> {
         let mut up = ImapUpstream {
             conn: upstream::open(target).await?,
-            greeting_text: Vec::new(),
             capabilities: Vec::new(),
             login_tag: Vec::new(),
             reply_timeout: target.reply_timeout,
@@ -100,9 +97,8 @@ impl ImapUpstream {
                 ))
             }
         };
-        let (word, rest) = split_word(&text);
-        match imap::status_word(word) {
-            Some(Status::Ok) => {}
+        let rest = match imap::split_status(&text) {
+            Some((Status::Ok, rest)) => rest,
             // PREAUTH would be a session logged in without the account's credential (and is a
             // known STARTTLS-stripping trick); BYE is a refusal.
             _ => {
@@ -110,23 +106,15 @@ impl ImapUpstream {
                     String::from_utf8_lossy(&text).into_owned(),
                 ))
             }
-        }
-        up.greeting_text = match imap::capability_code(rest) {
-            Some((_, list, after)) => {
-                up.capabilities = list.to_vec();
-                after
-                    .strip_prefix(b"]")
-                    .unwrap_or(after)
-                    .trim_ascii_start()
-                    .to_vec()
-            }
-            None => rest.to_vec(),
         };
+        if let Some((_, list, _)) = imap::capability_code(rest) {
+            up.capabilities = list.to_vec();
+        }
         if target.spec.tls == UpstreamTls::Starttls {
             if up.capabilities.is_empty() {
                 up.fetch_capabilities().await?;
             }
-            if !has_capability(&up.capabilities, b"STARTTLS") {
+            if !imap::has_capability(&up.capabilities, b"STARTTLS") {
                 return Err(UpstreamError::StartTls(
                     "the server does not offer STARTTLS; refusing to continue in plaintext".into(),
                 ));
@@ -165,18 +153,18 @@ impl ImapUpstream {
     /// Reads one response (a line and its literals).
     async fn read_response(&mut self) -> Result<Reply, UpstreamError> {
         let mut framer = Framer::new();
-        loop {
-            match framer.scan(self.conn.buffered(), imap::MAX_PRE_AUTH_LITERAL) {
-                Ok(Frame::Complete { len }) => {
-                    let raw = self.conn.buffered()[..len].to_vec();
-                    self.conn.consume(len);
-                    return Ok(Reply { raw });
+        upstream::read_frame(&mut self.conn, |buf| loop {
+            // A literal's header: scan on, the literal's octets may be here already.
+            match framer.scan(buf, imap::MAX_PRE_AUTH_LITERAL)? {
+                Frame::Complete { len } => {
+                    let raw = buf[..len].to_vec();
+                    return Ok::<_, imap::FrameError>(Some((Reply { raw }, len)));
                 }
-                Ok(Frame::Incomplete) => upstream::fill(&mut self.conn).await?,
-                Ok(Frame::Literal { .. }) => {}
-                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+                Frame::Incomplete => return Ok(None),
+                Frame::Literal { .. } => {}
             }
-        }
+        })
+        .await
     }
 
     /// Reads responses until the one tagged `tag` or a continuation request. The untagged ones
@@ -229,14 +217,14 @@ impl ImapUpstream {
         credential: &UpstreamCredential,
     ) -> Result<AuthResult<LoginReply>, UpstreamError> {
         let tag = self.login_tag.clone();
-        let sasl_ir = has_capability(&self.capabilities, b"SASL-IR");
+        let sasl_ir = imap::has_capability(&self.capabilities, b"SASL-IR");
         let (mechanism, blob, bearer) = match credential {
             UpstreamCredential::Bearer { .. } => {
                 let (mechanism, blob) = upstream::bearer_response(credential, &self.server)?;
                 (mechanism.name(), blob, Some(mechanism))
             }
             UpstreamCredential::Password { user, password } => {
-                if !has_capability(&self.capabilities, b"AUTH=PLAIN") {
+                if !imap::has_capability(&self.capabilities, b"AUTH=PLAIN") {
                     let (Some(u), Some(p)) = (
                         imap::quote(user.as_bytes()),
                         imap::quote(password.expose().as_bytes()),
@@ -319,32 +307,11 @@ fn finish(r: LoginReply, token_rejected: bool) -> AuthResult<LoginReply> {
     }
 }
 
-fn split_word(s: &[u8]) -> (&[u8], &[u8]) {
-    match s.iter().position(|&b| b == b' ') {
-        Some(i) => (&s[..i], &s[i + 1..]),
-        None => (s, &[]),
-    }
-}
-
-/// The words of a capability list.
-pub fn capability_words(list: &[u8]) -> Vec<Vec<u8>> {
-    list.split(|&b| b == b' ')
-        .filter(|w| !w.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
-/// True when the space-separated list holds `cap` (case-insensitively).
-pub fn has_capability(list: &[u8], cap: &[u8]) -> bool {
-    list.split(|&b| b == b' ')
-        .any(|c| c.eq_ignore_ascii_case(cap))
-}
-
 impl UpstreamLogin for ImapUpstream {
     type Reply = LoginReply;
 
     fn capabilities(&self) -> Option<Vec<Vec<u8>>> {
-        Some(capability_words(&self.capabilities))
+        Some(imap::capability_words(&self.capabilities))
     }
 
     fn reply_code(reply: &LoginReply) -> String {

@@ -81,9 +81,9 @@ impl Pop3Upstream {
     }
 
     async fn read_line(&mut self) -> Result<Line, UpstreamError> {
-        loop {
-            match next_status(self.conn.buffered()) {
-                Ok(Some((status, used))) => {
+        upstream::read_frame(&mut self.conn, |buf| {
+            next_status(buf).map(|found| {
+                found.map(|(status, used)| {
                     let (ok, continuation, text) = match status {
                         Status::Ok(t) => (true, false, t),
                         Status::Err(t) => (false, false, t),
@@ -93,16 +93,13 @@ impl Pop3Upstream {
                         ok,
                         continuation,
                         text: text.to_vec(),
-                        raw: self.conn.buffered()[..used].to_vec(),
+                        raw: buf[..used].to_vec(),
                     };
-                    self.conn.consume(used);
-                    return Ok(line);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
-            }
-            upstream::fill(&mut self.conn).await?;
-        }
+                    (line, used)
+                })
+            })
+        })
+        .await
     }
 
     /// Sends one command (in pieces, the last ending in CRLF) and reads its status line.
@@ -123,21 +120,12 @@ impl Pop3Upstream {
         if !status.ok {
             return Ok((status, Capabilities::default(), Vec::new()));
         }
-        let read = async {
-            loop {
-                match next_multiline(self.conn.buffered()) {
-                    Ok(Some((lines, used))) => {
-                        let owned: Vec<Vec<u8>> = lines.iter().map(|l| l.to_vec()).collect();
-                        self.conn.consume(used);
-                        return Ok(owned);
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
-                }
-                upstream::fill(&mut self.conn).await?;
-            }
-        };
-        let lines = timeout(self.reply_timeout, read)
+        let read = upstream::read_frame(&mut self.conn, |buf| {
+            next_multiline(buf).map(|found| {
+                found.map(|(lines, used)| (lines.iter().map(|l| l.to_vec()).collect(), used))
+            })
+        });
+        let lines: Vec<Vec<u8>> = timeout(self.reply_timeout, read)
             .await
             .map_err(|_| UpstreamError::Timeout("CAPA"))??;
         let views: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();

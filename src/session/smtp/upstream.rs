@@ -112,22 +112,19 @@ impl SmtpUpstream {
 
     /// Reads one complete reply.
     pub async fn read_reply(&mut self) -> Result<OwnedReply, UpstreamError> {
-        loop {
-            match next_reply(self.conn.buffered()) {
-                Ok(Some((reply, used))) => {
+        upstream::read_frame(&mut self.conn, |buf| {
+            next_reply(buf).map(|found| {
+                found.map(|(reply, used)| {
                     let owned = OwnedReply {
                         code: reply.code,
                         raw: reply.raw.to_vec(),
                         lines: reply.lines.iter().map(|l| l.to_vec()).collect(),
                     };
-                    self.conn.consume(used);
-                    return Ok(owned);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
-            }
-            upstream::fill(&mut self.conn).await?;
-        }
+                    (owned, used)
+                })
+            })
+        })
+        .await
     }
 
     /// Sends one command (given in pieces, the last ending in CRLF) and reads its reply.
