@@ -1,7 +1,11 @@
 //! In-process peers for the integration tests: a fake upstream SMTP server that checks XOAUTH2
-//! tokens, a fake OAuth token endpoint, test certificates, and a raw line client. Everything
-//! listens on 127.0.0.1 with an ephemeral port.
+//! tokens, scripted IMAP and POP3 servers ([`fake_imap`], [`fake_pop3`]), a fake OAuth token
+//! endpoint, test certificates, and a raw line client. Everything listens on 127.0.0.1 with an
+//! ephemeral port.
 #![allow(dead_code)]
+
+pub mod fake_imap;
+pub mod fake_pop3;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
