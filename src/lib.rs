@@ -13,7 +13,8 @@
 //! - [`metrics`]: counters for `/metrics`;
 //! - [`logging`]: the text log's field format, which a client cannot forge;
 //! - [`secret`]: types that keep secrets out of logs;
-//! - [`shared`]: what sessions, the admin server and the upkeep share.
+//! - [`shared`]: what sessions, the admin server and the upkeep share;
+//! - [`spool`]: the durable message spool (storage; delivery comes with spool mode).
 
 #![warn(missing_docs)]
 
@@ -29,4 +30,5 @@ pub mod net;
 pub mod secret;
 pub mod session;
 pub mod shared;
+pub mod spool;
 pub mod store;

@@ -1,0 +1,416 @@
+//! The durable spool: messages accepted from devices wait here until they are delivered.
+//!
+//! One file per message, like Postfix's queue (postfix.org/QSHAPE_README.html describes its
+//! shape): `queue/ID` holds a header line with the [`Envelope`] (JSON, no secret in it) and
+//! then the message's bytes as received. A message is written to `tmp/ID` while it arrives;
+//! [`Incoming::commit`] makes it durable before it returns:
+//!
+//! 1. the file's data and size reach the disk (`fdatasync`);
+//! 2. it is renamed into `queue/` (atomic: a reader sees the whole file or none);
+//! 3. the `queue/` directory is synced, so the rename survives a crash.
+//!
+//! Step 3 is shared: one committer thread renames whatever files are ready and syncs the
+//! directory once for all of them (group commit), so many devices sending at once cost one
+//! directory sync, and no one is told "accepted" before the sync that covers their own file.
+//! Concurrent `fdatasync`s of step 1 are batched by the file system's journal itself (ext4's
+//! jbd2 commits them together).
+//!
+//! On [`Spool::open`], `tmp/` is emptied: those messages were never acknowledged. What is in
+//! `queue/` was, and is delivered; `failed/` keeps what could not be (for inspection), and
+//! `state/ID` records delivery attempts (written atomically; losing one only means an earlier
+//! retry).
+
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The first bytes of every spool file, and its format version.
+const MAGIC: &str = "authrelay-spool 1 ";
+/// Bytes buffered before a write to the temporary file.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// Who sent a message, for whom, from where and when: everything delivery needs besides the
+/// message itself. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The queue ID: arrival time in microseconds and a random part, so IDs sort by arrival.
+    pub id: String,
+    /// The account (`[account.NAME]`) that logged in and delivers it.
+    pub account: String,
+    /// The MAIL FROM address (empty for the null sender).
+    pub sender: String,
+    /// The RCPT TO addresses.
+    pub recipients: Vec<String>,
+    /// Arrival time, Unix seconds.
+    pub arrived: u64,
+    /// The device's address.
+    pub client: String,
+}
+
+/// What delivery attempts have learned about a queued message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryState {
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Not before this time (Unix seconds).
+    pub next_try: u64,
+    /// The last reply or error, for `authrelay queue show` and the account page.
+    pub last_reply: String,
+}
+
+/// Why the spool could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A file or directory operation failed.
+    #[error("spool {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A spool file that this version cannot read.
+    #[error("spool file {path} is damaged: {reason}")]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The committer thread is gone (the process is shutting down).
+    #[error("the spool is closed")]
+    Closed,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A spool directory. Cheap to clone; all clones share one committer.
+#[derive(Clone)]
+pub struct Spool {
+    dir: Arc<Dirs>,
+    committer: mpsc::Sender<Ready>,
+    commits: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The spool's directories.
+struct Dirs {
+    tmp: PathBuf,
+    queue: PathBuf,
+    failed: PathBuf,
+    state: PathBuf,
+}
+
+/// A file whose data is on disk, waiting for its rename and the directory sync.
+struct Ready {
+    tmp: PathBuf,
+    target: PathBuf,
+    done: tokio::sync::oneshot::Sender<Result<(), SpoolError>>,
+}
+
+impl Spool {
+    /// Opens (creating) the spool at `path`, empties `tmp/` (never acknowledged), and starts
+    /// the committer thread.
+    pub fn open(path: &Path) -> Result<Spool, SpoolError> {
+        let dir = Arc::new(Dirs {
+            tmp: path.join("tmp"),
+            queue: path.join("queue"),
+            failed: path.join("failed"),
+            state: path.join("state"),
+        });
+        for d in [&dir.tmp, &dir.queue, &dir.failed, &dir.state] {
+            fs::create_dir_all(d).map_err(io_error(d))?;
+        }
+        for entry in fs::read_dir(&dir.tmp).map_err(io_error(&dir.tmp))? {
+            let entry = entry.map_err(io_error(&dir.tmp))?;
+            fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
+        }
+        let (tx, rx) = mpsc::channel::<Ready>();
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let queue_dir = dir.queue.clone();
+        let counter = commits.clone();
+        std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || commit_loop(&queue_dir, &rx, &counter))
+            .map_err(io_error(path))?;
+        Ok(Spool {
+            dir,
+            committer: tx,
+            commits,
+        })
+    }
+
+    /// Directory syncs made so far by the committer (each covers one or more messages).
+    pub fn directory_syncs(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts a message: its envelope is written first, the bytes follow with
+    /// [`Incoming::write`], and [`Incoming::commit`] makes it durable.
+    pub async fn begin(&self, envelope: &Envelope) -> Result<Incoming, SpoolError> {
+        let tmp = self.dir.tmp.join(&envelope.id);
+        let mut header = MAGIC.to_owned();
+        header.push_str(&serde_json::to_string(envelope).expect("an envelope serializes"));
+        header.push('\n');
+        let file = blocking({
+            let tmp = tmp.clone();
+            move || {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .map_err(io_error(&tmp))?;
+                let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+                out.write_all(header.as_bytes()).map_err(io_error(&tmp))?;
+                Ok(out)
+            }
+        })
+        .await?;
+        Ok(Incoming {
+            spool: self.clone(),
+            id: envelope.id.clone(),
+            tmp,
+            file: Some(file),
+            pending: Vec::new(),
+        })
+    }
+
+    /// The queued messages' envelopes, oldest first.
+    pub fn queued(&self) -> Result<Vec<Envelope>, SpoolError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir.queue).map_err(io_error(&self.dir.queue))? {
+            let path = entry.map_err(io_error(&self.dir.queue))?.path();
+            out.push(read_envelope(&path)?);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// A queued message: its envelope and its bytes.
+    pub fn read(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError> {
+        let path = self.queued_path(id)?;
+        let mut raw = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut raw))
+            .map_err(io_error(&path))?;
+        let (envelope, start) = parse_header(&raw, &path)?;
+        raw.drain(..start);
+        Ok((envelope, raw))
+    }
+
+    /// What delivery attempts learned about `id` (default when none was recorded).
+    pub fn state(&self, id: &str) -> Result<DeliveryState, SpoolError> {
+        let path = self.dir.state.join(checked_id(id)?);
+        match fs::read(&path) {
+            Ok(raw) => Ok(serde_json::from_slice(&raw).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(DeliveryState::default()),
+            Err(e) => Err(io_error(&path)(e)),
+        }
+    }
+
+    /// Records a deferral (atomically: a temporary file renamed over the old state).
+    pub fn defer(&self, id: &str, state: &DeliveryState) -> Result<(), SpoolError> {
+        let path = self.dir.state.join(checked_id(id)?);
+        let tmp = self.dir.state.join(format!(".{id}.tmp"));
+        let raw = serde_json::to_vec(state).expect("a delivery state serializes");
+        fs::write(&tmp, raw).map_err(io_error(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_error(&path))
+    }
+
+    /// Removes a delivered message, durably: a crash right after must not deliver it again.
+    pub fn delivered(&self, id: &str) -> Result<(), SpoolError> {
+        let path = self.queued_path(id)?;
+        fs::remove_file(&path).map_err(io_error(&path))?;
+        let _ = fs::remove_file(self.dir.state.join(id));
+        sync_dir(&self.dir.queue)
+    }
+
+    /// Moves a message that cannot be delivered to `failed/`, keeping its last state.
+    pub fn fail(&self, id: &str) -> Result<(), SpoolError> {
+        let path = self.queued_path(id)?;
+        let target = self.dir.failed.join(id);
+        fs::rename(&path, &target).map_err(io_error(&target))?;
+        sync_dir(&self.dir.queue)
+    }
+
+    fn queued_path(&self, id: &str) -> Result<PathBuf, SpoolError> {
+        Ok(self.dir.queue.join(checked_id(id)?))
+    }
+}
+
+/// A message being received. Dropped without [`Incoming::commit`], it is removed.
+pub struct Incoming {
+    spool: Spool,
+    id: String,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+    /// Bytes not yet handed to the blocking writer.
+    pending: Vec<u8>,
+}
+
+impl Incoming {
+    /// The queue ID.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Appends message bytes.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= WRITE_BUFFER {
+            self.flush_pending().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_pending(&mut self) -> Result<(), SpoolError> {
+        let mut file = self.file.take().ok_or(SpoolError::Closed)?;
+        let chunk = std::mem::take(&mut self.pending);
+        let tmp = self.tmp.clone();
+        let file = blocking(move || {
+            file.write_all(&chunk).map_err(io_error(&tmp))?;
+            Ok(file)
+        })
+        .await?;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Makes the message durable: its data synced, renamed into the queue, the queue directory
+    /// synced (shared with whatever else is committing). Only then may the device be told.
+    pub async fn commit(mut self) -> Result<(), SpoolError> {
+        self.flush_pending().await?;
+        let file = self.file.take().ok_or(SpoolError::Closed)?;
+        let tmp = self.tmp.clone();
+        blocking(move || {
+            let file = file
+                .into_inner()
+                .map_err(|e| io_error(&tmp)(e.into_error()))?;
+            file.sync_data().map_err(io_error(&tmp))
+        })
+        .await?;
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let ready = Ready {
+            tmp: self.tmp.clone(),
+            target: self.spool.dir.queue.join(&self.id),
+            done,
+        };
+        self.spool
+            .committer
+            .send(ready)
+            .map_err(|_| SpoolError::Closed)?;
+        // From here the committer owns the file: nothing to remove on drop.
+        self.tmp = PathBuf::new();
+        wait.await.map_err(|_| SpoolError::Closed)?
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// The committer: takes every file that is ready, renames each into the queue, syncs the
+/// directory once, and tells each waiter.
+fn commit_loop(queue: &Path, rx: &mpsc::Receiver<Ready>, commits: &std::sync::atomic::AtomicU64) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let mut results: Vec<Result<(), SpoolError>> = batch
+            .iter()
+            .map(|r| fs::rename(&r.tmp, &r.target).map_err(io_error(&r.target)))
+            .collect();
+        let synced = sync_dir(queue).map_err(|e| e.to_string());
+        commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for (ready, result) in batch.into_iter().zip(results.drain(..)) {
+            let outcome = match (&synced, result) {
+                (_, Err(e)) => Err(e),
+                (Err(text), Ok(())) => Err(SpoolError::Io {
+                    path: queue.display().to_string(),
+                    source: io::Error::other(text.clone()),
+                }),
+                (Ok(()), Ok(())) => Ok(()),
+            };
+            let _ = ready.done.send(outcome);
+        }
+    }
+}
+
+/// Syncs a directory, so that renames and removals in it survive a crash.
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// Runs blocking file work off the runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| SpoolError::Closed)?
+}
+
+/// A queue ID as it appears in file names: hex digits and a hyphen only, so no path can be
+/// named through it.
+fn checked_id(id: &str) -> Result<&str, SpoolError> {
+    let ok =
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if ok {
+        Ok(id)
+    } else {
+        Err(SpoolError::Damaged {
+            path: id.chars().take(64).collect(),
+            reason: "not a queue ID".into(),
+        })
+    }
+}
+
+/// A new queue ID: the time in microseconds (so IDs sort by arrival) and 48 random bits.
+pub fn new_id() -> String {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64;
+    let random: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
+    format!("{micros:016x}-{random:012x}")
+}
+
+fn read_envelope(path: &Path) -> Result<Envelope, SpoolError> {
+    let mut head = Vec::with_capacity(1024);
+    let file = File::open(path).map_err(io_error(path))?;
+    // The header line is short; read until its newline, at most 64 KiB.
+    file.take(64 * 1024)
+        .read_to_end(&mut head)
+        .map_err(io_error(path))?;
+    parse_header(&head, path).map(|(e, _)| e)
+}
+
+/// The envelope of a spool file's bytes, and where the message starts.
+fn parse_header(raw: &[u8], path: &Path) -> Result<(Envelope, usize), SpoolError> {
+    let damaged = |reason: &str| SpoolError::Damaged {
+        path: path.display().to_string(),
+        reason: reason.to_owned(),
+    };
+    let end = memchr::memchr(b'\n', raw).ok_or_else(|| damaged("no header line"))?;
+    let line = raw[..end]
+        .strip_prefix(MAGIC.as_bytes())
+        .ok_or_else(|| damaged("not a spool file of this version"))?;
+    let envelope = serde_json::from_slice(line).map_err(|_| damaged("unreadable envelope"))?;
+    Ok((envelope, end + 1))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,122 @@
+//! The spool's storage guarantees, through its public API.
+
+use super::*;
+
+fn envelope(id: &str) -> Envelope {
+    Envelope {
+        id: id.to_owned(),
+        account: "scanner".into(),
+        sender: "scanner@example.com".into(),
+        recipients: vec!["a@example.com".into(), "b@example.com".into()],
+        arrived: 1_790_000_000,
+        client: "192.0.2.7".into(),
+    }
+}
+
+async fn accept(spool: &Spool, body: &[u8]) -> String {
+    let id = new_id();
+    let mut m = spool.begin(&envelope(&id)).await.unwrap();
+    // In pieces, as DATA arrives.
+    for chunk in body.chunks(7000) {
+        m.write(chunk).await.unwrap();
+    }
+    m.commit().await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn a_committed_message_is_queued_whole_with_its_envelope() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let id = accept(&spool, &body).await;
+    let (env, bytes) = spool.read(&id).unwrap();
+    assert_eq!(env, envelope(&id));
+    assert_eq!(bytes, body);
+    assert_eq!(spool.queued().unwrap(), vec![envelope(&id)]);
+    assert!(fs::read_dir(dir.path().join("tmp"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[tokio::test]
+async fn an_uncommitted_message_leaves_nothing_and_tmp_is_emptied_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let mut m = spool.begin(&envelope(&new_id())).await.unwrap();
+    m.write(b"Subject: half\r\n").await.unwrap();
+    drop(m);
+    assert!(fs::read_dir(dir.path().join("tmp"))
+        .unwrap()
+        .next()
+        .is_none());
+    // A crash mid-message leaves its temporary file; the next open removes it.
+    fs::write(dir.path().join("tmp").join(new_id()), b"partial").unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    assert!(fs::read_dir(dir.path().join("tmp"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(spool.queued().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn delivery_state_deferral_delivery_and_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let (a, b) = (accept(&spool, b"one").await, accept(&spool, b"two").await);
+    assert_eq!(spool.state(&a).unwrap(), DeliveryState::default());
+    let deferred = DeliveryState {
+        attempts: 1,
+        next_try: 1_790_000_060,
+        last_reply: "432 4.3.2 Concurrent connections limit exceeded".into(),
+    };
+    spool.defer(&a, &deferred).unwrap();
+    assert_eq!(spool.state(&a).unwrap(), deferred);
+    spool.delivered(&a).unwrap();
+    assert!(spool.read(&a).is_err());
+    assert_eq!(spool.state(&a).unwrap(), DeliveryState::default());
+    spool.fail(&b).unwrap();
+    assert!(spool.queued().unwrap().is_empty());
+    assert!(dir.path().join("failed").join(&b).exists());
+}
+
+#[tokio::test]
+async fn queue_ids_cannot_name_other_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    for bad in ["../tokens.json", "", "a/b", "x.tmp"] {
+        assert!(spool.read(bad).is_err(), "{bad}");
+        assert!(spool.delivered(bad).is_err(), "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commits_share_directory_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let spool = spool.clone();
+            tokio::spawn(async move { accept(&spool, format!("message {i}").as_bytes()).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(spool.queued().unwrap().len(), 64);
+    let syncs = spool.directory_syncs();
+    assert!((1..=64).contains(&syncs), "{syncs}");
+    println!("64 concurrent commits: {syncs} directory syncs");
+}
+
+#[test]
+fn ids_sort_by_arrival_and_are_unique() {
+    let ids: Vec<String> = (0..1000).map(|_| new_id()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 1000);
+    assert!(ids.iter().all(|id| checked_id(id).is_ok()));
+}
