@@ -239,7 +239,25 @@ fn listener_context(
             return Err(where_(missing));
         }
     };
-    ListenerContext::new(config.clone(), acceptor, shared).map_err(where_)
+    let spool = config.spool.then(|| shared.spool.get().cloned()).flatten();
+    let mut ctx = ListenerContext::new(config.clone(), acceptor, shared).map_err(where_)?;
+    ctx.spool = spool;
+    Ok(ctx)
+}
+
+/// Opens the spool when a listener spools (once; a reload that adds a spool listener later
+/// needs a restart to open it).
+fn open_spool(config: &Config, shared: &Shared) -> Result<(), StartError> {
+    if !config.listeners.iter().any(|l| l.spool) {
+        return Ok(());
+    }
+    let spool = crate::spool::Spool::open(&config.spool.path)?;
+    let handle = crate::spool::SpoolHandle {
+        spool,
+        config: config.spool.clone(),
+    };
+    let _ = shared.spool.set(Arc::new(handle));
+    Ok(())
 }
 
 /// Binds a listener's address; the error names the listener and the address.
@@ -260,6 +278,9 @@ pub enum StartError {
     /// The token store cannot be opened.
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The spool cannot be opened.
+    #[error("spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
     /// A listener's TLS settings (local certificate, upstream CA, pins, name) cannot be used.
     #[error("listener.{listener}: {source}")]
     Tls {
@@ -330,6 +351,7 @@ async fn upkeep(
 /// Binds every listener (all or nothing) and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let shared = Arc::new(shared_state(config)?);
+    open_spool(config, &shared)?;
     let mut bound = Vec::new();
     for l in &config.listeners {
         let ctx = Arc::new(listener_context(l, shared.clone())?);

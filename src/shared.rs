@@ -21,6 +21,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Failed logins per address and per username (kept across reloads).
     pub throttle: crate::auth::throttle::Throttle,
+    /// The spool, opened at start when a listener spools.
+    pub spool: std::sync::OnceLock<Arc<crate::spool::SpoolHandle>>,
 }
 
 impl Shared {
@@ -39,6 +41,7 @@ impl Shared {
             tokens,
             close_sessions: tokio_util::sync::CancellationToken::new(),
             metrics,
+            spool: std::sync::OnceLock::new(),
         }
     }
 

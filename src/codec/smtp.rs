@@ -114,6 +114,35 @@ pub fn parse_mail_command(line: &[u8]) -> MailCommand<'_> {
     MailCommand::Other
 }
 
+/// The address of `RCPT TO:<address> [params]` (RFC 5321 §4.1.1.3; a source route is dropped),
+/// or `None` when the line is not a well-formed RCPT command.
+pub fn rcpt_to(line: &[u8]) -> Option<&[u8]> {
+    let rest = line
+        .get(8..)
+        .filter(|_| line[..8].eq_ignore_ascii_case(b"RCPT TO:"))?;
+    let rest = rest.trim_ascii_start().strip_prefix(b"<")?;
+    let end = memchr::memchr(b'>', rest)?;
+    let path = &rest[..end];
+    let address = match path.first() {
+        Some(b'@') => &path[memchr::memchr(b':', path)? + 1..],
+        _ => path,
+    };
+    let valid = !address.is_empty()
+        && address.len() <= 254
+        && address.contains(&b'@')
+        && address.iter().all(|&b| b > b' ' && b != 0x7f);
+    valid.then_some(address)
+}
+
+/// The `SIZE=` parameter of a MAIL command (RFC 1870 §6), when given.
+pub fn mail_size(line: &[u8]) -> Option<u64> {
+    let close = memchr::memchr(b'>', line)?;
+    line[close + 1..]
+        .split(|&b| b == b' ')
+        .find_map(|p| p.get(5..).filter(|_| p[..5].eq_ignore_ascii_case(b"SIZE=")))
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+}
+
 /// ` FROM:<[@route,@route:]address>` (RFC 5321 §4.1.2), tolerating a space after the colon and
 /// a missing pair of brackets, as servers do.
 fn mail_from(i: &[u8]) -> IResult<&[u8], &[u8]> {

@@ -15,6 +15,7 @@ pub(super) fn read_account(
     let mode: String = t.optional("auth").unwrap_or_else(|| "oauth".into());
     let allowed_from: Vec<String> = t.optional("allowed_from").unwrap_or_default();
     let upstreams = super::upstream::read_account_upstreams(&mut t);
+    let (concurrency, messages_per_minute) = read_delivery_limits(&mut t);
 
     if let Some(l) = &login {
         if crate::codec::sasl::parse_username(l.as_bytes()).is_err() {
@@ -76,6 +77,8 @@ pub(super) fn read_account(
         allowed_from,
         ephemeral: false,
         upstreams,
+        concurrency,
+        messages_per_minute,
     })
 }
 
@@ -157,6 +160,20 @@ pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
         scopes,
         mechanism,
     })
+}
+
+/// `concurrency` and `messages_per_minute`: how the spool delivers for this mailbox
+/// (Exchange Online's limits by default: 3 sessions, 30 messages a minute).
+fn read_delivery_limits(t: &mut Table<'_>) -> (usize, u32) {
+    let concurrency: usize = t.optional("concurrency").unwrap_or(3);
+    let per_minute: u32 = t.optional("messages_per_minute").unwrap_or(30);
+    if concurrency == 0 {
+        t.problem("concurrency", "must be at least 1");
+    }
+    if per_minute == 0 {
+        t.problem("messages_per_minute", "must be at least 1");
+    }
+    (concurrency.max(1), per_minute.max(1))
 }
 
 /// `mechanism`: how the token is presented upstream (RFC 7628 or Google's XOAUTH2).

@@ -16,17 +16,13 @@ pub(super) fn read_listener(
     let key: Option<PathBuf> = t.optional("key");
     let upstream = upstream::read_spec(&mut t, &upstream::LISTENER_KEYS, false);
     let upstream_probe: bool = t.optional("upstream_probe").unwrap_or(true);
+    let spool: bool = t.optional("spool").unwrap_or(false);
     let allow_remote: bool = t.optional("allow_remote").unwrap_or(false);
     let remote_plaintext_auth: bool = t.optional("remote_plaintext_auth").unwrap_or(false);
     let ehlo_name: String = t
         .optional("ehlo_name")
         .unwrap_or_else(|| "localhost".into());
-    let max_connections: usize = t.optional("max_connections").unwrap_or(1000);
-    // One address may hold a quarter of the slots by default, so no single client (or scanner)
-    // can take them all. Behind a balancer without PROXY v2 every client has its address.
-    let max_connections_per_address: usize = t
-        .optional("max_connections_per_address")
-        .unwrap_or((max_connections / 4).max(1));
+    let (max_connections, max_connections_per_address) = read_connection_limits(&mut t);
     let connect_timeout = Duration::from_secs(t.optional("connect_timeout_secs").unwrap_or(20));
     let upstream_timeout = Duration::from_secs(t.optional("upstream_timeout_secs").unwrap_or(60));
     let pre_auth_timeout = Duration::from_secs(t.optional("pre_auth_timeout_secs").unwrap_or(120));
@@ -38,6 +34,9 @@ pub(super) fn read_listener(
     let tilde_login: bool = t.optional("tilde_login").unwrap_or(false);
     let proxy_protocol: bool = t.optional("proxy_protocol").unwrap_or(false);
     let proxy_trusted = read_cidrs(&mut t, "proxy_trusted");
+    if spool {
+        check_spool(&mut t, protocol, tilde_login);
+    }
     let allow = read_cidrs(&mut t, "allow");
     if proxy_protocol && proxy_trusted.is_empty() {
         t.problem(
@@ -50,12 +49,6 @@ pub(super) fn read_listener(
     if tls != LocalTls::None {
         check_local_tls(&mut t, cert.as_deref(), key.as_deref());
     }
-    if max_connections == 0 {
-        t.problem("max_connections", "must be at least 1");
-    }
-    if max_connections_per_address == 0 {
-        t.problem("max_connections_per_address", "must be at least 1");
-    }
     t.finish();
     let upstream = upstream?;
     Some(ListenerConfig {
@@ -67,6 +60,7 @@ pub(super) fn read_listener(
         key,
         upstream,
         upstream_probe,
+        spool,
         ehlo_name,
         max_connections,
         max_connections_per_address,
@@ -111,6 +105,39 @@ fn check_listen(
         );
     }
     Some(addr)
+}
+
+/// `max_connections` and `max_connections_per_address`. One address may hold a quarter of the
+/// slots by default, so no single client (or scanner) can take them all. Behind a balancer
+/// without PROXY v2 every client has its address.
+fn read_connection_limits(t: &mut Table<'_>) -> (usize, usize) {
+    let max: usize = t.optional("max_connections").unwrap_or(1000);
+    let per_address: usize = t
+        .optional("max_connections_per_address")
+        .unwrap_or((max / 4).max(1));
+    if max == 0 {
+        t.problem("max_connections", "must be at least 1");
+    }
+    if per_address == 0 {
+        t.problem("max_connections_per_address", "must be at least 1");
+    }
+    (max, per_address)
+}
+
+/// Only SMTP spools, and a spool listener cannot take refresh-token logins.
+fn check_spool(t: &mut Table<'_>, protocol: Option<Protocol>, tilde_login: bool) {
+    if protocol.is_some_and(|p| p != Protocol::Smtp) {
+        t.problem(
+            "spool",
+            "only SMTP listeners spool (IMAP and POP3 are always live)",
+        );
+    }
+    if tilde_login {
+        t.problem(
+            "tilde_login",
+            "a spool listener cannot take refresh-token logins (the token would be needed again at delivery)",
+        );
+    }
 }
 
 /// Local TLS needs a certificate chain and its key, which must load.

@@ -81,6 +81,7 @@ pub(super) fn read_root(root: Value, problems: &mut Problems) -> Option<Config> 
     let security = t.take_value("security");
     let service = t.take_value("service");
     let store = t.take_value("store");
+    let spool = t.take_value("spool");
     let admin = t.take_value("admin");
     let client_tables = t.take_value("client");
     t.finish();
@@ -138,6 +139,7 @@ pub(super) fn read_root(root: Value, problems: &mut Problems) -> Option<Config> 
     let security = read_security(security, problems);
     let service = read_service(service, problems);
     let store = read_store(store, problems);
+    let spool = read_spool(spool, problems);
     let admin = read_admin(admin, problems);
     Some(Config {
         listeners,
@@ -146,9 +148,46 @@ pub(super) fn read_root(root: Value, problems: &mut Problems) -> Option<Config> 
         security: security?,
         service: service?,
         store: store?,
+        spool: spool?,
         admin: admin?,
         clients,
     })
+}
+
+pub(super) fn read_spool(value: Option<Value>, problems: &mut Problems) -> Option<SpoolConfig> {
+    let mut s = SpoolConfig {
+        path: PathBuf::from("state/spool"),
+        max_age: Duration::from_secs(120 * 3600),
+        // Exchange Online's message size limit for SMTP AUTH submission: 35 MB.
+        max_message_bytes: 35 * 1024 * 1024,
+        // Exchange Online: 500 recipients per message.
+        max_recipients: 500,
+        min_free_bytes: 100 * 1024 * 1024,
+    };
+    let Some(v) = value else {
+        return Some(s);
+    };
+    let mut t = Table::new("spool", v, problems)?;
+    if let Some(p) = t.optional::<PathBuf>("path") {
+        s.path = p;
+    }
+    if let Some(h) = t.optional::<u64>("max_age_hours") {
+        if h == 0 {
+            t.problem("max_age_hours", "must be at least 1");
+        }
+        s.max_age = Duration::from_secs(h * 3600);
+    }
+    if let Some(n) = t.optional::<u64>("max_message_bytes") {
+        s.max_message_bytes = n.max(1024);
+    }
+    if let Some(n) = t.optional::<usize>("max_recipients") {
+        s.max_recipients = n.max(1);
+    }
+    if let Some(n) = t.optional::<u64>("min_free_mb") {
+        s.min_free_bytes = n * 1024 * 1024;
+    }
+    t.finish();
+    Some(s)
 }
 
 pub(super) fn read_store(value: Option<Value>, problems: &mut Problems) -> Option<StoreConfig> {

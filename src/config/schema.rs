@@ -17,10 +17,29 @@ pub struct Config {
     pub service: ServiceConfig,
     /// `[store]`.
     pub store: StoreConfig,
+    /// `[spool]`.
+    pub spool: SpoolConfig,
     /// `[admin]`.
     pub admin: AdminConfig,
     /// App registrations for the `mailbox~client_id` login convention.
     pub clients: Vec<ClientConfig>,
+}
+
+/// `[spool]`: where accepted messages wait for delivery (the spool module), and the
+/// limits of what a spool listener accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// The spool directory.
+    pub path: PathBuf,
+    /// How long a message may wait before it is given up (Postfix's default: 5 days).
+    pub max_age: Duration,
+    /// The largest message accepted (announced with SIZE; Exchange Online's limit by default).
+    pub max_message_bytes: u64,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// Free space the spool's file system must keep; below it, messages are refused with
+    /// `452 4.3.1` before they are received.
+    pub min_free_bytes: u64,
 }
 
 /// Where tokens are kept (see [`crate::store`]).
@@ -180,6 +199,8 @@ pub struct ListenerConfig {
     pub upstream: UpstreamSpec,
     /// Connect to the upstream once at start to learn its capabilities (shown before login).
     pub upstream_probe: bool,
+    /// SMTP: accept messages into the spool (`[spool]`) instead of piping the session live.
+    pub spool: bool,
     /// The name the relay gives in its own EHLO before upstream STARTTLS.
     pub ehlo_name: String,
     /// Connections held at once; more are told to come back later.
@@ -391,6 +412,10 @@ pub struct AccountConfig {
     pub ephemeral: bool,
     /// Servers of this account that replace the listener's (`[account.NAME.upstream]`).
     pub upstreams: AccountUpstreams,
+    /// Upstream SMTP sessions delivering from the spool at once (Exchange Online allows 3).
+    pub concurrency: usize,
+    /// Messages delivered from the spool per minute (Exchange Online allows 30).
+    pub messages_per_minute: u32,
 }
 
 impl AccountConfig {

@@ -151,6 +151,21 @@ pub trait Protocol: Dial + Send + Sync + Sized + 'static {
     fn probe(
         target: &crate::session::upstream::Target,
     ) -> impl Future<Output = Result<Vec<Vec<u8>>, crate::session::upstream::UpstreamError>> + Send;
+    /// Spool mode: a login is the local check alone and no upstream belongs to the session;
+    /// this is the reply to a login that passed it. `None` (the default): log in upstream.
+    fn accepted_locally(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Runs the session after a local login (spool mode) until it ends.
+    fn after_local_login(
+        self,
+        ctx: Arc<ListenerContext>,
+        client: ClientSide,
+        account: Arc<AccountConfig>,
+    ) -> impl Future<Output = Outcome> + Send {
+        let _ = (ctx, client, account);
+        async { Outcome::Refused }
+    }
     /// Runs the session after login until it ends.
     fn after_login(
         self,
@@ -165,6 +180,10 @@ pub trait Protocol: Dial + Send + Sync + Sized + 'static {
 enum End<U> {
     Authenticated {
         upstream: U,
+        account: Arc<AccountConfig>,
+    },
+    /// Logged in locally (spool mode): no upstream.
+    Local {
         account: Arc<AccountConfig>,
     },
     Close(Outcome),
@@ -225,6 +244,15 @@ pub async fn run<P: Protocol>(
                 ..
             } = driver;
             protocol.after_login(ctx, client, upstream, account).await
+        }
+        End::Local { account } => {
+            let Driver {
+                ctx,
+                client,
+                protocol,
+                ..
+            } = driver;
+            protocol.after_local_login(ctx, client, account).await
         }
         End::Close(outcome) => {
             driver.client.conn.shutdown().await;
@@ -389,7 +417,22 @@ impl<P: Protocol> Driver<P> {
     /// Logs in ([`login::log_in`]) and answers the outcome.
     async fn login(&mut self, credentials: Credentials) -> Next<P::Upstream> {
         let ctx = self.ctx.clone();
+        if let Some(reply) = self.protocol.accepted_locally() {
+            return match login::log_in_locally(&ctx, self.peer.ip(), &credentials).await {
+                Ok(account) => match self.client.conn.send(&reply).await {
+                    Ok(()) => Next::Done(End::Local { account }),
+                    Err(_) => Next::Done(End::Close(Outcome::ClientLeft)),
+                },
+                Err(refused) => self.answer(refused).await,
+            };
+        }
         let outcome = login::log_in(&ctx, self.peer.ip(), &credentials, &self.protocol).await;
+        self.answer(outcome).await
+    }
+
+    /// Answers how a login ended.
+    async fn answer(&mut self, outcome: LoginOutcome<P::Upstream>) -> Next<P::Upstream> {
+        let ctx = self.ctx.clone();
         match outcome {
             LoginOutcome::Accepted {
                 account,

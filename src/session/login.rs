@@ -134,6 +134,33 @@ pub async fn log_in<D: Dial + Sync>(
     login
 }
 
+/// Spool mode's login: the local password alone (the session has no upstream; delivery gets
+/// the token later). Accounts whose password only the mail server can check (pass-through,
+/// `mailbox~client_id`) cannot be spooled: their messages could never be delivered later.
+pub async fn log_in_locally<U: UpstreamLogin>(
+    ctx: &ListenerContext,
+    peer: IpAddr,
+    credentials: &Credentials,
+) -> Result<Arc<AccountConfig>, LoginOutcome<U>> {
+    let (account, attempt) = check_locally(ctx, peer, credentials).await?;
+    let mut verdict = Verdict {
+        shared: &ctx.shared,
+        peer,
+        username: &credentials.username,
+        account: account.clone(),
+        attempt: Some(attempt),
+    };
+    if account.password_hash.is_none() || account.ephemeral {
+        tracing::warn!(account = %account.id, "login refused: a pass-through or refresh-token login cannot use a spool listener (its password is checked by the mail server at each delivery); use a listener with spool = false");
+        verdict.refused(false);
+        return Err(LoginOutcome::LocalRejected);
+    }
+    tracing::Span::current().record("account", account.id.as_str());
+    verdict.proved();
+    tracing::info!("local login accepted (spool)");
+    Ok(account)
+}
+
 /// The throttle and the local check: the account, and the throttle's place for this attempt;
 /// or the refusal (already logged and counted).
 async fn check_locally<U: UpstreamLogin>(
@@ -346,6 +373,8 @@ fn tilde_account(shared: &Shared, username: &str, password: &Secret) -> Option<A
         allowed_from: Vec::new(),
         ephemeral: true,
         upstreams: Default::default(),
+        concurrency: 3,
+        messages_per_minute: 30,
     }))
 }
 

@@ -36,6 +36,8 @@ pub struct ListenerContext {
     targets: Mutex<HashMap<UpstreamSpec, Arc<Target>>>,
     /// What the listener's upstream offered when last seen, shown before login.
     pub capabilities: CapabilityCache,
+    /// The spool and its limits, for a spool listener.
+    pub spool: Option<Arc<crate::spool::SpoolHandle>>,
     /// What every listener shares.
     pub shared: Arc<Shared>,
 }
@@ -54,8 +56,14 @@ impl ListenerContext {
             upstream,
             targets: Mutex::new(HashMap::new()),
             capabilities: CapabilityCache::default(),
+            spool: None,
             shared,
         })
+    }
+
+    /// The spool's limits, for a spool listener.
+    pub fn spool_limits(&self) -> Option<&crate::config::SpoolConfig> {
+        self.spool.as_ref().map(|s| &s.config)
     }
 
     /// The server `account` logs in to through this listener: its own, or the listener's.

@@ -20,6 +20,8 @@
 //! `state/ID` records delivery attempts (written atomically; losing one only means an earlier
 //! retry).
 
+pub mod message;
+
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -93,6 +95,14 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     }
 }
 
+/// The spool spool listeners accept into, with its configuration.
+pub struct SpoolHandle {
+    /// The spool.
+    pub spool: Spool,
+    /// `[spool]`.
+    pub config: crate::config::SpoolConfig,
+}
+
 /// A spool directory. Cheap to clone; all clones share one committer.
 #[derive(Clone)]
 pub struct Spool {
@@ -146,6 +156,19 @@ impl Spool {
             committer: tx,
             commits,
         })
+    }
+
+    /// Bytes free for unprivileged use on the spool's file system.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.dir.queue.as_os_str().as_bytes())
+            .map_err(io::Error::other)?;
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statvfs writes only into the struct it is given; the path is NUL-terminated.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
     }
 
     /// Directory syncs made so far by the committer (each covers one or more messages).

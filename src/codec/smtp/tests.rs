@@ -211,3 +211,30 @@ fn helo_reply_is_single_line() {
         b"250 BL1P221CA0016.outlook.office365.com\r\n"
     );
 }
+
+#[test]
+fn rcpt_to_and_mail_size() {
+    assert_eq!(rcpt_to(b"RCPT TO:<a@b.example>"), Some(&b"a@b.example"[..]));
+    assert_eq!(
+        rcpt_to(b"rcpt to: <a@b.example> NOTIFY=NEVER"),
+        Some(&b"a@b.example"[..])
+    );
+    assert_eq!(
+        rcpt_to(b"RCPT TO:<@relay.example:a@b.example>"),
+        Some(&b"a@b.example"[..])
+    );
+    for bad in [
+        &b"RCPT TO:<>"[..],
+        b"RCPT TO:a@b",
+        b"RCPT TO:<no-at>",
+        b"RCPT FROM:<a@b>",
+        b"RCPT TO:<a b@c>",
+    ] {
+        assert_eq!(rcpt_to(bad), None, "{}", String::from_utf8_lossy(bad));
+    }
+    assert_eq!(
+        mail_size(b"MAIL FROM:<a@b> SIZE=1234 BODY=8BITMIME"),
+        Some(1234)
+    );
+    assert_eq!(mail_size(b"MAIL FROM:<a@b> BODY=8BITMIME"), None);
+}

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use upstream::{OwnedReply, SmtpUpstream};
 
 mod sender;
+pub mod spool;
 
 const REPLY_TIMEOUT: &[u8] = b"421 4.4.2 Timeout before authentication, closing connection\r\n";
 const REPLY_TOO_MUCH: &[u8] =
@@ -65,6 +66,9 @@ const REPLY_STARTTLS_SYNTAX: &[u8] = b"501 5.5.4 Syntax: STARTTLS takes no param
 /// Runs one SMTP session to its end.
 /// `conn` is the accepted connection (any PROXY header already read); `peer` the client.
 pub async fn run(ctx: Arc<ListenerContext>, conn: Conn, peer: SocketAddr) -> Outcome {
+    if ctx.config.spool {
+        return spool::run(ctx, conn, peer).await;
+    }
     let protocol = Smtp::new(&ctx.config.ehlo_name);
     driver::run(ctx, conn, peer, protocol).await
 }

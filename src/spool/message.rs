@@ -1,0 +1,303 @@
+//! A message as it arrives in spool mode, without I/O: DATA's lines un-stuffed and ended with
+//! CRLF (RFC 5321 §4.5.2, §2.3.8), the header section held back until it is complete so the
+//! sender can be checked and the fields a submission server adds can be added (RFC 6409 §8:
+//! `Message-ID`, `Date`), and the size counted against the limit.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The longest header section accepted (it is held in memory until the blank line).
+pub const MAX_HEADER_SECTION: usize = 1024 * 1024;
+
+/// What a finished message needs before it can be committed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Good: the header section's addresses to check, and the fields to put in front.
+    Ready {
+        /// Addresses in `From:` and `Sender:`.
+        authors: Vec<String>,
+    },
+    /// Over the size limit (`552 5.3.4`).
+    TooBig,
+    /// A header section over [`MAX_HEADER_SECTION`] (`552 5.3.4` as well).
+    HeaderTooBig,
+}
+
+/// Collects one message: the header section in memory until it is complete (then it goes out
+/// with the added fields in front), the body passed through.
+pub struct MessageSink {
+    header: Vec<u8>,
+    header_done: bool,
+    size: u64,
+    max: u64,
+    /// DATA: inside a line (a dot here is not at a line's start).
+    mid_line: bool,
+    /// The queue ID and the relay's name, for an added `Message-ID`.
+    id: String,
+    domain: String,
+    /// Addresses of `From:` and `Sender:`, once the header section was read.
+    authors: Vec<String>,
+    header_too_big: bool,
+}
+
+impl MessageSink {
+    /// A sink for message `id` of at most `max` bytes; `domain` names the relay in an added
+    /// `Message-ID`.
+    pub fn new(max: u64, id: &str, domain: &str) -> Self {
+        MessageSink {
+            header: Vec::new(),
+            header_done: false,
+            size: 0,
+            max,
+            mid_line: false,
+            id: id.to_owned(),
+            domain: domain.to_owned(),
+            authors: Vec::new(),
+            header_too_big: false,
+        }
+    }
+
+    /// The bytes of the message so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Takes DATA bytes from `input` up to and including the end line. Returns how many bytes
+    /// were used and whether the end line was among them; message bytes (un-stuffed, lines
+    /// ended with CRLF) go to `out` once the header section is complete (before: held here).
+    /// Only complete lines are taken unless a line is longer than `input` can ever hold
+    /// (`force`: the caller's buffer is full), so a dot is always seen at a line's start.
+    pub fn feed_data(&mut self, input: &[u8], force: bool, out: &mut Vec<u8>) -> (usize, bool) {
+        let mut used = 0;
+        while used < input.len() {
+            let rest = &input[used..];
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
+                if force {
+                    self.take(rest, out);
+                    self.mid_line = true;
+                    used = input.len();
+                }
+                break;
+            };
+            let line = &rest[..lf];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            used += lf + 1;
+            if !self.mid_line && line == b"." {
+                return (used, true);
+            }
+            let line = match (self.mid_line, line.first()) {
+                (false, Some(b'.')) => &line[1..],
+                _ => line,
+            };
+            self.take(line, out);
+            self.take(b"\r\n", out);
+            self.mid_line = false;
+        }
+        (used, false)
+    }
+
+    /// Takes BDAT bytes (exact, not stuffed).
+    pub fn feed_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        self.take(chunk, out);
+    }
+
+    fn take(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        self.size += bytes.len() as u64;
+        if self.size > self.max {
+            return;
+        }
+        if self.header_done {
+            out.extend_from_slice(bytes);
+            return;
+        }
+        self.header.extend_from_slice(bytes);
+        if let Some(end) = header_end(&self.header) {
+            let body = self.header.split_off(end);
+            self.complete_header(out);
+            out.extend_from_slice(&body);
+        } else if self.header.len() > MAX_HEADER_SECTION {
+            self.header_done = true;
+            self.header_too_big = true;
+        }
+    }
+
+    /// The header section is complete: its authors noted, the fields it lacks added in front
+    /// (`Message-ID` from the queue ID and the relay's name, `Date` now), all of it out.
+    fn complete_header(&mut self, out: &mut Vec<u8>) {
+        self.header_done = true;
+        let parsed = mail_parser::MessageParser::default().parse_headers(&self.header[..]);
+        if let Some(m) = &parsed {
+            for list in [m.from(), m.sender()].into_iter().flatten() {
+                self.authors.extend(addresses(list));
+            }
+        }
+        let has = |name: &str| {
+            parsed
+                .as_ref()
+                .is_some_and(|m| m.header_raw(name).is_some())
+        };
+        if !has("Message-ID") {
+            let field = format!("Message-ID: <{}@{}>\r\n", self.id, self.domain);
+            out.extend_from_slice(field.as_bytes());
+        }
+        if !has("Date") {
+            let field = format!("Date: {}\r\n", rfc5322_date(SystemTime::now()));
+            out.extend_from_slice(field.as_bytes());
+        }
+        out.append(&mut self.header);
+    }
+
+    /// The end of the message: what it needs; a header section without its blank line (a
+    /// message of headers only) goes out now.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Verdict {
+        if self.size > self.max {
+            return Verdict::TooBig;
+        }
+        if self.header_too_big {
+            return Verdict::HeaderTooBig;
+        }
+        if !self.header_done {
+            self.complete_header(out);
+        }
+        Verdict::Ready {
+            authors: std::mem::take(&mut self.authors),
+        }
+    }
+}
+
+/// Every mailbox of an address header, groups included.
+fn addresses(list: &mail_parser::Address<'_>) -> Vec<String> {
+    match list {
+        mail_parser::Address::List(l) => l
+            .iter()
+            .filter_map(|a| a.address().map(str::to_owned))
+            .collect(),
+        mail_parser::Address::Group(groups) => groups
+            .iter()
+            .flat_map(|g| g.addresses.iter())
+            .filter_map(|a| a.address().map(str::to_owned))
+            .collect(),
+    }
+}
+
+/// Where the header section ends: after the first empty line.
+fn header_end(bytes: &[u8]) -> Option<usize> {
+    if bytes.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    memchr::memmem::find(bytes, b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// A date in RFC 5322 §3.3 form, in UTC: `Mon, 30 Nov 2026 19:59:01 +0000`.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let days = (secs / 86400) as i64;
+    let (h, m, s) = (secs % 86400 / 3600, secs % 3600 / 60, secs % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm, public domain).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {day:02} {} {year} {h:02}:{m:02}:{s:02} +0000",
+        DAYS[(days.rem_euclid(7)) as usize],
+        MONTHS[(month - 1) as usize]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(sink: &mut MessageSink, wire: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        let (used, end) = sink.feed_data(wire, false, &mut out);
+        assert!(!end || used == wire.len(), "nothing after the end line");
+        (out, end)
+    }
+
+    #[test]
+    fn dots_are_unstuffed_line_ends_made_crlf_and_the_end_line_found() {
+        let mut s = MessageSink::new(1 << 20, "0123-abcd", "relay.test");
+        let (mut out, end) = data(
+            &mut s,
+            b"Subject: x\r\nFrom: <a@b.example>\n\r\n..dot\r\nbare\nnext\r\n.\r\n",
+        );
+        assert!(end);
+        let verdict = s.finish(&mut out);
+        assert_eq!(
+            verdict,
+            Verdict::Ready {
+                authors: vec!["a@b.example".into()]
+            }
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("Message-ID: <0123-abcd@relay.test>\r\nDate: "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Subject: x\r\nFrom: <a@b.example>\r\n\r\n.dot\r\nbare\r\nnext\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn existing_fields_are_kept_and_sender_counts_as_author() {
+        let mut s = MessageSink::new(1 << 20, "id", "relay.test");
+        let wire = b"Message-ID: <x@y>\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\nFrom: A <a@x.example>, b@x.example\r\nSender: s@x.example\r\n\r\nbody\r\n.\r\n";
+        let (mut out, end) = data(&mut s, wire);
+        assert!(end);
+        let verdict = s.finish(&mut out);
+        assert_eq!(
+            verdict,
+            Verdict::Ready {
+                authors: vec![
+                    "a@x.example".into(),
+                    "b@x.example".into(),
+                    "s@x.example".into()
+                ]
+            }
+        );
+        assert!(out.starts_with(b"Message-ID: <x@y>\r\n"));
+    }
+
+    #[test]
+    fn an_end_line_split_across_reads_and_a_dot_inside_a_line() {
+        let mut s = MessageSink::new(1 << 20, "id", "d");
+        let mut out = Vec::new();
+        let wire = b"\r\nline with . inside\r\n.";
+        let (used, end) = s.feed_data(wire, false, &mut out);
+        assert!(!end);
+        assert_eq!(
+            used,
+            wire.len() - 1,
+            "the incomplete `.` waits for its line end"
+        );
+        let (_, end) = s.feed_data(b".\r\n", false, &mut out);
+        assert!(end);
+    }
+
+    #[test]
+    fn too_big_is_counted_to_the_end() {
+        let mut s = MessageSink::new(10, "id", "d");
+        let (mut out, end) = data(&mut s, b"\r\n0123456789abcdef\r\n.\r\n");
+        assert!(end);
+        assert_eq!(s.finish(&mut out), Verdict::TooBig);
+    }
+
+    #[test]
+    fn dates_are_rfc_5322() {
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_796_068_741);
+        assert_eq!(rfc5322_date(t), "Mon, 30 Nov 2026 19:59:01 +0000");
+        assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 +0000");
+    }
+}
