@@ -380,6 +380,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         security: tokio::sync::Mutex::new(config.security.clone()),
     };
     probe_with_head_start(&running.tasks, &bound).await;
+    // Delivery from the spool runs with the first spool listener's upstream and limits.
+    if let Some(b) = bound.iter().find(|b| b.ctx.config.spool) {
+        let shutdown = running.shutdown.clone();
+        running
+            .tasks
+            .spawn(crate::session::smtp::deliver::run(b.ctx.clone(), shutdown));
+    }
     for b in bound {
         let addr = b.socket.local_addr().map_err(|source| StartError::Bind {
             listener: b.ctx.config.name.clone(),

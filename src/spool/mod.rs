@@ -109,6 +109,7 @@ pub struct Spool {
     dir: Arc<Dirs>,
     committer: mpsc::Sender<Ready>,
     commits: Arc<std::sync::atomic::AtomicU64>,
+    committed: Arc<tokio::sync::Notify>,
 }
 
 /// The spool's directories.
@@ -155,7 +156,13 @@ impl Spool {
             dir,
             committer: tx,
             commits,
+            committed: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// Notified after each commit, so delivery starts at once.
+    pub fn committed(&self) -> &tokio::sync::Notify {
+        &self.committed
     }
 
     /// Bytes free for unprivileged use on the spool's file system.
@@ -332,7 +339,9 @@ impl Incoming {
             .map_err(|_| SpoolError::Closed)?;
         // From here the committer owns the file: nothing to remove on drop.
         self.tmp = PathBuf::new();
-        wait.await.map_err(|_| SpoolError::Closed)?
+        wait.await.map_err(|_| SpoolError::Closed)??;
+        self.spool.committed.notify_one();
+        Ok(())
     }
 }
 

@@ -354,6 +354,8 @@ pub struct FakeUpstream {
     pub accepted: Arc<Mutex<HashMap<String, String>>>,
     /// TCP connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// The most connections open at once so far.
+    pub max_open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -367,16 +369,22 @@ impl FakeUpstream {
             log: Arc::default(),
             accepted: Arc::default(),
             connections: Arc::default(),
+            max_open: Arc::default(),
         };
         let acceptor = cert.map(TestCert::acceptor);
         let (log, accepted) = (up.log.clone(), up.accepted.clone());
         let connections = up.connections.clone();
+        let max_open = up.max_open.clone();
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
                 connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let now_open = open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                max_open.fetch_max(now_open, std::sync::atomic::Ordering::SeqCst);
+                let open = open.clone();
                 let (log, accepted, opts, acceptor) = (
                     log.clone(),
                     accepted.clone(),
@@ -390,6 +398,7 @@ impl FakeUpstream {
                         Box::new(tcp)
                     };
                     let _ = serve_smtp(stream, opts, log, accepted, acceptor).await;
+                    open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
         });

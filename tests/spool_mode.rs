@@ -1,0 +1,279 @@
+//! Spool mode end to end, in process: devices → authrelay (spool listener) → the fake upstream.
+//! A message is acknowledged only once it is in the spool, and then delivered within the
+//! account's limits; the sender policy holds for every transaction and for the header From:.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::*;
+
+struct SpoolWorld {
+    w: World,
+    _dir: tempfile::TempDir,
+    spool: std::path::PathBuf,
+}
+
+async fn spool_world(account_extra: &str) -> SpoolWorld {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let extra = format!(
+        "{account_extra}\n[spool]\npath = \"{}\"\nmax_message_bytes = 200000\nmin_free_mb = 1\n",
+        spool.display()
+    );
+    let w = world_with(
+        UpstreamOptions::default(),
+        "none",
+        "spool = true",
+        &extra,
+        None,
+    )
+    .await;
+    SpoolWorld {
+        w,
+        _dir: dir,
+        spool,
+    }
+}
+
+async fn logged_in(addr: std::net::SocketAddr) -> Client {
+    let mut c = Client::connect(addr).await;
+    assert_eq!(c.reply().await, "220 localhost ESMTP ready\r\n");
+    let ehlo = c.ehlo().await;
+    assert_eq!(
+        ehlo,
+        "250-localhost\r\n250-SIZE 200000\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 AUTH PLAIN LOGIN\r\n"
+    );
+    c.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("user@example.com", PASSWORD)
+    ))
+    .await;
+    assert_eq!(c.reply().await, "235 2.7.0 Authentication successful\r\n");
+    c
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn queued(spool: &std::path::Path) -> usize {
+    std::fs::read_dir(spool.join("queue")).map_or(0, |d| d.count())
+}
+
+#[tokio::test]
+async fn a_message_is_queued_then_delivered_with_message_id_and_date_added() {
+    let s = spool_world("").await;
+    // No upstream connection while the device logs in and sends (the probe at start is one).
+    let before =
+        s.w.upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst);
+    let mut c = logged_in(s.w.relay.addr).await;
+    c.send("MAIL FROM:<mailbox@example.com> SIZE=100\r\nRCPT TO:<rcpt@example.com>\r\nDATA\r\n")
+        .await;
+    assert_eq!(c.reply().await, "250 2.1.0 Sender OK\r\n");
+    assert_eq!(c.reply().await, "250 2.1.5 Recipient OK\r\n");
+    assert_eq!(c.reply().await, "354 End data with <CR><LF>.<CR><LF>\r\n");
+    c.send("From: <mailbox@example.com>\r\nSubject: scan\r\n\r\n..page 1\r\n.\r\n")
+        .await;
+    let reply = c.reply().await;
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+    let id = reply.trim_end().rsplit(' ').next().unwrap().to_owned();
+    c.send("QUIT\r\n").await;
+    assert_eq!(c.reply().await, "221 2.0.0 Bye\r\n");
+    wait_for("delivery", || {
+        !s.w.upstream.log.lock().unwrap().messages.is_empty()
+    })
+    .await;
+    wait_for("the spool to empty", || queued(&s.spool) == 0).await;
+    let log = s.w.upstream.log.lock().unwrap();
+    let delivered = String::from_utf8(log.messages[0].clone()).unwrap();
+    assert!(
+        delivered.starts_with(&format!("Message-ID: <{id}@localhost>\r\nDate: ")),
+        "{delivered}"
+    );
+    // The fake logs DATA as received: the line that starts with a dot is stuffed again.
+    assert!(
+        delivered.ends_with("From: <mailbox@example.com>\r\nSubject: scan\r\n\r\n..page 1\r\n"),
+        "{delivered}"
+    );
+    let stored_unstuffed = delivered.replace("\r\n..", "\r\n.");
+    assert!(stored_unstuffed.ends_with("\r\n.page 1\r\n"));
+    assert!(
+        log.commands
+            .iter()
+            .any(|c| c == "MAIL FROM:<mailbox@example.com>"),
+        "{:?}",
+        log.commands
+    );
+    assert!(log
+        .commands
+        .iter()
+        .any(|c| c == "RCPT TO:<rcpt@example.com>"));
+    let after =
+        s.w.upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(after - before, 1, "one upstream connection: the delivery's");
+}
+
+#[tokio::test]
+async fn the_sender_policy_holds_for_every_transaction_and_the_header_from() {
+    let s = spool_world("").await;
+    let mut c = logged_in(s.w.relay.addr).await;
+    c.send("MAIL FROM:<someone.else@example.com>\r\n").await;
+    let refused = c.reply().await;
+    assert!(refused.starts_with("550 5.7.60 Sender <someone.else@example.com> is not the signed-in mailbox <mailbox@example.com>"), "{refused}");
+    c.send("MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n")
+        .await;
+    c.reply().await;
+    c.reply().await;
+    c.reply().await;
+    c.send("From: Boss <boss@example.com>\r\n\r\nhi\r\n.\r\n")
+        .await;
+    let refused = c.reply().await;
+    assert!(
+        refused
+            .starts_with("550 5.7.60 Header From <boss@example.com> is not the signed-in mailbox"),
+        "{refused}"
+    );
+    // The session goes on: a good second transaction is accepted.
+    c.send("MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n")
+        .await;
+    c.reply().await;
+    c.reply().await;
+    c.reply().await;
+    c.send("From: mailbox@example.com\r\n\r\nok\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as "));
+    wait_for("delivery", || {
+        s.w.upstream.log.lock().unwrap().messages.len() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn limits_and_order_have_exact_replies() {
+    let s = spool_world("").await;
+    let mut c = logged_in(s.w.relay.addr).await;
+    let cases = [
+        (
+            "RCPT TO:<r@example.com>\r\n",
+            "503 5.5.1 Error: need MAIL command\r\n",
+        ),
+        ("DATA\r\n", "503 5.5.1 Error: need MAIL command\r\n"),
+        (
+            "MAIL FROM:<mailbox@example.com> SIZE=999999\r\n",
+            "552 5.3.4 Message size exceeds fixed maximum message size\r\n",
+        ),
+        (
+            "MAIL FROM:<mailbox@example.com>\r\n",
+            "250 2.1.0 Sender OK\r\n",
+        ),
+        (
+            "MAIL FROM:<mailbox@example.com>\r\n",
+            "503 5.5.1 Error: nested MAIL command\r\n",
+        ),
+        ("DATA\r\n", "503 5.5.1 Error: need RCPT command\r\n"),
+        (
+            "RCPT TO:<no-at-sign>\r\n",
+            "501 5.1.3 Syntax: RCPT TO:<address>\r\n",
+        ),
+        (
+            "AUTH PLAIN\r\n",
+            "503 5.5.1 Error: already authenticated\r\n",
+        ),
+        ("RSET\r\n", "250 2.0.0 OK\r\n"),
+        ("XYZZY\r\n", "500 5.5.2 Error: command not recognized\r\n"),
+    ];
+    for (command, expected) in cases {
+        c.send(command).await;
+        assert_eq!(c.reply().await, expected, "{command:?}");
+    }
+    // Too big: read to the end, refused, nothing queued.
+    c.send("MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n")
+        .await;
+    c.reply().await;
+    c.reply().await;
+    c.reply().await;
+    let big = format!("Subject: big\r\n\r\n{}\r\n.\r\n", "x".repeat(250_000));
+    c.send(&big).await;
+    assert_eq!(
+        c.reply().await,
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    );
+    assert_eq!(queued(&s.spool), 0);
+    // BDAT in two chunks.
+    c.send("MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<r@example.com>\r\n")
+        .await;
+    c.reply().await;
+    c.reply().await;
+    c.send("BDAT 20\r\nSubject: chunked\r\n\r\nBDAT 6 LAST\r\nhello\n")
+        .await;
+    assert_eq!(c.reply().await, "250 2.0.0 20 octets received\r\n");
+    assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as "));
+    wait_for("delivery", || {
+        s.w.upstream.log.lock().unwrap().messages.len() == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_is_paced_within_the_account_limits_and_all_delivered() {
+    // 40 devices at once; the account allows 2 sessions at a time and 1,000 messages a minute.
+    let s = spool_world("concurrency = 2\nmessages_per_minute = 1000").await;
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let addr = s.w.relay.addr;
+            tokio::spawn(async move {
+                let mut c = logged_in(addr).await;
+                c.send(&format!(
+                    "MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<r{i}@example.com>\r\nDATA\r\n"
+                ))
+                .await;
+                c.reply().await;
+                c.reply().await;
+                c.reply().await;
+                c.send(&format!("Subject: {i}\r\n\r\nscan {i}\r\n.\r\n"))
+                    .await;
+                c.reply().await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let reply = t.await.unwrap();
+        assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+    }
+    wait_for("40 deliveries", || {
+        s.w.upstream.log.lock().unwrap().messages.len() == 40
+    })
+    .await;
+    wait_for("the spool to empty", || queued(&s.spool) == 0).await;
+    let mut subjects: Vec<String> =
+        s.w.upstream
+            .log
+            .lock()
+            .unwrap()
+            .messages
+            .iter()
+            .map(|m| {
+                String::from_utf8_lossy(m)
+                    .lines()
+                    .find(|l| l.starts_with("Subject: "))
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), 40, "each message exactly once");
+    let most = s.w.upstream.max_open.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most <= 2, "{most} upstream sessions at once; the account allows 2");
+    println!("40 messages from 40 devices at once: all delivered once, at most {most} upstream sessions at a time");
+}
