@@ -461,3 +461,73 @@ fn the_secret_scan_finds_each_kind_of_secret() {
         assert!(find_secret(&leak, &canaries).is_some(), "missed: {leak}");
     }
 }
+
+/// Spool mode with real peers: swaks (plaintext, STARTTLS, implicit TLS) and Python's smtplib
+/// submit to a spool listener; each message is answered `250 … queued as` from the spool, then
+/// delivered by the relay to Dovecot's submission (XOAUTH2) and on through Postfix to the
+/// maildir, byte for byte, with only the trace headers added (the messages carry their own
+/// Message-ID and Date, so the relay adds none).
+#[test]
+fn spool_mode_delivers_what_swaks_and_smtplib_submit() {
+    stack();
+    let rt = new_refresh_token(MAILBOX);
+    let r = RelayProcess::start_spool(
+        AccountSpec {
+            mailbox: MAILBOX,
+            refresh_token: Some(&rt),
+            token_url: format!("http://{IDP}/token"),
+        },
+        SUBMISSION,
+        "starttls",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    for mode in MODES {
+        let m = marker("spool-swaks", mode, "PLAIN");
+        let (file, sent) = write_message(dir.path(), &m, 20_000);
+        let mut cmd = Command::new("swaks");
+        cmd.args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &port(&r, mode).to_string(),
+        ])
+        .args(["--auth", "PLAIN", "--auth-user", "scanner@example.com"])
+        .args(["--auth-password", LOCAL_PASSWORD])
+        .args(["--from", MAILBOX, "--to", MAILBOX, "--data"])
+        .arg(format!("@{}", file.display()));
+        match mode {
+            "starttls" => {
+                cmd.arg("--tls");
+            }
+            "implicit" => {
+                cmd.arg("--tls-on-connect");
+            }
+            _ => {}
+        }
+        let out = run(&mut cmd);
+        let said = text(&out);
+        assert!(out.status.success(), "swaks {mode}: {said}");
+        assert!(said.contains("250 2.0.0 Ok: queued as "), "{said}");
+        let mut on_the_wire = sent;
+        on_the_wire.extend_from_slice(b"\r\n");
+        expected.push((m, on_the_wire));
+    }
+    let m = marker("spool-smtplib", "plain", "PLAIN");
+    let (file, sent) = write_message(dir.path(), &m, 0);
+    let script = format!(
+        "import smtplib,sys\ns=smtplib.SMTP('127.0.0.1',{})\ns.login('scanner@example.com',sys.argv[1])\nr=s.sendmail('{MAILBOX}',['{MAILBOX}'],open(sys.argv[2],'rb').read())\nprint('refused',r)\nprint(s.noop())\ns.quit()\n",
+        r.plain
+    );
+    let out = run(Command::new("python3")
+        .args(["-c", &script, LOCAL_PASSWORD])
+        .arg(&file));
+    assert!(out.status.success(), "smtplib: {}", text(&out));
+    expected.push((m, sent));
+    for (m, sent) in &expected {
+        expect_delivered(m, sent);
+    }
+    let log = r.log_text();
+    assert_eq!(log.matches("message spooled").count(), 4, "{log}");
+    r.assert_no_secrets();
+}

@@ -273,7 +273,13 @@ async fn a_burst_is_paced_within_the_account_limits_and_all_delivered() {
     subjects.sort();
     subjects.dedup();
     assert_eq!(subjects.len(), 40, "each message exactly once");
-    let most = s.w.upstream.max_open.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(most <= 2, "{most} upstream sessions at once; the account allows 2");
+    let most =
+        s.w.upstream
+            .max_open
+            .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        most <= 2,
+        "{most} upstream sessions at once; the account allows 2"
+    );
     println!("40 messages from 40 devices at once: all delivered once, at most {most} upstream sessions at a time");
 }

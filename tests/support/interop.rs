@@ -105,6 +105,21 @@ impl RelayProcess {
         upstream: &str,
         upstream_tls: &str,
     ) -> Self {
+        Self::start_with(protocol, account, upstream, upstream_tls, "")
+    }
+
+    /// SMTP listeners in spool mode, the spool in the relay's own directory.
+    pub fn start_spool(account: AccountSpec<'_>, upstream: &str, upstream_tls: &str) -> Self {
+        Self::start_with("smtp", account, upstream, upstream_tls, "spool = true\n")
+    }
+
+    fn start_with(
+        protocol: &str,
+        account: AccountSpec<'_>,
+        upstream: &str,
+        upstream_tls: &str,
+        listener_extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cert = super::TestCert::new();
         let (plain, starttls, implicit) = (free_port(), free_port(), free_port());
@@ -115,17 +130,18 @@ impl RelayProcess {
             .unwrap_or_default();
         let listener = |name: &str, port: u16, tls: &str| {
             format!(
-                "[listener.{name}]\nprotocol = \"{protocol}\"\nlisten = \"127.0.0.1:{port}\"\ntls = \"{tls}\"\ncert = \"{}\"\nkey = \"{}\"\nupstream = \"{upstream}\"\nupstream_tls = \"{upstream_tls}\"\nupstream_ca = \"{}\"\nupstream_name = \"localhost\"\n\n",
+                "[listener.{name}]\nprotocol = \"{protocol}\"\nlisten = \"127.0.0.1:{port}\"\ntls = \"{tls}\"\ncert = \"{}\"\nkey = \"{}\"\nupstream = \"{upstream}\"\nupstream_tls = \"{upstream_tls}\"\nupstream_ca = \"{}\"\nupstream_name = \"localhost\"\n{listener_extra}\n",
                 cert.cert.display(),
                 cert.key.display(),
                 upstream_ca().display()
             )
         };
         let config = format!(
-            "{}{}{}[store]\npath = \"{}\"\n\n[admin]\nenabled = false\n\n[security]\nfailure_delay_ms = 200\n\n[account.scanner]\nlogin = \"scanner@example.com\"\npassword_hash = \"{hash}\"\nmailbox = \"{}\"\nprovider = \"custom\"\nclient_id = \"interop-client\"\nclient_secret = \"{CLIENT_SECRET}\"\ntoken_url = \"{}\"\n{rt_line}\n",
+            "{}{}{}[spool]\npath = \"{}\"\nmin_free_mb = 1\n\n[store]\npath = \"{}\"\n\n[admin]\nenabled = false\n\n[security]\nfailure_delay_ms = 200\n\n[account.scanner]\nlogin = \"scanner@example.com\"\npassword_hash = \"{hash}\"\nmailbox = \"{}\"\nprovider = \"custom\"\nclient_id = \"interop-client\"\nclient_secret = \"{CLIENT_SECRET}\"\ntoken_url = \"{}\"\n{rt_line}\n",
             listener("plain", plain, "none"),
             listener("starttls", starttls, "starttls"),
             listener("implicit", implicit, "implicit"),
+            dir.path().join("spool").display(),
             dir.path().join("tokens.json").display(),
             account.mailbox,
             account.token_url,
