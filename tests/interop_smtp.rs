@@ -479,6 +479,7 @@ fn spool_mode_delivers_what_swaks_and_smtplib_submit() {
         },
         SUBMISSION,
         "starttls",
+        "",
     );
     let dir = tempfile::tempdir().unwrap();
     let mut expected = Vec::new();
@@ -529,5 +530,68 @@ fn spool_mode_delivers_what_swaks_and_smtplib_submit() {
     }
     let log = r.log_text();
     assert_eq!(log.matches("message spooled").count(), 4, "{log}");
+    r.assert_no_secrets();
+}
+
+/// Exchange Online's limit of three sessions per mailbox, played by the harness's Dovecot
+/// submission on 127.0.0.2: fifty devices sending as one mailbox at once through a spool
+/// listener are all told 250, and every message is delivered exactly once; the relay never
+/// opens a fourth session. Through the live pipe the same burst gets refusals (printed, the
+/// reason the spool exists).
+#[test]
+fn fifty_devices_as_one_mailbox_within_a_three_session_limit() {
+    stack();
+    let rt = new_refresh_token(MAILBOX);
+    let limited = "127.0.0.2:11588";
+    let r = RelayProcess::start_spool(
+        AccountSpec {
+            mailbox: MAILBOX,
+            refresh_token: Some(&rt),
+            token_url: format!("http://{IDP}/token"),
+        },
+        limited,
+        "starttls",
+        "messages_per_minute = 6000",
+    );
+    let run_id = marker("fifty", "spool", "x");
+    let send = |port: u16, i: usize, tag: &str| -> String {
+        let script = format!(
+            "import smtplib,sys\ns=smtplib.SMTP('127.0.0.1',{port})\ns.login('scanner@example.com',sys.argv[1])\ntry:\n  s.sendmail('{MAILBOX}',['{MAILBOX}'],'From: {MAILBOX}\\r\\nSubject: {tag}-{i}\\r\\n\\r\\nscan {i}\\r\\n')\n  print('ok')\nexcept smtplib.SMTPException as e:\n  print('refused', e)\n"
+        );
+        let out = run(Command::new("python3").args(["-c", &script, LOCAL_PASSWORD]));
+        text(&out)
+    };
+    let results: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let (port, tag) = (r.plain, run_id.as_str());
+                scope.spawn(move || send(port, i, tag))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let refused: Vec<&String> = results.iter().filter(|r| !r.starts_with("ok")).collect();
+    assert!(refused.is_empty(), "{} refused: {refused:?}", refused.len());
+    for i in 0..50 {
+        let marker = format!("{run_id}-{i}");
+        let stored = delivered(MAILBOX, &marker, Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("{marker} was not delivered"));
+        assert!(String::from_utf8_lossy(&stored).contains(&format!("scan {i}")));
+    }
+    // Exactly once: one maildir file per message.
+    let files = maildir_files(MAILBOX);
+    let copies = files
+        .iter()
+        .filter(|f| {
+            std::fs::read_to_string(f).is_ok_and(|t| t.contains(&format!("Subject: {run_id}-")))
+        })
+        .count();
+    assert_eq!(copies, 50, "each of the 50 messages exactly once");
+    let log = r.log_text();
+    assert!(
+        !log.contains("Maximum number of connections"),
+        "the relay went over the limit"
+    );
+    println!("spool mode: 50 devices at once, 50 accepted, 50 delivered once, no session over Dovecot's limit of 3");
     r.assert_no_secrets();
 }

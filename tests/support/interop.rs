@@ -105,12 +105,25 @@ impl RelayProcess {
         upstream: &str,
         upstream_tls: &str,
     ) -> Self {
-        Self::start_with(protocol, account, upstream, upstream_tls, "")
+        Self::start_with(protocol, account, upstream, upstream_tls, "", "")
     }
 
-    /// SMTP listeners in spool mode, the spool in the relay's own directory.
-    pub fn start_spool(account: AccountSpec<'_>, upstream: &str, upstream_tls: &str) -> Self {
-        Self::start_with("smtp", account, upstream, upstream_tls, "spool = true\n")
+    /// SMTP listeners in spool mode, the spool in the relay's own directory; `account_extra`
+    /// goes into the account's table.
+    pub fn start_spool(
+        account: AccountSpec<'_>,
+        upstream: &str,
+        upstream_tls: &str,
+        account_extra: &str,
+    ) -> Self {
+        Self::start_with(
+            "smtp",
+            account,
+            upstream,
+            upstream_tls,
+            "spool = true\n",
+            account_extra,
+        )
     }
 
     fn start_with(
@@ -119,6 +132,7 @@ impl RelayProcess {
         upstream: &str,
         upstream_tls: &str,
         listener_extra: &str,
+        account_extra: &str,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cert = super::TestCert::new();
@@ -137,7 +151,7 @@ impl RelayProcess {
             )
         };
         let config = format!(
-            "{}{}{}[spool]\npath = \"{}\"\nmin_free_mb = 1\n\n[store]\npath = \"{}\"\n\n[admin]\nenabled = false\n\n[security]\nfailure_delay_ms = 200\n\n[account.scanner]\nlogin = \"scanner@example.com\"\npassword_hash = \"{hash}\"\nmailbox = \"{}\"\nprovider = \"custom\"\nclient_id = \"interop-client\"\nclient_secret = \"{CLIENT_SECRET}\"\ntoken_url = \"{}\"\n{rt_line}\n",
+            "{}{}{}[spool]\npath = \"{}\"\nmin_free_mb = 1\n\n[store]\npath = \"{}\"\n\n[admin]\nenabled = false\n\n[security]\nfailure_delay_ms = 200\n\n[account.scanner]\nlogin = \"scanner@example.com\"\npassword_hash = \"{hash}\"\nmailbox = \"{}\"\nprovider = \"custom\"\nclient_id = \"interop-client\"\nclient_secret = \"{CLIENT_SECRET}\"\ntoken_url = \"{}\"\n{rt_line}\n{account_extra}\n",
             listener("plain", plain, "none"),
             listener("starttls", starttls, "starttls"),
             listener("implicit", implicit, "implicit"),
