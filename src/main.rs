@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod queue;
 mod signin;
 
 const AFTER_HELP: &str = "\
@@ -55,6 +56,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         addr: std::net::SocketAddr,
     },
+    /// Look at and manage the spool: messages waiting for delivery, and those that failed.
+    #[command(after_help = QUEUE_HELP)]
+    Queue {
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Authorize an OAuth account and keep its tokens in the token store.
     ///
     /// Works while `authrelay run` is running: the relay uses the new token at the next login.
@@ -77,6 +86,15 @@ enum Command {
     },
 }
 
+const QUEUE_HELP: &str = "\
+Examples:
+  authrelay queue list                 # what waits, and why
+  authrelay queue show 00066183f74deafa-5de53dfd3103
+  authrelay queue retry 00066183f74deafa-5de53dfd3103
+  authrelay queue flush                # try everything again now
+
+Works whether or not `authrelay run` is running; a running relay notices within a second.";
+
 const LOGIN_HELP: &str = "\
 Examples:
   authrelay login scanner --device     # Microsoft 365: enter the code at the printed URL
@@ -90,7 +108,7 @@ http://localhost:9090/register_microsoft_graph_api/ by default: register exactly
 #[derive(clap::Args)]
 struct ConfigArg {
     /// Configuration file.
-    #[arg(long, short, env = "AUTHRELAY_CONFIG", default_value = config::DEFAULT_PATH)]
+    #[arg(long, short, global = true, env = "AUTHRELAY_CONFIG", default_value = config::DEFAULT_PATH)]
     config: PathBuf,
 }
 
@@ -106,6 +124,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config.config),
         Command::HashPassword => hash_password(),
+        Command::Queue { command, config } => match config::load(&config.config) {
+            Ok(cfg) => queue::run(&cfg, command),
+            Err(problems) => {
+                print_problems(&problems);
+                ExitCode::FAILURE
+            }
+        },
         Command::Health { addr } => health(addr),
         Command::Login {
             account,

@@ -283,3 +283,163 @@ async fn a_burst_is_paced_within_the_account_limits_and_all_delivered() {
     );
     println!("40 messages from 40 devices at once: all delivered once, at most {most} upstream sessions at a time");
 }
+
+#[tokio::test]
+async fn messages_accepted_while_the_upstream_is_down_are_delivered_when_it_returns() {
+    // A port with nothing behind it: the upstream is down.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let extra = format!(
+        "[spool]\npath = \"{}\"\nmin_free_mb = 1\nfirst_retry_secs = 1\n",
+        spool.display()
+    );
+    let relay = Relay::start(&relay_toml(
+        down,
+        "none",
+        &tokens.url(),
+        "spool = true",
+        &extra,
+    ))
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut c = Client::connect(relay.addr).await;
+        c.reply().await;
+        c.ehlo().await;
+        c.send(&format!(
+            "AUTH PLAIN {}\r\n",
+            plain("user@example.com", PASSWORD)
+        ))
+        .await;
+        assert_eq!(c.reply().await, "235 2.7.0 Authentication successful\r\n");
+        c.send(&format!(
+            "MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n"
+        ))
+        .await;
+        c.reply().await;
+        c.reply().await;
+        c.reply().await;
+        c.send(&format!("Subject: while down {i}\r\n\r\nbody\r\n.\r\n"))
+            .await;
+        let reply = c.reply().await;
+        assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+        ids.push(reply.trim_end().rsplit(' ').next().unwrap().to_owned());
+    }
+    // Deliveries fail and are deferred; the messages wait.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(queued(&spool), 5);
+    let deferred = std::fs::read_to_string(spool.join("state").join(&ids[0])).unwrap();
+    assert!(deferred.contains("upstream unreachable"), "{deferred}");
+    // The upstream comes back on its port.
+    let upstream = FakeUpstream::start_at(down, UpstreamOptions::default(), None).await;
+    for n in 1..=20 {
+        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
+    }
+    wait_for("the five deliveries", || {
+        upstream.log.lock().unwrap().messages.len() == 5
+    })
+    .await;
+    wait_for("the spool to empty", || queued(&spool) == 0).await;
+}
+
+#[test]
+fn the_queue_command_lists_shows_retries_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) = rt.block_on(async {
+        let spool = authrelay::spool::Spool::open(&spool_dir).unwrap();
+        let mut ids = Vec::new();
+        for subject in ["first", "second"] {
+            let id = authrelay::spool::new_id();
+            let envelope = authrelay::spool::Envelope {
+                id: id.clone(),
+                account: "scanner".into(),
+                sender: "scanner@example.com".into(),
+                recipients: vec!["r@example.com".into()],
+                arrived: authrelay::store::unix_now(),
+                client: "127.0.0.1".into(),
+            };
+            let mut m = spool.begin(&envelope).await.unwrap();
+            m.write(format!("Subject: {subject}\r\n\r\nbody\r\n").as_bytes())
+                .await
+                .unwrap();
+            m.commit().await.unwrap();
+            ids.push(id);
+        }
+        spool
+            .defer(
+                &ids[1],
+                &authrelay::spool::DeliveryState {
+                    attempts: 2,
+                    next_try: u64::MAX / 2,
+                    last_reply: "451 4.3.0 try later".into(),
+                },
+            )
+            .unwrap();
+        spool.fail(&ids[0]).unwrap();
+        (ids[0].clone(), ids[1].clone())
+    });
+    let config = dir.path().join("authrelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[spool]\npath = \"{}\"\n",
+            relay_toml(
+                "127.0.0.1:1".parse().unwrap(),
+                "none",
+                "http://127.0.0.1:1/token",
+                "spool = true",
+                ""
+            ),
+            spool_dir.display()
+        ),
+    )
+    .unwrap();
+    let queue = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_authrelay"))
+            .arg("queue")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let list = queue(&["list"]);
+    assert!(list.starts_with("1 queued, 1 failed\n"), "{list}");
+    assert!(
+        list.contains(&format!("{b} queued"))
+            && list.contains("attempts=2 last=\"451 4.3.0 try later\""),
+        "{list}"
+    );
+    assert!(list.contains(&format!("{a} failed")), "{list}");
+    let shown = queue(&["show", &b]);
+    assert!(
+        shown.contains("from: <scanner@example.com>\nto: <r@example.com>"),
+        "{shown}"
+    );
+    assert!(shown.contains("Subject: second"), "{shown}");
+    queue(&["retry", &a]);
+    queue(&["flush"]);
+    let list = queue(&["list"]);
+    assert!(list.starts_with("2 queued, 0 failed\n"), "{list}");
+    queue(&["delete", &a]);
+    assert!(queue(&["list"]).starts_with("1 queued, 0 failed\n"));
+    let spool = authrelay::spool::Spool::inspect(&spool_dir).unwrap();
+    assert_eq!(
+        spool.state(&b).unwrap().next_try,
+        0,
+        "flush makes it due now"
+    );
+}

@@ -163,6 +163,7 @@ pub(super) fn read_spool(value: Option<Value>, problems: &mut Problems) -> Optio
         // Exchange Online: 500 recipients per message.
         max_recipients: 500,
         min_free_bytes: 100 * 1024 * 1024,
+        first_retry: Duration::from_secs(30),
     };
     let Some(v) = value else {
         return Some(s);
@@ -185,6 +186,9 @@ pub(super) fn read_spool(value: Option<Value>, problems: &mut Problems) -> Optio
     }
     if let Some(n) = t.optional::<u64>("min_free_mb") {
         s.min_free_bytes = n * 1024 * 1024;
+    }
+    if let Some(n) = t.optional::<u64>("first_retry_secs") {
+        s.first_retry = Duration::from_secs(n.clamp(1, 3600));
     }
     t.finish();
     Some(s)

@@ -40,6 +40,8 @@ pub struct SpoolConfig {
     /// Free space the spool's file system must keep; below it, messages are refused with
     /// `452 4.3.1` before they are received.
     pub min_free_bytes: u64,
+    /// The wait after a first temporary failure; it doubles with each attempt, up to an hour.
+    pub first_retry: Duration,
 }
 
 /// Where tokens are kept (see [`crate::store`]).

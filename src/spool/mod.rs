@@ -129,8 +129,18 @@ struct Ready {
 
 impl Spool {
     /// Opens (creating) the spool at `path`, empties `tmp/` (never acknowledged), and starts
-    /// the committer thread.
+    /// the committer thread. For the relay; tools use [`Spool::inspect`].
     pub fn open(path: &Path) -> Result<Spool, SpoolError> {
+        Self::open_with(path, true)
+    }
+
+    /// Opens the spool for `authrelay queue`, leaving `tmp/` alone (a running relay may be
+    /// receiving into it).
+    pub fn inspect(path: &Path) -> Result<Spool, SpoolError> {
+        Self::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, clean: bool) -> Result<Spool, SpoolError> {
         let dir = Arc::new(Dirs {
             tmp: path.join("tmp"),
             queue: path.join("queue"),
@@ -140,9 +150,11 @@ impl Spool {
         for d in [&dir.tmp, &dir.queue, &dir.failed, &dir.state] {
             fs::create_dir_all(d).map_err(io_error(d))?;
         }
-        for entry in fs::read_dir(&dir.tmp).map_err(io_error(&dir.tmp))? {
-            let entry = entry.map_err(io_error(&dir.tmp))?;
-            fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
+        if clean {
+            for entry in fs::read_dir(&dir.tmp).map_err(io_error(&dir.tmp))? {
+                let entry = entry.map_err(io_error(&dir.tmp))?;
+                fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
+            }
         }
         let (tx, rx) = mpsc::channel::<Ready>();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -215,13 +227,54 @@ impl Spool {
 
     /// The queued messages' envelopes, oldest first.
     pub fn queued(&self) -> Result<Vec<Envelope>, SpoolError> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dir.queue).map_err(io_error(&self.dir.queue))? {
-            let path = entry.map_err(io_error(&self.dir.queue))?.path();
-            out.push(read_envelope(&path)?);
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        envelopes(&self.dir.queue)
+    }
+
+    /// The failed messages' envelopes, oldest first.
+    pub fn failed(&self) -> Result<Vec<Envelope>, SpoolError> {
+        envelopes(&self.dir.failed)
+    }
+
+    /// Puts a failed message back in the queue, to be tried at once.
+    pub fn requeue(&self, id: &str) -> Result<(), SpoolError> {
+        let from = self.dir.failed.join(checked_id(id)?);
+        let to = self.dir.queue.join(id);
+        fs::rename(&from, &to).map_err(io_error(&from))?;
+        let _ = fs::remove_file(self.dir.state.join(id));
+        sync_dir(&self.dir.queue)
+    }
+
+    /// Removes a message, queued or failed, for good.
+    pub fn delete(&self, id: &str) -> Result<(), SpoolError> {
+        let id = checked_id(id)?;
+        let queued = self.dir.queue.join(id);
+        let path = if queued.exists() {
+            queued
+        } else {
+            self.dir.failed.join(id)
+        };
+        fs::remove_file(&path).map_err(io_error(&path))?;
+        let _ = fs::remove_file(self.dir.state.join(id));
+        sync_dir(path.parent().unwrap_or(&self.dir.queue))
+    }
+
+    /// A message's envelope and the start of its text (the header section), queued or failed.
+    pub fn show(&self, id: &str) -> Result<(Envelope, String), SpoolError> {
+        let id = checked_id(id)?;
+        let queued = self.dir.queue.join(id);
+        let path = if queued.exists() {
+            queued
+        } else {
+            self.dir.failed.join(id)
+        };
+        let mut raw = Vec::new();
+        File::open(&path)
+            .and_then(|f| f.take(256 * 1024).read_to_end(&mut raw))
+            .map_err(io_error(&path))?;
+        let (envelope, start) = parse_header(&raw, &path)?;
+        let body = &raw[start..];
+        let end = memchr::memmem::find(body, b"\r\n\r\n").map_or(body.len(), |e| e + 2);
+        Ok((envelope, String::from_utf8_lossy(&body[..end]).into_owned()))
     }
 
     /// A queued message: its envelope and its bytes.
@@ -418,6 +471,17 @@ pub fn new_id() -> String {
         .as_micros() as u64;
     let random: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
     format!("{micros:016x}-{random:012x}")
+}
+
+/// The envelopes of the spool files in `dir`, oldest first.
+fn envelopes(dir: &Path) -> Result<Vec<Envelope>, SpoolError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+        let path = entry.map_err(io_error(dir))?.path();
+        out.push(read_envelope(&path)?);
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
 }
 
 fn read_envelope(path: &Path) -> Result<Envelope, SpoolError> {

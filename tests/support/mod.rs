@@ -363,7 +363,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 impl FakeUpstream {
     pub async fn start(opts: UpstreamOptions, cert: Option<&TestCert>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0".parse().unwrap(), opts, cert).await
+    }
+
+    /// The same on a given address (an upstream that comes back on its old port).
+    pub async fn start_at(
+        addr: SocketAddr,
+        opts: UpstreamOptions,
+        cert: Option<&TestCert>,
+    ) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let up = FakeUpstream {
             addr: listener.local_addr().unwrap(),
             log: Arc::default(),

@@ -24,8 +24,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the queue is looked at when nothing was committed.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
-/// The first wait after a temporary failure; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(30);
 /// The longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -165,7 +163,9 @@ fn settle(spool: &SpoolHandle, envelope: &Envelope, mut state: DeliveryState, at
             let expired = now.saturating_sub(envelope.arrived) > spool.config.max_age.as_secs();
             state.attempts += 1;
             state.last_reply = reason.clone();
-            let wait = FIRST_BACKOFF
+            let wait = spool
+                .config
+                .first_retry
                 .saturating_mul(1 << state.attempts.saturating_sub(1).min(10))
                 .min(MAX_BACKOFF);
             state.next_try = now + wait.as_secs();
