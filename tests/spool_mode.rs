@@ -317,10 +317,8 @@ async fn messages_accepted_while_the_upstream_is_down_are_delivered_when_it_retu
         ))
         .await;
         assert_eq!(c.reply().await, "235 2.7.0 Authentication successful\r\n");
-        c.send(&format!(
-            "MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n"
-        ))
-        .await;
+        c.send("MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n")
+            .await;
         c.reply().await;
         c.reply().await;
         c.reply().await;
