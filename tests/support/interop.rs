@@ -16,6 +16,8 @@ pub const POP3: &str = "127.0.0.1:11110";
 pub const POP3S: &str = "127.0.0.1:11995";
 pub const LOCAL_PASSWORD: &str = "Local-Canary-Pass-3141 with spaces";
 pub const CLIENT_SECRET: &str = "client-secret-canary-2718";
+/// The store key of spool-mode relays (a canary too).
+pub const STORE_KEY: &str = "interop-store-key-canary-0123456789abcdef";
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -75,6 +77,7 @@ pub struct RelayProcess {
     /// The account's upstream mailbox: the sender SMTP tests must use.
     pub mailbox: String,
     child: Child,
+    config_path: PathBuf,
     pub plain: u16,
     pub starttls: u16,
     pub implicit: u16,
@@ -150,8 +153,17 @@ impl RelayProcess {
                 upstream_ca().display()
             )
         };
+        // Spool mode with a store key file, as the README recommends: the spool delivers after
+        // a restart without waiting for a device's login.
+        let key_line = if listener_extra.contains("spool") {
+            let key_file = dir.path().join("store.key");
+            std::fs::write(&key_file, STORE_KEY).unwrap();
+            format!("key_file = \"{}\"\n", key_file.display())
+        } else {
+            String::new()
+        };
         let config = format!(
-            "{}{}{}[spool]\npath = \"{}\"\nmin_free_mb = 1\n\n[store]\npath = \"{}\"\n\n[admin]\nenabled = false\n\n[security]\nfailure_delay_ms = 200\n\n[account.scanner]\nlogin = \"scanner@example.com\"\npassword_hash = \"{hash}\"\nmailbox = \"{}\"\nprovider = \"custom\"\nclient_id = \"interop-client\"\nclient_secret = \"{CLIENT_SECRET}\"\ntoken_url = \"{}\"\n{rt_line}\n{account_extra}\n",
+            "{}{}{}[spool]\npath = \"{}\"\nmin_free_mb = 1\nfirst_retry_secs = 1\n\n[store]\npath = \"{}\"\n{key_line}\n[admin]\nenabled = false\n\n[security]\nfailure_delay_ms = 200\n\n[account.scanner]\nlogin = \"scanner@example.com\"\npassword_hash = \"{hash}\"\nmailbox = \"{}\"\nprovider = \"custom\"\nclient_id = \"interop-client\"\nclient_secret = \"{CLIENT_SECRET}\"\ntoken_url = \"{}\"\n{rt_line}\n{account_extra}\n",
             listener("plain", plain, "none"),
             listener("starttls", starttls, "starttls"),
             listener("implicit", implicit, "implicit"),
@@ -174,6 +186,7 @@ impl RelayProcess {
         let relay = RelayProcess {
             mailbox: account.mailbox.to_owned(),
             child,
+            config_path: config_path.clone(),
             plain,
             starttls,
             implicit,
@@ -184,6 +197,7 @@ impl RelayProcess {
                 CLIENT_SECRET.into(),
                 account.refresh_token.unwrap_or("rt-canary").into(),
                 hash,
+                STORE_KEY.into(),
             ],
             _dir: dir,
         };
@@ -229,6 +243,38 @@ pub fn find_secret(log: &str, canaries: &[String]) -> Option<String> {
         .into_iter()
         .find(|b| log.contains(b.as_str()))
         .map(|b| format!("a SASL blob ({b}…)"))
+}
+
+impl RelayProcess {
+    /// The spool directory of a spool-mode relay.
+    pub fn spool_dir(&self) -> PathBuf {
+        self._dir.path().join("spool")
+    }
+
+    /// SIGKILL: no drain, no flush, no goodbye.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the relay again with the same configuration (and spool, and store).
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .args(["--log-level", "trace"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        for port in [self.plain, self.starttls, self.implicit] {
+            wait_for_port(port, &self.log);
+        }
+    }
 }
 
 impl Drop for RelayProcess {
