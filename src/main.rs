@@ -93,7 +93,7 @@ Examples:
   authrelay queue retry 00066183f74deafa-5de53dfd3103
   authrelay queue flush                # try everything again now
 
-Works whether or not `authrelay run` is running; a running relay notices within a second.";
+Works whether or not `authrelay run` is running; a running relay notices within ten seconds.";
 
 const LOGIN_HELP: &str = "\
 Examples:

@@ -1,6 +1,6 @@
 //! `authrelay queue`: the spool from the command line (part of the binary, see main.rs). Works
 //! whether or not the relay runs: it reads and changes the spool's files, which a running relay
-//! looks at every second.
+//! reads again every ten seconds.
 
 use authrelay::spool::{Envelope, Spool};
 use std::process::ExitCode;

@@ -110,6 +110,9 @@ pub struct Spool {
     committer: mpsc::Sender<Ready>,
     commits: Arc<std::sync::atomic::AtomicU64>,
     committed: Arc<tokio::sync::Notify>,
+    /// Envelopes committed since the deliverer last took them, so that it need not read the
+    /// queue directory to learn of new messages.
+    recent: Arc<std::sync::Mutex<Vec<(Envelope, DeliveryState)>>>,
 }
 
 /// The spool's directories.
@@ -169,7 +172,21 @@ impl Spool {
             committer: tx,
             commits,
             committed: Arc::new(tokio::sync::Notify::new()),
+            recent: Arc::default(),
         })
+    }
+
+    /// The envelopes committed since the last call, with their states.
+    pub fn take_recent(&self) -> Vec<(Envelope, DeliveryState)> {
+        std::mem::take(&mut *self.recent.lock().expect("recent lock"))
+    }
+
+    /// A message deferred by the deliverer, handed back to it with its new state.
+    pub fn retried(&self, envelope: Envelope, state: DeliveryState) {
+        self.recent
+            .lock()
+            .expect("recent lock")
+            .push((envelope, state));
     }
 
     /// Notified after each commit, so delivery starts at once.
@@ -219,10 +236,16 @@ impl Spool {
         Ok(Incoming {
             spool: self.clone(),
             id: envelope.id.clone(),
+            envelope: envelope.clone(),
             tmp,
             file: Some(file),
             pending: Vec::new(),
         })
+    }
+
+    /// True while `id` is in the queue.
+    pub fn is_queued(&self, id: &str) -> bool {
+        checked_id(id).is_ok_and(|id| self.dir.queue.join(id).exists())
     }
 
     /// The queued messages' envelopes, oldest first.
@@ -333,6 +356,7 @@ impl Spool {
 pub struct Incoming {
     spool: Spool,
     id: String,
+    envelope: Envelope,
     tmp: PathBuf,
     file: Option<BufWriter<File>>,
     /// Bytes not yet handed to the blocking writer.
@@ -393,6 +417,12 @@ impl Incoming {
         // From here the committer owns the file: nothing to remove on drop.
         self.tmp = PathBuf::new();
         wait.await.map_err(|_| SpoolError::Closed)??;
+        let envelope = self.envelope.clone();
+        self.spool
+            .recent
+            .lock()
+            .expect("recent lock")
+            .push((envelope, DeliveryState::default()));
         self.spool.committed.notify_one();
         Ok(())
     }

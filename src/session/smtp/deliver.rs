@@ -22,14 +22,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// How often the queue is looked at when nothing was committed.
+/// How often due messages are looked for when nothing was committed.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the queue directory is read again (for `authrelay queue retry`, `flush` and
+/// `delete`); in between, new messages are learned from the commits themselves.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 /// The longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// How one attempt ended.
 #[derive(Debug)]
 enum Attempt {
+    /// The message is no longer in the queue (delivered meanwhile, or deleted with
+    /// `authrelay queue delete`): nothing to do.
+    Gone,
     Delivered,
     /// Try again later; the reason is kept for the queue listing.
     Deferred(String),
@@ -71,15 +77,48 @@ pub async fn run(ctx: Arc<ListenerContext>, shutdown: CancellationToken) {
     };
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut limits: HashMap<String, Arc<Limits>> = HashMap::new();
+    let mut known = Known::default();
     loop {
-        if let Err(e) = schedule(&ctx, &spool, &in_flight, &mut limits) {
+        if let Err(e) = known.refresh(&spool) {
             tracing::error!(error = %e, "the spool cannot be read");
         }
+        schedule(&ctx, &spool, &in_flight, &mut limits, &mut known);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = spool.spool.committed().notified() => {}
             _ = tokio::time::sleep(SCAN_INTERVAL) => {}
         }
+    }
+}
+
+/// The queued messages the deliverer knows of, with when each is due.
+#[derive(Default)]
+struct Known {
+    messages: std::collections::BTreeMap<String, (Envelope, DeliveryState)>,
+    last_scan: Option<Instant>,
+}
+
+impl Known {
+    /// Takes the newly committed (and deferred) messages; reads the whole queue again now and
+    /// then.
+    fn refresh(&mut self, spool: &SpoolHandle) -> Result<(), crate::spool::SpoolError> {
+        for (e, state) in spool.spool.take_recent() {
+            self.messages.insert(e.id.clone(), (e, state));
+        }
+        if self
+            .last_scan
+            .is_some_and(|t| t.elapsed() < RESCAN_INTERVAL)
+        {
+            return Ok(());
+        }
+        self.last_scan = Some(Instant::now());
+        let mut fresh = std::collections::BTreeMap::new();
+        for e in spool.spool.queued()? {
+            let state = spool.spool.state(&e.id)?;
+            fresh.insert(e.id.clone(), (e, state));
+        }
+        self.messages = fresh;
+        Ok(())
     }
 }
 
@@ -89,21 +128,16 @@ fn schedule(
     spool: &Arc<SpoolHandle>,
     in_flight: &Arc<Mutex<HashSet<String>>>,
     limits: &mut HashMap<String, Arc<Limits>>,
-) -> Result<(), crate::spool::SpoolError> {
+    known: &mut Known,
+) {
     let now_unix = crate::store::unix_now();
     let directory = ctx.shared.directory();
-    for envelope in spool.spool.queued()? {
-        if in_flight
-            .lock()
-            .expect("in-flight lock")
-            .contains(&envelope.id)
-        {
+    let mut started = Vec::new();
+    for (id, (envelope, state)) in &known.messages {
+        if state.next_try > now_unix || in_flight.lock().expect("in-flight lock").contains(id) {
             continue;
         }
-        let state = spool.spool.state(&envelope.id)?;
-        if state.next_try > now_unix {
-            continue;
-        }
+        let (envelope, state) = (envelope.clone(), state.clone());
         let Some(account) = directory
             .accounts()
             .find(|a| a.id == envelope.account)
@@ -131,23 +165,37 @@ fn schedule(
             .lock()
             .expect("in-flight lock")
             .insert(envelope.id.clone());
+        started.push(envelope.id.clone());
         let (ctx, spool, in_flight) = (ctx.clone(), spool.clone(), in_flight.clone());
         tokio::spawn(async move {
             let id = envelope.id.clone();
             let attempt = deliver(&ctx, &spool, &account, &envelope).await;
-            settle(&spool, &envelope, state, attempt);
+            let settled = settle(&spool, &envelope, state, attempt);
+            if let Some(state) = settled {
+                spool.spool.retried(envelope, state);
+            }
             drop(permit);
             in_flight.lock().expect("in-flight lock").remove(&id);
             spool.spool.committed().notify_one();
         });
     }
-    Ok(())
+    // Started deliveries leave the list; a deferred one comes back through `retried`.
+    for id in started {
+        known.messages.remove(&id);
+    }
 }
 
-/// Records an attempt's outcome in the spool.
-fn settle(spool: &SpoolHandle, envelope: &Envelope, mut state: DeliveryState, attempt: Attempt) {
+/// Records an attempt's outcome in the spool; the new state when the message stays queued.
+fn settle(
+    spool: &SpoolHandle,
+    envelope: &Envelope,
+    mut state: DeliveryState,
+    attempt: Attempt,
+) -> Option<DeliveryState> {
     let id = &envelope.id;
+    let mut requeued = None;
     let result = match attempt {
+        Attempt::Gone => return None,
         Attempt::Delivered => {
             tracing::info!(queue_id = %id, account = %envelope.account, "message delivered");
             spool.spool.delivered(id)
@@ -172,13 +220,17 @@ fn settle(spool: &SpoolHandle, envelope: &Envelope, mut state: DeliveryState, at
             tracing::info!(queue_id = %id, account = %envelope.account, attempts = state.attempts, retry_in_secs = wait.as_secs(), reason = %reason, "delivery deferred");
             match spool.spool.defer(id, &state) {
                 Ok(()) if expired => spool.spool.fail(id),
-                other => other,
+                other => {
+                    requeued = Some(state);
+                    other
+                }
             }
         }
     };
     if let Err(e) = result {
         tracing::error!(queue_id = %id, error = %e, "the spool could not record a delivery");
     }
+    requeued
 }
 
 /// One delivery attempt of one message.
@@ -190,6 +242,7 @@ async fn deliver(
 ) -> Attempt {
     let (_, message) = match spool.spool.read(&envelope.id) {
         Ok(m) => m,
+        Err(_) if !spool.spool.is_queued(&envelope.id) => return Attempt::Gone,
         Err(e) => return Attempt::Deferred(e.to_string()),
     };
     let credential = match credential(ctx, account).await {
