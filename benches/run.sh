@@ -5,6 +5,9 @@
 #   3. runs the load benchmark (benches/load): direct, bare TLS relay, authrelay and
 #      email-oauth2-proxy against the same fast upstream, and rewrites the generated part of
 #      BENCHMARKS.md (the hand-written notes around it are kept)
+#   4. runs the spool benchmark (benches/spool.rs): 20 KB messages accepted per second with
+#      fsync by 64 clients, authrelay's spool against Postfix's smtpd (the interop stack's, when
+#      it runs: tests/harness/start.sh)
 #
 #   bash benches/run.sh            the full run (about 10 minutes on 2 cores), writes BENCHMARKS.md
 #   bash benches/run.sh --quick    the short form (smaller sizes, debug build; part of the test
@@ -30,7 +33,9 @@ if [ -n "$quick" ]; then
   # The dev profile reuses the test build; figures from it are for checking, not for reading.
   cargo bench --profile dev --bench codecs -- --quick --noplot >/dev/null
   cargo bench --profile dev --bench load -- --quick "${peer[@]}" --criterion target/criterion
+  cargo bench --profile dev --bench spool -- --quick
 else
   cargo bench --bench codecs -- --noplot
   cargo bench --bench load -- "${peer[@]}" --criterion target/criterion --out BENCHMARKS.md
+  cargo bench --bench spool
 fi
