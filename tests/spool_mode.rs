@@ -441,3 +441,62 @@ fn the_queue_command_lists_shows_retries_and_deletes() {
         "flush makes it due now"
     );
 }
+
+#[tokio::test]
+async fn a_dead_grant_is_told_at_login_and_queued_messages_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let extra = format!(
+        "[spool]\npath = \"{}\"\nmax_message_bytes = 200000\nmin_free_mb = 1\nfirst_retry_secs = 1\n",
+        spool.display()
+    );
+    let w = world_with(
+        UpstreamOptions::default(),
+        "none",
+        "spool = true",
+        &extra,
+        None,
+    )
+    .await;
+    w.tokens.set(TokenBehaviour::Error {
+        error: "invalid_grant",
+        description: "AADSTS700082: The refresh token has expired due to inactivity.",
+    });
+    // Accepted: nothing is known against the grant yet, and token trouble is the spool's.
+    let mut c = logged_in(w.relay.addr).await;
+    c.send("MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n")
+        .await;
+    c.reply().await;
+    c.reply().await;
+    c.reply().await;
+    c.send("Subject: held\r\n\r\nbody\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as "));
+    // Delivery finds the grant dead; the message is held, not bounced.
+    wait_for("the dead grant", || {
+        w.relay.running.shared.tokens.dead_grant("user").is_some()
+    })
+    .await;
+    assert_eq!(queued(&spool), 1);
+    // The next device is told at once, with what to do.
+    let mut d = Client::connect(w.relay.addr).await;
+    d.reply().await;
+    d.ehlo().await;
+    d.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("user@example.com", PASSWORD)
+    ))
+    .await;
+    let refused = d.reply().await;
+    assert!(
+        refused.starts_with("535 5.7.8 Sign-in for mailbox@example.com failed (AADSTS700082)"),
+        "{refused}"
+    );
+    // Re-authorized: the held message goes out, and devices log in again.
+    w.tokens.set(TokenBehaviour::Issue);
+    wait_for("the held delivery", || {
+        w.upstream.log.lock().unwrap().messages.len() == 1
+    })
+    .await;
+    wait_for("the spool to empty", || queued(&spool) == 0).await;
+    logged_in(w.relay.addr).await;
+}

@@ -92,9 +92,17 @@ pub struct TokenCache {
     /// Where an administrator re-authorizes an account (the admin server), for warnings.
     admin_url: Option<String>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Accounts whose grant the identity provider refused for good at the last try, with why:
+    /// a spool login then tells the device at once instead of queueing what cannot go out.
+    dead_grants: DashMap<String, TokenError>,
 }
 
 impl TokenCache {
+    /// Why the account's grant was refused for good at the last token request, if it was.
+    pub fn dead_grant(&self, account_id: &str) -> Option<TokenError> {
+        self.dead_grants.get(account_id).map(|e| e.clone())
+    }
+
     /// A cache that requests tokens with `http`, refreshes `margin` before expiry, and keeps them in `store`; `admin_url` is named in re-authorization advice.
     pub fn new(
         http: reqwest::Client,
@@ -108,6 +116,7 @@ impl TokenCache {
             entries: DashMap::new(),
             margin,
             requests: Default::default(),
+            dead_grants: DashMap::new(),
             store,
             signers: DashMap::new(),
             admin_url,
@@ -255,6 +264,7 @@ impl TokenCache {
             expires_at: obtained + grant.expires_in,
         });
         *entry.current.write().expect("token lock poisoned") = Some(token.clone());
+        self.dead_grants.remove(&account.id);
         tracing::info!(
             account = %account.id,
             expires_in_secs = grant.expires_in.as_secs(),
@@ -411,6 +421,7 @@ impl TokenCache {
             tracing::warn!(account = %account.id, "cannot record the failure in the token store: {err}");
         }
         if e.class == ErrorClass::Reauthorize {
+            self.dead_grants.insert(account.id.clone(), e.clone());
             tracing::warn!(
                 account = %account.id,
                 code = %e.code(),

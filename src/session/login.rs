@@ -157,6 +157,20 @@ pub async fn log_in_locally<U: UpstreamLogin>(
     }
     tracing::Span::current().record("account", account.id.as_str());
     verdict.proved();
+    // A grant known to be dead is checked once more (it may have been renewed meanwhile by
+    // `authrelay login` or the account page): a device must hear now that its messages could
+    // not go out, rather than have them queued. Transient trouble is left to the spool.
+    if ctx.shared.tokens.dead_grant(&account.id).is_some() {
+        let tokens = &ctx.shared.tokens;
+        if let Err(error) = tokens
+            .access_token(&account, Some(&credentials.password), None)
+            .await
+        {
+            if error.class == ErrorClass::Reauthorize {
+                return Err(LoginOutcome::TokenFailed { account, error });
+            }
+        }
+    }
     tracing::info!("local login accepted (spool)");
     Ok(account)
 }
