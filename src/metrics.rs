@@ -67,6 +67,8 @@ pub struct Metrics {
     bytes: [[AtomicU64; 2]; 3],
     /// `ok` or the error code → refreshes.
     refreshes: DashMap<String, AtomicU64>,
+    /// (outcome, reply code) → spool delivery attempts.
+    deliveries: DashMap<(String, String), AtomicU64>,
     local_failures: AtomicU64,
     login_latency: Histogram,
 }
@@ -86,6 +88,16 @@ impl Metrics {
     }
 
     /// An upstream login answered with `code` (`235`, `535`, `OK`, `NO`, `+OK`, `-ERR`, …).
+    /// A delivery attempt from the spool ended with `outcome` (`delivered`, `deferred`,
+    /// `failed`) and the upstream's reply `code` (or `error` without one).
+    pub fn delivery(&self, outcome: &str, code: &str) {
+        self.deliveries
+            .entry((outcome.to_owned(), code.to_owned()))
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An upstream login through protocol `p` got reply `code`.
     pub fn upstream_auth(&self, p: Protocol, code: &str) {
         self.upstream_auth
             .entry((protocol_index(p), code.to_owned()))
@@ -194,9 +206,24 @@ impl Metrics {
         }
     }
 
-    /// Token requests by outcome, and each account's token expiry.
+    /// Token requests by outcome, and each account's token expiry; spool deliveries.
     fn render_tokens(&self, s: &mut String, expiry: &[(String, Option<f64>)]) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        s.push_str("# HELP authrelay_spool_deliveries_total Delivery attempts from the spool, by outcome and reply code.\n# TYPE authrelay_spool_deliveries_total counter\n");
+        let mut deliveries: Vec<_> = self
+            .deliveries
+            .iter()
+            .map(|e| (e.key().clone(), load(e.value())))
+            .collect();
+        deliveries.sort();
+        for ((outcome, code), n) in deliveries {
+            let _ = writeln!(
+                s,
+                "authrelay_spool_deliveries_total{{outcome=\"{}\",code=\"{}\"}} {n}",
+                label(&outcome),
+                label(&code)
+            );
+        }
         s.push_str("# HELP authrelay_token_refresh_total Token requests, by outcome (ok or the error code).\n# TYPE authrelay_token_refresh_total counter\n");
         let mut refreshes: Vec<_> = self
             .refreshes
@@ -253,7 +280,7 @@ impl Metrics {
 }
 
 /// A label value: printable ASCII without quotes or backslashes, at most 64 characters.
-fn label(v: &str) -> String {
+pub fn label(v: &str) -> String {
     v.chars()
         .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
         .take(64)

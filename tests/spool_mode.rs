@@ -500,3 +500,17 @@ async fn a_dead_grant_is_told_at_login_and_queued_messages_wait_for_it() {
     wait_for("the spool to empty", || queued(&spool) == 0).await;
     logged_in(w.relay.addr).await;
 }
+
+/// GET `path` from the admin server, as its own host; the body.
+async fn http_get(admin: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n",
+        admin.port()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

@@ -28,6 +28,25 @@ pub(super) async fn readyz(State(admin): AdminState, headers: HeaderMap) -> Resp
         // rebinds a DNS name to this address must not read them.
         return body.into_response();
     }
+    if let Some(handle) = admin.shared.spool.get() {
+        let queued = handle.spool.queued().unwrap_or_default();
+        let failed = handle.spool.failed().map_or(0, |f| f.len());
+        body.push_str(&format!(
+            "spool: {} queued, {failed} failed\n",
+            queued.len()
+        ));
+        let mut held: Vec<&str> = queued.iter().map(|e| e.account.as_str()).collect();
+        held.sort_unstable();
+        held.dedup();
+        for account in held {
+            if let Some(e) = admin.shared.tokens.dead_grant(account) {
+                body.push_str(&format!(
+                    "spool held for account {account}: its grant was refused ({}); authorize it again\n",
+                    e.code()
+                ));
+            }
+        }
+    }
     for a in oauth_accounts(&admin.shared) {
         let entry = store.entry(&a.id);
         let (state, usable) = html::state(&a, entry.as_ref(), &admin.shared.tokens);
@@ -77,12 +96,54 @@ pub(super) async fn metrics(State(admin): AdminState, headers: HeaderMap) -> Res
             (a.id.clone(), secs.filter(|s| *s > 0.0))
         })
         .collect();
+    let mut text = admin.shared.metrics.render(&expiry);
+    render_spool(&admin, !accounts.is_empty(), &mut text);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        admin.shared.metrics.render(&expiry),
+        text,
     )
         .into_response()
+}
+
+/// The spool's depth (queued and failed messages) and the age of its oldest queued message,
+/// per account when `per_account` (the server's own name asked).
+fn render_spool(admin: &Admin, per_account: bool, out: &mut String) {
+    use std::fmt::Write;
+    let Some(handle) = admin.shared.spool.get() else {
+        return;
+    };
+    let now = crate::store::unix_now();
+    let mut depth: std::collections::BTreeMap<(String, &str), (u64, u64)> = Default::default();
+    for (state, list) in [
+        ("queued", handle.spool.queued()),
+        ("failed", handle.spool.failed()),
+    ] {
+        for e in list.unwrap_or_default() {
+            let account = if per_account {
+                e.account
+            } else {
+                String::new()
+            };
+            let slot = depth.entry((account, state)).or_default();
+            slot.0 += 1;
+            slot.1 = slot.1.max(now.saturating_sub(e.arrived));
+        }
+    }
+    out.push_str("# HELP authrelay_spool_messages Messages in the spool, by state (and account).\n# TYPE authrelay_spool_messages gauge\n");
+    out.push_str("# HELP authrelay_spool_oldest_seconds Age of the oldest message in the spool, by state (and account).\n# TYPE authrelay_spool_oldest_seconds gauge\n");
+    for ((account, state), (n, oldest)) in depth {
+        let labels = if per_account {
+            format!(
+                "account=\"{}\",state=\"{state}\"",
+                crate::metrics::label(&account)
+            )
+        } else {
+            format!("state=\"{state}\"")
+        };
+        let _ = writeln!(out, "authrelay_spool_messages{{{labels}}} {n}");
+        let _ = writeln!(out, "authrelay_spool_oldest_seconds{{{labels}}} {oldest}");
+    }
 }

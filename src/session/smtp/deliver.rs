@@ -170,7 +170,7 @@ fn schedule(
         tokio::spawn(async move {
             let id = envelope.id.clone();
             let attempt = deliver(&ctx, &spool, &account, &envelope).await;
-            let settled = settle(&spool, &envelope, state, attempt);
+            let settled = settle(&spool, &ctx.shared.metrics, &envelope, state, attempt);
             if let Some(state) = settled {
                 spool.spool.retried(envelope, state);
             }
@@ -188,12 +188,23 @@ fn schedule(
 /// Records an attempt's outcome in the spool; the new state when the message stays queued.
 fn settle(
     spool: &SpoolHandle,
+    metrics: &crate::metrics::Metrics,
     envelope: &Envelope,
     mut state: DeliveryState,
     attempt: Attempt,
 ) -> Option<DeliveryState> {
     let id = &envelope.id;
     let mut requeued = None;
+    let (outcome, reason) = match &attempt {
+        Attempt::Gone => ("gone", ""),
+        Attempt::Delivered => ("delivered", "250"),
+        Attempt::Deferred(r) => ("deferred", r.as_str()),
+        Attempt::Failed(r) => ("failed", r.as_str()),
+    };
+    let code = reason
+        .get(..3)
+        .filter(|c| c.bytes().all(|b| b.is_ascii_digit()));
+    metrics.delivery(outcome, code.unwrap_or("error"));
     let result = match attempt {
         Attempt::Gone => return None,
         Attempt::Delivered => {
