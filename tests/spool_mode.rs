@@ -447,7 +447,7 @@ async fn a_dead_grant_is_told_at_login_and_queued_messages_wait_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let extra = format!(
-        "[spool]\npath = \"{}\"\nmax_message_bytes = 200000\nmin_free_mb = 1\nfirst_retry_secs = 1\n",
+        "[spool]\npath = \"{}\"\nmax_message_bytes = 200000\nmin_free_mb = 1\nfirst_retry_secs = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         spool.display()
     );
     let w = world_with(
@@ -458,6 +458,14 @@ async fn a_dead_grant_is_told_at_login_and_queued_messages_wait_for_it() {
         None,
     )
     .await;
+    let admin = w
+        .relay
+        .running
+        .addresses
+        .iter()
+        .find(|(n, _)| n == "admin")
+        .unwrap()
+        .1;
     w.tokens.set(TokenBehaviour::Error {
         error: "invalid_grant",
         description: "AADSTS700082: The refresh token has expired due to inactivity.",
@@ -477,6 +485,22 @@ async fn a_dead_grant_is_told_at_login_and_queued_messages_wait_for_it() {
     })
     .await;
     assert_eq!(queued(&spool), 1);
+    // Readiness names the held queue; metrics count it and the deferral.
+    let ready = http_get(admin, "/readyz").await;
+    assert!(ready.contains("spool: 1 queued, 0 failed"), "{ready}");
+    assert!(
+        ready.contains("spool held for account user: its grant was refused (AADSTS700082)"),
+        "{ready}"
+    );
+    let metrics = http_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains("authrelay_spool_messages{account=\"user\",state=\"queued\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("authrelay_spool_deliveries_total{outcome=\"deferred\",code=\"error\"}"),
+        "{metrics}"
+    );
     // The next device is told at once, with what to do.
     let mut d = Client::connect(w.relay.addr).await;
     d.reply().await;
