@@ -282,6 +282,18 @@ async fn a_burst_is_paced_within_the_account_limits_and_all_delivered() {
         "{most} upstream sessions at once; the account allows 2"
     );
     println!("40 messages from 40 devices at once: all delivered once, at most {most} upstream sessions at a time");
+    // One session carries several messages (RSET between them): fewer logins than messages.
+    let logins =
+        s.w.upstream
+            .log
+            .lock()
+            .unwrap()
+            .commands
+            .iter()
+            .filter(|c| c.starts_with("AUTH "))
+            .count();
+    assert!(logins < 40, "{logins} logins for 40 messages");
+    println!("{logins} upstream logins carried the 40 messages");
 }
 
 #[tokio::test]

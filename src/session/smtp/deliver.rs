@@ -19,7 +19,6 @@ use crate::spool::{DeliveryState, Envelope, SpoolHandle};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// How often due messages are looked for when nothing was committed.
@@ -45,7 +44,6 @@ enum Attempt {
 
 /// An account's limits in force.
 struct Limits {
-    sessions: Arc<Semaphore>,
     /// When the deliveries of the last minute started.
     starts: Mutex<VecDeque<Instant>>,
     per_minute: usize,
@@ -69,23 +67,44 @@ impl Limits {
     }
 }
 
+/// Per account: the messages waiting for one of its sessions, and how many sessions run.
+#[derive(Default)]
+struct Waiting {
+    due: VecDeque<(Envelope, DeliveryState)>,
+    sessions: usize,
+}
+
+/// What the scheduler and the delivery sessions share.
+struct Deliverer {
+    ctx: Arc<ListenerContext>,
+    spool: Arc<SpoolHandle>,
+    in_flight: Mutex<HashSet<String>>,
+    waiting: Mutex<HashMap<String, Waiting>>,
+    limits: Mutex<HashMap<String, Arc<Limits>>>,
+}
+
 /// Delivers the spool's messages until `shutdown`. `ctx` is the spool listener's context: its
 /// upstream, time limits and name.
 pub async fn run(ctx: Arc<ListenerContext>, shutdown: CancellationToken) {
     let Some(spool) = ctx.spool.clone() else {
         return;
     };
-    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let mut limits: HashMap<String, Arc<Limits>> = HashMap::new();
+    let deliverer = Arc::new(Deliverer {
+        ctx,
+        spool,
+        in_flight: Mutex::default(),
+        waiting: Mutex::default(),
+        limits: Mutex::default(),
+    });
     let mut known = Known::default();
     loop {
-        if let Err(e) = known.refresh(&spool) {
+        if let Err(e) = known.refresh(&deliverer.spool) {
             tracing::error!(error = %e, "the spool cannot be read");
         }
-        schedule(&ctx, &spool, &in_flight, &mut limits, &mut known);
+        schedule(&deliverer, &mut known);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = spool.spool.committed().notified() => {}
+            _ = deliverer.spool.spool.committed().notified() => {}
             _ = tokio::time::sleep(SCAN_INTERVAL) => {}
         }
     }
@@ -122,66 +141,87 @@ impl Known {
     }
 }
 
-/// Starts a delivery for every message that is due and within its account's limits.
-fn schedule(
-    ctx: &Arc<ListenerContext>,
-    spool: &Arc<SpoolHandle>,
-    in_flight: &Arc<Mutex<HashSet<String>>>,
-    limits: &mut HashMap<String, Arc<Limits>>,
-    known: &mut Known,
-) {
+/// Hands every due message to its account's sessions, starting sessions up to the account's
+/// `concurrency`.
+fn schedule(d: &Arc<Deliverer>, known: &mut Known) {
     let now_unix = crate::store::unix_now();
-    let directory = ctx.shared.directory();
-    let mut started = Vec::new();
+    let directory = d.ctx.shared.directory();
+    let mut handed = Vec::new();
     for (id, (envelope, state)) in &known.messages {
-        if state.next_try > now_unix || in_flight.lock().expect("in-flight lock").contains(id) {
+        if state.next_try > now_unix
+            || !d
+                .in_flight
+                .lock()
+                .expect("in-flight lock")
+                .insert(id.clone())
+        {
             continue;
         }
-        let (envelope, state) = (envelope.clone(), state.clone());
-        let Some(account) = directory
-            .accounts()
-            .find(|a| a.id == envelope.account)
-            .cloned()
-        else {
+        handed.push(id.clone());
+        let mut waiting = d.waiting.lock().expect("waiting lock");
+        let queue = waiting.entry(envelope.account.clone()).or_default();
+        queue.due.push_back((envelope.clone(), state.clone()));
+    }
+    // Handed messages leave the list; a deferred one comes back through `retried`.
+    for id in handed {
+        known.messages.remove(&id);
+    }
+    let mut waiting = d.waiting.lock().expect("waiting lock");
+    for (account_id, queue) in waiting.iter_mut() {
+        let Some(account) = directory.accounts().find(|a| &a.id == account_id).cloned() else {
             continue; // held until the account is configured again
         };
-        let limit = limits
-            .entry(account.id.clone())
-            .or_insert_with(|| {
-                Arc::new(Limits {
-                    sessions: Arc::new(Semaphore::new(account.concurrency)),
-                    starts: Mutex::new(VecDeque::new()),
-                    per_minute: account.messages_per_minute as usize,
-                })
-            })
-            .clone();
-        let Ok(permit) = limit.sessions.clone().try_acquire_owned() else {
-            continue;
-        };
-        if limit.start(Instant::now()).is_err() {
-            continue;
+        while queue.sessions < account.concurrency && queue.sessions < queue.due.len() {
+            queue.sessions += 1;
+            tokio::spawn(session(d.clone(), account.clone()));
         }
-        in_flight
+    }
+}
+
+/// One upstream session of an account: it takes the account's waiting messages one after
+/// another, paced by the per-minute limit, on one connection (RSET between messages) while the
+/// connection holds, and ends when none is left.
+async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
+    let limit = d
+        .limits
+        .lock()
+        .expect("limits lock")
+        .entry(account.id.clone())
+        .or_insert_with(|| {
+            Arc::new(Limits {
+                starts: Mutex::new(VecDeque::new()),
+                per_minute: account.messages_per_minute as usize,
+            })
+        })
+        .clone();
+    let mut up: Option<SmtpUpstream> = None;
+    loop {
+        let next = {
+            let mut waiting = d.waiting.lock().expect("waiting lock");
+            let queue = waiting.entry(account.id.clone()).or_default();
+            let next = queue.due.pop_front();
+            if next.is_none() {
+                queue.sessions -= 1;
+            }
+            next
+        };
+        let Some((envelope, state)) = next else { break };
+        // Paced, never refused: wait for the minute's window.
+        while let Err(at) = limit.start(Instant::now()) {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let attempt = deliver(&d.ctx, &d.spool, &account, &envelope, &mut up).await;
+        if let Some(state) = settle(&d.spool, &d.ctx.shared.metrics, &envelope, state, attempt) {
+            d.spool.spool.retried(envelope.clone(), state);
+        }
+        d.in_flight
             .lock()
             .expect("in-flight lock")
-            .insert(envelope.id.clone());
-        started.push(envelope.id.clone());
-        let (ctx, spool, in_flight) = (ctx.clone(), spool.clone(), in_flight.clone());
-        tokio::spawn(async move {
-            let id = envelope.id.clone();
-            let attempt = deliver(&ctx, &spool, &account, &envelope).await;
-            let settled = settle(&spool, &ctx.shared.metrics, &envelope, state, attempt);
-            if let Some(state) = settled {
-                spool.spool.retried(envelope, state);
-            }
-            drop(permit);
-            in_flight.lock().expect("in-flight lock").remove(&id);
-            spool.spool.committed().notify_one();
-        });
+            .remove(&envelope.id);
+        d.spool.spool.committed().notify_one();
     }
-    // Started deliveries leave the list; a deferred one comes back through `retried`.
-    for id in started {
-        known.messages.remove(&id);
+    if let Some(mut up) = up {
+        up.quit().await;
     }
 }
 
@@ -244,33 +284,66 @@ fn settle(
     requeued
 }
 
-/// One delivery attempt of one message.
+/// One delivery attempt of one message, on the session's connection (opened and logged in
+/// when there is none; dropped when it fails).
 async fn deliver(
     ctx: &ListenerContext,
     spool: &SpoolHandle,
     account: &AccountConfig,
     envelope: &Envelope,
+    up: &mut Option<SmtpUpstream>,
 ) -> Attempt {
     let (_, message) = match spool.spool.read(&envelope.id) {
         Ok(m) => m,
         Err(_) if !spool.spool.is_queued(&envelope.id) => return Attempt::Gone,
         Err(e) => return Attempt::Deferred(e.to_string()),
     };
-    let credential = match credential(ctx, account).await {
-        Ok(c) => c,
-        Err(reason) => return Attempt::Deferred(reason),
+    if up.is_none() {
+        match open(ctx, account).await {
+            Ok(session) => *up = Some(session),
+            Err(attempt) => return attempt,
+        }
+    }
+    let session = up.as_mut().expect("opened above");
+    match transaction(session, envelope, &message).await {
+        Ok(Attempt::Deferred(reason)) if reason.starts_with("421") => {
+            // The server is closing the connection (RFC 5321 §3.8): the next message needs a
+            // new one.
+            *up = None;
+            Attempt::Deferred(reason)
+        }
+        Ok(attempt) => attempt,
+        Err(e) => {
+            *up = None;
+            Attempt::Deferred(format!("upstream failed: {e}"))
+        }
+    }
+}
+
+/// A logged-in upstream session for `account`, or the attempt's outcome when there is none.
+async fn open(ctx: &ListenerContext, account: &AccountConfig) -> Result<SmtpUpstream, Attempt> {
+    let credential = credential(ctx, account).await.map_err(Attempt::Deferred)?;
+    let target = ctx
+        .target(account)
+        .map_err(|e| Attempt::Deferred(e.to_string()))?;
+    let mut up = SmtpUpstream::connect(&target)
+        .await
+        .map_err(|e| Attempt::Deferred(format!("upstream unreachable: {e}")))?;
+    let failed = |e: crate::session::upstream::UpstreamError| {
+        Attempt::Deferred(format!("upstream failed: {e}"))
     };
-    let target = match ctx.target(account) {
-        Ok(t) => t,
-        Err(e) => return Attempt::Deferred(e.to_string()),
-    };
-    let mut up = match SmtpUpstream::connect(&target).await {
-        Ok(up) => up,
-        Err(e) => return Attempt::Deferred(format!("upstream unreachable: {e}")),
-    };
-    let attempt = transaction(&mut up, &target.ehlo_name, &credential, envelope, &message).await;
-    up.quit().await;
-    attempt.unwrap_or_else(|e| Attempt::Deferred(format!("upstream failed: {e}")))
+    let ehlo = up.ehlo(target.ehlo_name.as_bytes()).await.map_err(failed)?;
+    if ehlo.code != 250 {
+        return Err(classify(&ehlo));
+    }
+    match up.login(&credential).await.map_err(failed)? {
+        AuthResult::Accepted(_) => Ok(up),
+        // A refused login may heal (a token refreshed, an account re-authorized): defer.
+        AuthResult::Rejected { reply, .. } => Err(Attempt::Deferred(format!(
+            "login refused: {}",
+            text(&reply)
+        ))),
+    }
 }
 
 async fn credential(
@@ -308,27 +381,16 @@ async fn credential(
     }
 }
 
-/// EHLO, AUTH, MAIL, RCPT, DATA. `Err` for a connection problem (deferred).
+/// RSET, MAIL, RCPT, DATA on a logged-in session. `Err` for a connection problem (deferred).
 async fn transaction(
     up: &mut SmtpUpstream,
-    ehlo_name: &str,
-    credential: &UpstreamCredential,
     envelope: &Envelope,
     message: &[u8],
 ) -> Result<Attempt, crate::session::upstream::UpstreamError> {
-    let ehlo = up.ehlo(ehlo_name.as_bytes()).await?;
-    if ehlo.code != 250 {
-        return Ok(classify(&ehlo));
-    }
-    match up.login(credential).await? {
-        AuthResult::Accepted(_) => {}
-        AuthResult::Rejected { reply, .. } => {
-            // A refused login may heal (a token refreshed, an account re-authorized): defer.
-            return Ok(Attempt::Deferred(format!(
-                "login refused: {}",
-                text(&reply)
-            )));
-        }
+    // Whatever the previous message left (a refused RCPT ends a transaction half-way).
+    let reset = up.command(&[b"RSET\r\n"]).await?;
+    if reset.code != 250 {
+        return Ok(classify(&reset));
     }
     let mail = up
         .command(&[b"MAIL FROM:<", envelope.sender.as_bytes(), b">\r\n"])
@@ -408,7 +470,6 @@ mod tests {
     #[test]
     fn the_per_minute_limit_paces_starts() {
         let limits = Limits {
-            sessions: Arc::new(Semaphore::new(3)),
             starts: Mutex::new(VecDeque::new()),
             per_minute: 2,
         };
