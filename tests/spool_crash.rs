@@ -42,6 +42,7 @@ async fn child(dir: &str) {
                         recipients: vec!["b@example.com".into()],
                         arrived: 0,
                         client: "127.0.0.1".into(),
+                        bounce: false,
                     };
                     let body = message(n);
                     let mut m = spool.begin(&envelope).await.unwrap();

@@ -374,6 +374,7 @@ fn the_queue_command_lists_shows_retries_and_deletes() {
                 recipients: vec!["r@example.com".into()],
                 arrived: authrelay::store::unix_now(),
                 client: "127.0.0.1".into(),
+                bounce: false,
             };
             let mut m = spool.begin(&envelope).await.unwrap();
             m.write(format!("Subject: {subject}\r\n\r\nbody\r\n").as_bytes())
@@ -549,4 +550,46 @@ async fn http_get(admin: std::net::SocketAddr, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+#[tokio::test]
+async fn a_permanent_failure_goes_to_failed_and_the_sender_gets_a_delivery_status_notification() {
+    let s = spool_world("").await;
+    let mut c = logged_in(s.w.relay.addr).await;
+    c.send("MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<nobody@example.com>\r\nDATA\r\n")
+        .await;
+    c.reply().await;
+    c.reply().await;
+    c.reply().await;
+    c.send("From: mailbox@example.com\r\nSubject: to nobody\r\n\r\nbody\r\n.\r\n")
+        .await;
+    let reply = c.reply().await;
+    let id = reply.trim_end().rsplit(' ').next().unwrap().to_owned();
+    // The notification reaches the sender's mailbox through the same account.
+    wait_for("the notification", || {
+        s.w.upstream.log.lock().unwrap().messages.len() == 1
+    })
+    .await;
+    let dsn = String::from_utf8(s.w.upstream.log.lock().unwrap().messages[0].clone()).unwrap();
+    assert!(
+        dsn.contains("Content-Type: multipart/report; report-type=delivery-status;"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Final-Recipient: rfc822; nobody@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 <nobody> User unknown"), "{dsn}");
+    assert!(
+        dsn.contains("Subject: to nobody"),
+        "the original header section: {dsn}"
+    );
+    assert!(
+        s.spool.join("failed").join(&id).exists(),
+        "kept for inspection"
+    );
+    let log = s.w.upstream.log.lock().unwrap();
+    assert!(
+        log.commands
+            .iter()
+            .any(|c| c == "RCPT TO:<mailbox@example.com>"),
+        "{:?}",
+        log.commands
+    );
 }

@@ -20,6 +20,7 @@
 //! `state/ID` records delivery attempts (written atomically; losing one only means an earlier
 //! retry).
 
+pub mod dsn;
 pub mod message;
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,9 @@ pub struct Envelope {
     pub arrived: u64,
     /// The device's address.
     pub client: String,
+    /// A delivery-status notification made by the relay: never bounced itself.
+    #[serde(default)]
+    pub bounce: bool,
 }
 
 /// What delivery attempts have learned about a queued message.

@@ -10,6 +10,7 @@ fn envelope(id: &str) -> Envelope {
         recipients: vec!["a@example.com".into(), "b@example.com".into()],
         arrived: 1_790_000_000,
         client: "192.0.2.7".into(),
+        bounce: false,
     }
 }
 

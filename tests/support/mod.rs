@@ -601,6 +601,9 @@ async fn serve_smtp(
                     w.write_all(format!("{line}\r\n").as_bytes()).await?;
                 }
             }
+        } else if upper.starts_with("RCPT TO:<NOBODY") && authed {
+            // An unknown recipient, refused for good (RFC 3463 X.1.1).
+            w.write_all(b"550 5.1.1 <nobody> User unknown\r\n").await?;
         } else if upper.starts_with("MAIL FROM") || upper.starts_with("RCPT TO") {
             if authed {
                 w.write_all(b"250 2.1.0 Ok\r\n").await?;

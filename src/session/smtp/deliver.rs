@@ -211,7 +211,15 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
             tokio::time::sleep_until(at.into()).await;
         }
         let attempt = deliver(&d.ctx, &d.spool, &account, &envelope, &mut up).await;
-        if let Some(state) = settle(&d.spool, &d.ctx.shared.metrics, &envelope, state, attempt) {
+        let bounce = match &attempt {
+            Attempt::Failed(reason) => Some(reason.clone()),
+            _ => None,
+        };
+        let settled = settle(&d.spool, &d.ctx.shared.metrics, &envelope, state, attempt);
+        if let Some(reason) = bounce {
+            notify_sender(&d, &account, &envelope, &reason).await;
+        }
+        if let Some(state) = settled {
             d.spool.spool.retried(envelope.clone(), state);
         }
         d.in_flight
@@ -222,6 +230,50 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
     }
     if let Some(mut up) = up {
         up.quit().await;
+    }
+}
+
+/// Tells the sender of a message that failed for good (RFC 3464), through the same account:
+/// the notification is a message of the spool like any other, never bounced itself.
+async fn notify_sender(d: &Deliverer, account: &AccountConfig, failed: &Envelope, reason: &str) {
+    if failed.bounce || failed.sender.is_empty() {
+        return;
+    }
+    let headers = d
+        .spool
+        .spool
+        .show(&failed.id)
+        .map(|(_, h)| h)
+        .unwrap_or_default();
+    let body = crate::spool::dsn::bounce(
+        failed,
+        reason,
+        &account.mailbox,
+        &d.ctx.config.ehlo_name,
+        headers.as_bytes(),
+    );
+    let envelope = Envelope {
+        id: crate::spool::new_id(),
+        account: account.id.clone(),
+        sender: account.mailbox.clone(),
+        recipients: vec![failed.sender.clone()],
+        arrived: crate::store::unix_now(),
+        client: "authrelay".into(),
+        bounce: true,
+    };
+    let stored = async {
+        let mut m = d.spool.spool.begin(&envelope).await?;
+        m.write(&body).await?;
+        m.commit().await
+    }
+    .await;
+    match stored {
+        Ok(()) => {
+            tracing::info!(queue_id = %envelope.id, failed = %failed.id, "delivery-status notification queued for the sender")
+        }
+        Err(e) => {
+            tracing::error!(failed = %failed.id, error = %e, "the delivery-status notification could not be queued")
+        }
     }
 }
 
@@ -399,6 +451,7 @@ async fn transaction(
         return Ok(classify(&mail));
     }
     let mut accepted = 0;
+    let mut refused = None;
     for rcpt in &envelope.recipients {
         let reply = up
             .command(&[b"RCPT TO:<", rcpt.as_bytes(), b">\r\n"])
@@ -407,12 +460,14 @@ async fn transaction(
             250 | 251 => accepted += 1,
             400..=499 => return Ok(classify(&reply)),
             _ => {
-                tracing::warn!(recipient = %sanitize_for_reply(rcpt, 200), reply = %text(&reply), "recipient refused")
+                tracing::warn!(recipient = %sanitize_for_reply(rcpt, 200), reply = %text(&reply), "recipient refused");
+                refused = Some(text(&reply));
             }
         }
     }
     if accepted == 0 {
-        return Ok(Attempt::Failed("every recipient was refused".into()));
+        let reason = refused.unwrap_or_else(|| "every recipient was refused".into());
+        return Ok(Attempt::Failed(reason));
     }
     let go = up.command(&[b"DATA\r\n"]).await?;
     if go.code != 354 {

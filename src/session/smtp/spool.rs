@@ -319,6 +319,7 @@ impl Receiving {
             recipients: self.recipients.clone(),
             arrived: crate::store::unix_now(),
             client: self.peer.ip().to_string(),
+            bounce: false,
         };
         let incoming = spool.spool.begin(&envelope).await.ok()?;
         let max = spool.config.max_message_bytes;
