@@ -491,7 +491,9 @@ async fn a_dead_grant_is_told_at_login_and_queued_messages_wait_for_it() {
     c.reply().await;
     c.reply().await;
     c.send("Subject: held\r\n\r\nbody\r\n.\r\n").await;
-    assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as "));
+    let reply = c.reply().await;
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+    let id = reply.trim_end().rsplit(' ').next().unwrap().to_owned();
     // Delivery finds the grant dead; the message is held, not bounced.
     wait_for("the dead grant", || {
         w.relay.running.shared.tokens.dead_grant("user").is_some()
@@ -505,6 +507,11 @@ async fn a_dead_grant_is_told_at_login_and_queued_messages_wait_for_it() {
         ready.contains("spool held for account user: its grant was refused (AADSTS700082)"),
         "{ready}"
     );
+    // The account page shows what waits and why.
+    let page = http_get(admin, "/account/user").await;
+    assert!(page.contains("<table id=\"spool\">"), "{page}");
+    assert!(page.contains(&format!("<td>{id}</td>")), "{page}");
+    assert!(page.contains("AADSTS700082"), "{page}");
     let metrics = http_get(admin, "/metrics").await;
     assert!(
         metrics.contains("authrelay_spool_messages{account=\"user\",state=\"queued\"} 1"),

@@ -194,6 +194,12 @@ pub struct AccountView<'a> {
     pub redirect_uri: &'a str,
     pub notice: Option<&'a str>,
     pub error: Option<&'a str>,
+    /// The account's messages in the spool: envelope, delivery state, and `queued` or `failed`.
+    pub spool: Vec<(
+        crate::spool::Envelope,
+        crate::spool::DeliveryState,
+        &'static str,
+    )>,
 }
 
 fn password_field(why: &str) -> String {
@@ -237,6 +243,33 @@ fn app_form(v: &AccountView<'_>, oauth: &OAuthConfig, entry: Option<&Entry>) -> 
     )
 }
 
+/// The account's messages in the spool, if any: what waits and why.
+fn spool_table(v: &AccountView<'_>) -> String {
+    if v.spool.is_empty() {
+        return String::new();
+    }
+    let now = crate::store::unix_now();
+    let mut s = String::from("<h2>Spool</h2><table id=\"spool\"><tr><th>Queue ID</th><th>Age</th><th>To</th><th>State</th><th>Attempts</th><th>Last reply</th><th>Next try</th></tr>");
+    for (e, state, what) in &v.spool {
+        let next = if *what == "failed" || state.next_try <= now {
+            String::new()
+        } else {
+            format_time(state.next_try)
+        };
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{what}</td><td>{}</td><td>{}</td><td>{next}</td></tr>",
+            escape(&e.id),
+            ago(now.saturating_sub(e.arrived)),
+            escape(&e.recipients.join(", ")),
+            state.attempts,
+            escape(&state.last_reply),
+        );
+    }
+    s.push_str("</table><p>Try again or remove one with <code>authrelay queue retry ID</code> or <code>authrelay queue delete ID</code>.</p>");
+    s
+}
+
 pub fn account(v: &AccountView<'_>) -> String {
     let a = v.account;
     let id = escape(&a.id);
@@ -256,6 +289,7 @@ pub fn account(v: &AccountView<'_>) -> String {
         escape(&a.mailbox),
         mode(a)
     );
+    s.push_str(&spool_table(v));
     let AccountAuth::OAuth(oauth) = &a.auth else {
         return s;
     };

@@ -174,6 +174,33 @@ struct AccountQuery {
     saved: Option<String>,
 }
 
+/// The account's messages in the spool, queued then failed.
+fn spool_of(
+    admin: &Admin,
+    account: &str,
+) -> Vec<(
+    crate::spool::Envelope,
+    crate::spool::DeliveryState,
+    &'static str,
+)> {
+    let Some(handle) = admin.shared.spool.get() else {
+        return Vec::new();
+    };
+    let spool = &handle.spool;
+    let mut out = Vec::new();
+    for (what, list) in [("queued", spool.queued()), ("failed", spool.failed())] {
+        for e in list
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.account == account)
+        {
+            let state = spool.state(&e.id).unwrap_or_default();
+            out.push((e, state, what));
+        }
+    }
+    out
+}
+
 async fn account_page(
     State(admin): AdminState,
     Path(name): Path<String>,
@@ -206,6 +233,7 @@ fn render_account(
         redirect_uri: &admin.config.redirect_uri(),
         notice,
         error,
+        spool: spool_of(admin, &account.id),
     };
     let mut r = html::page(&format!("Account {}", account.id), &html::account(&view));
     *r.status_mut() = status;
