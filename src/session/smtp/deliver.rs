@@ -211,16 +211,10 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
             tokio::time::sleep_until(at.into()).await;
         }
         let attempt = deliver(&d.ctx, &d.spool, &account, &envelope, &mut up).await;
-        let bounce = match &attempt {
-            Attempt::Failed(reason) => Some(reason.clone()),
-            _ => None,
-        };
-        let settled = settle(&d.spool, &d.ctx.shared.metrics, &envelope, state, attempt);
-        if let Some(reason) = bounce {
-            notify_sender(&d, &account, &envelope, &reason).await;
-        }
-        if let Some(state) = settled {
-            d.spool.spool.retried(envelope.clone(), state);
+        match settle(&d.spool, &d.ctx.shared.metrics, &envelope, state, attempt) {
+            Settled::Requeued(state) => d.spool.spool.retried(envelope.clone(), state),
+            Settled::Failed(reason) => notify_sender(&d, &account, &envelope, &reason).await,
+            Settled::Done => {}
         }
         d.in_flight
             .lock()
@@ -277,16 +271,26 @@ async fn notify_sender(d: &Deliverer, account: &AccountConfig, failed: &Envelope
     }
 }
 
-/// Records an attempt's outcome in the spool; the new state when the message stays queued.
+/// What became of a message after an attempt.
+enum Settled {
+    /// Still queued, with this state.
+    Requeued(DeliveryState),
+    /// Given up (a permanent refusal, or too old): the sender is to be told why.
+    Failed(String),
+    /// Delivered, or gone.
+    Done,
+}
+
+/// Records an attempt's outcome in the spool.
 fn settle(
     spool: &SpoolHandle,
     metrics: &crate::metrics::Metrics,
     envelope: &Envelope,
     mut state: DeliveryState,
     attempt: Attempt,
-) -> Option<DeliveryState> {
+) -> Settled {
     let id = &envelope.id;
-    let mut requeued = None;
+    let mut settled = Settled::Done;
     let (outcome, reason) = match &attempt {
         Attempt::Gone => ("gone", ""),
         Attempt::Delivered => ("delivered", "250"),
@@ -298,15 +302,16 @@ fn settle(
         .filter(|c| c.bytes().all(|b| b.is_ascii_digit()));
     metrics.delivery(outcome, code.unwrap_or("error"));
     let result = match attempt {
-        Attempt::Gone => return None,
+        Attempt::Gone => return Settled::Done,
         Attempt::Delivered => {
             tracing::info!(queue_id = %id, account = %envelope.account, "message delivered");
             spool.spool.delivered(id)
         }
         Attempt::Failed(reason) => {
             tracing::warn!(queue_id = %id, account = %envelope.account, reason = %reason, "message failed permanently");
-            state.last_reply = reason;
+            state.last_reply = reason.clone();
             let _ = spool.spool.defer(id, &state);
+            settled = Settled::Failed(reason);
             spool.spool.fail(id)
         }
         Attempt::Deferred(reason) => {
@@ -322,9 +327,13 @@ fn settle(
             state.next_try = now + wait.as_secs();
             tracing::info!(queue_id = %id, account = %envelope.account, attempts = state.attempts, retry_in_secs = wait.as_secs(), reason = %reason, "delivery deferred");
             match spool.spool.defer(id, &state) {
-                Ok(()) if expired => spool.spool.fail(id),
+                Ok(()) if expired => {
+                    let hours = spool.config.max_age.as_secs() / 3600;
+                    settled = Settled::Failed(format!("{reason} (given up after {hours} hours)"));
+                    spool.spool.fail(id)
+                }
                 other => {
-                    requeued = Some(state);
+                    settled = Settled::Requeued(state);
                     other
                 }
             }
@@ -333,7 +342,7 @@ fn settle(
     if let Err(e) = result {
         tracing::error!(queue_id = %id, error = %e, "the spool could not record a delivery");
     }
-    requeued
+    settled
 }
 
 /// One delivery attempt of one message, on the session's connection (opened and logged in
