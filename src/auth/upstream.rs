@@ -28,19 +28,20 @@ pub enum UpstreamCredential {
     },
 }
 
-/// Gets what the account needs upstream. For OAuth accounts `rejected` names a token that the
-/// server just refused, so that a fresh one is fetched.
+/// Gets what the account needs upstream. `client` is what the device sent, when a device is
+/// logging in (the spool delivers without one: then a pass-through account has nothing to
+/// send). For OAuth accounts `rejected` names a token that the server just refused, so that a
+/// fresh one is fetched.
 pub async fn credential(
     account: &AccountConfig,
-    client: &Credentials,
+    client: Option<&Credentials>,
     tokens: &TokenCache,
     rejected: Option<&Arc<AccessToken>>,
 ) -> Result<UpstreamCredential, TokenError> {
     match &account.auth {
         AccountAuth::OAuth(oauth) => {
-            let token = tokens
-                .access_token(account, Some(&client.password), rejected)
-                .await?;
+            let password = client.map(|c| &c.password);
+            let token = tokens.access_token(account, password, rejected).await?;
             Ok(UpstreamCredential::Bearer {
                 user: account.mailbox.clone(),
                 token,
@@ -51,9 +52,16 @@ pub async fn credential(
             user: account.mailbox.clone(),
             password: password.clone(),
         }),
-        AccountAuth::Passthrough => Ok(UpstreamCredential::Password {
-            user: client.username.clone(),
-            password: client.password.clone(),
-        }),
+        AccountAuth::Passthrough => match client {
+            Some(c) => Ok(UpstreamCredential::Password {
+                user: c.username.clone(),
+                password: c.password.clone(),
+            }),
+            None => Err(TokenError::new(
+                crate::auth::oauth::ErrorClass::Configuration,
+                "passthrough",
+                "a pass-through account has no credential of its own",
+            )),
+        },
     }
 }

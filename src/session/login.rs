@@ -240,7 +240,9 @@ async fn log_in_upstream<D: Dial + Sync>(
     loop {
         attempt += 1;
         let tokens = &ctx.shared.tokens;
-        let cred = match credential(account, credentials, tokens, rejected_token.as_ref()).await {
+        let cred = match credential(account, Some(credentials), tokens, rejected_token.as_ref())
+            .await
+        {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(error = %error.error, code = %error.code(), class = ?error.class, description = %error.description, "token request failed");

@@ -10,7 +10,6 @@
 //! `5xx` failed (kept in the spool's `failed/` for inspection).
 
 use super::upstream::SmtpUpstream;
-use crate::auth::upstream::UpstreamCredential;
 use crate::codec::line::sanitize_for_reply;
 use crate::config::AccountConfig;
 use crate::session::login::AuthResult;
@@ -383,7 +382,12 @@ async fn deliver(
 
 /// A logged-in upstream session for `account`, or the attempt's outcome when there is none.
 async fn open(ctx: &ListenerContext, account: &AccountConfig) -> Result<SmtpUpstream, Attempt> {
-    let credential = credential(ctx, account).await.map_err(Attempt::Deferred)?;
+    let credential = crate::auth::upstream::credential(account, None, &ctx.shared.tokens, None)
+        .await
+        .map_err(|e| {
+            let why = sanitize_for_reply(&e.description, 200);
+            Attempt::Deferred(format!("token: {} ({why})", e.code()))
+        })?;
     let target = ctx
         .target(account)
         .map_err(|e| Attempt::Deferred(e.to_string()))?;
@@ -404,41 +408,6 @@ async fn open(ctx: &ListenerContext, account: &AccountConfig) -> Result<SmtpUpst
             "login refused: {}",
             text(&reply)
         ))),
-    }
-}
-
-async fn credential(
-    ctx: &ListenerContext,
-    account: &AccountConfig,
-) -> Result<UpstreamCredential, String> {
-    use crate::config::AccountAuth;
-    match &account.auth {
-        AccountAuth::OAuth(oauth) => {
-            let token = ctx
-                .shared
-                .tokens
-                .access_token(account, None, None)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "token: {} ({})",
-                        e.code(),
-                        sanitize_for_reply(&e.description, 200)
-                    )
-                })?;
-            Ok(UpstreamCredential::Bearer {
-                user: account.mailbox.clone(),
-                token,
-                mechanism: oauth.mechanism,
-            })
-        }
-        AccountAuth::AppPassword(password) => Ok(UpstreamCredential::Password {
-            user: account.mailbox.clone(),
-            password: password.clone(),
-        }),
-        AccountAuth::Passthrough => {
-            Err("a pass-through account cannot deliver from the spool".into())
-        }
     }
 }
 
