@@ -600,3 +600,33 @@ async fn a_permanent_failure_goes_to_failed_and_the_sender_gets_a_delivery_statu
         log.commands
     );
 }
+
+#[tokio::test]
+async fn recipients_refused_in_a_delivered_message_are_reported_to_the_sender() {
+    let s = spool_world("").await;
+    let mut c = logged_in(s.w.relay.addr).await;
+    c.send("MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<r@example.com>\r\nRCPT TO:<nobody@example.com>\r\nDATA\r\n").await;
+    for _ in 0..4 {
+        c.reply().await;
+    }
+    c.send("From: mailbox@example.com\r\nSubject: two recipients\r\n\r\nbody\r\n.\r\n")
+        .await;
+    assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as "));
+    // The message itself, then the notification about the refused recipient.
+    wait_for("message and notification", || {
+        s.w.upstream.log.lock().unwrap().messages.len() == 2
+    })
+    .await;
+    let log = s.w.upstream.log.lock().unwrap();
+    let dsn = String::from_utf8(log.messages[1].clone()).unwrap();
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; nobody@example.com\r\n"),
+        "{dsn}"
+    );
+    assert!(
+        !dsn.contains("Final-Recipient: rfc822; r@example.com"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Subject: two recipients"), "{dsn}");
+    wait_for("the spool to empty", || queued(&s.spool) == 0).await;
+}

@@ -35,6 +35,8 @@ enum Attempt {
     /// `authrelay queue delete`): nothing to do.
     Gone,
     Delivered,
+    /// Delivered to some recipients; these were refused for good, with the server's reply.
+    PartlyDelivered(Vec<String>, String),
     /// Try again later; the reason is kept for the queue listing.
     Deferred(String),
     /// Will never succeed.
@@ -210,9 +212,24 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
             tokio::time::sleep_until(at.into()).await;
         }
         let attempt = deliver(&d.ctx, &d.spool, &account, &envelope, &mut up).await;
+        // The header section, for a notification, while the message is still in the queue.
+        let headers = match &attempt {
+            Attempt::PartlyDelivered(..) => d.spool.spool.show(&envelope.id).map(|(_, h)| h).ok(),
+            _ => None,
+        };
         match settle(&d.spool, &d.ctx.shared.metrics, &envelope, state, attempt) {
             Settled::Requeued(state) => d.spool.spool.retried(envelope.clone(), state),
-            Settled::Failed(reason) => notify_sender(&d, &account, &envelope, &reason).await,
+            Settled::Failed(reason) => {
+                let headers = d.spool.spool.show(&envelope.id).map(|(_, h)| h).ok();
+                notify_sender(&d, &account, &envelope, &reason, headers).await;
+            }
+            Settled::Refused(recipients, reply) => {
+                let refused = Envelope {
+                    recipients,
+                    ..envelope.clone()
+                };
+                notify_sender(&d, &account, &refused, &reply, headers).await;
+            }
             Settled::Done => {}
         }
         d.in_flight
@@ -228,16 +245,17 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
 
 /// Tells the sender of a message that failed for good (RFC 3464), through the same account:
 /// the notification is a message of the spool like any other, never bounced itself.
-async fn notify_sender(d: &Deliverer, account: &AccountConfig, failed: &Envelope, reason: &str) {
+async fn notify_sender(
+    d: &Deliverer,
+    account: &AccountConfig,
+    failed: &Envelope,
+    reason: &str,
+    headers: Option<String>,
+) {
     if failed.bounce || failed.sender.is_empty() {
         return;
     }
-    let headers = d
-        .spool
-        .spool
-        .show(&failed.id)
-        .map(|(_, h)| h)
-        .unwrap_or_default();
+    let headers = headers.unwrap_or_default();
     let body = crate::spool::dsn::bounce(
         failed,
         reason,
@@ -276,6 +294,8 @@ enum Settled {
     Requeued(DeliveryState),
     /// Given up (a permanent refusal, or too old): the sender is to be told why.
     Failed(String),
+    /// Delivered, but these recipients were refused for good: the sender is to be told.
+    Refused(Vec<String>, String),
     /// Delivered, or gone.
     Done,
 }
@@ -292,7 +312,7 @@ fn settle(
     let mut settled = Settled::Done;
     let (outcome, reason) = match &attempt {
         Attempt::Gone => ("gone", ""),
-        Attempt::Delivered => ("delivered", "250"),
+        Attempt::Delivered | Attempt::PartlyDelivered(..) => ("delivered", "250"),
         Attempt::Deferred(r) => ("deferred", r.as_str()),
         Attempt::Failed(r) => ("failed", r.as_str()),
     };
@@ -302,6 +322,11 @@ fn settle(
     metrics.delivery(outcome, code.unwrap_or("error"));
     let result = match attempt {
         Attempt::Gone => return Settled::Done,
+        Attempt::PartlyDelivered(refused, reply) => {
+            tracing::info!(queue_id = %id, account = %envelope.account, refused = refused.len(), "message delivered to some recipients");
+            settled = Settled::Refused(refused, reply);
+            spool.spool.delivered(id)
+        }
         Attempt::Delivered => {
             tracing::info!(queue_id = %id, account = %envelope.account, "message delivered");
             spool.spool.delivered(id)
@@ -430,6 +455,7 @@ async fn transaction(
     }
     let mut accepted = 0;
     let mut refused = None;
+    let mut refused_recipients = Vec::new();
     for rcpt in &envelope.recipients {
         let reply = up
             .command(&[b"RCPT TO:<", rcpt.as_bytes(), b">\r\n"])
@@ -440,6 +466,7 @@ async fn transaction(
             _ => {
                 tracing::warn!(recipient = %sanitize_for_reply(rcpt, 200), reply = %text(&reply), "recipient refused");
                 refused = Some(text(&reply));
+                refused_recipients.push(rcpt.clone());
             }
         }
     }
@@ -456,7 +483,12 @@ async fn transaction(
         .await
         .map_err(crate::session::upstream::UpstreamError::Io)?;
     let done = up.command(&[b".\r\n"]).await?;
-    Ok(classify(&done))
+    Ok(match (classify(&done), refused) {
+        (Attempt::Delivered, Some(reply)) if !refused_recipients.is_empty() => {
+            Attempt::PartlyDelivered(refused_recipients, reply)
+        }
+        (attempt, _) => attempt,
+    })
 }
 
 fn text(reply: &super::upstream::OwnedReply) -> String {
