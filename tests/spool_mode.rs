@@ -617,8 +617,7 @@ async fn recipients_refused_in_a_delivered_message_are_reported_to_the_sender() 
         s.w.upstream.log.lock().unwrap().messages.len() == 2
     })
     .await;
-    let log = s.w.upstream.log.lock().unwrap();
-    let dsn = String::from_utf8(log.messages[1].clone()).unwrap();
+    let dsn = String::from_utf8(s.w.upstream.log.lock().unwrap().messages[1].clone()).unwrap();
     assert!(
         dsn.contains("Final-Recipient: rfc822; nobody@example.com\r\n"),
         "{dsn}"
