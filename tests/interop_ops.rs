@@ -661,3 +661,50 @@ fn oauthbearer_logins_against_dovecot_in_every_protocol() {
         );
     }
 }
+
+/// One SMTP listener, two accounts with different upstreams: alice through the listener's
+/// (Dovecot submission on 127.0.0.1), bob through his own `upstream.smtp` (the submission
+/// listener on 127.0.0.2, with its own TLS settings). Both messages arrive; Dovecot's log shows
+/// bob's session came in on 127.0.0.2.
+#[test]
+fn one_listener_fronts_two_accounts_with_their_own_upstreams() {
+    stack();
+    let (alice, bob) = (unique_user("route-a"), unique_user("route-b"));
+    let accounts = format!(
+        "{}{}upstream.smtp = {{ address = \"127.0.0.2:11588\", tls = \"starttls\", ca = \"{}\", name = \"localhost\" }}\n",
+        oauth_account("alice", &alice, &new_refresh_token(&alice)),
+        oauth_account("bob", &bob, &new_refresh_token(&bob)),
+        upstream_ca().display()
+    );
+    let r = FullRelay::start(&accounts, "");
+    let dir = tempfile::tempdir().unwrap();
+    for (name, mailbox) in [("alice", &alice), ("bob", &bob)] {
+        let marker = format!("route-{name}-{}", free_port());
+        let file = write_message(dir.path(), &marker);
+        let said = r.smtp_send(
+            &format!("{name}@device.local"),
+            LOCAL_PASSWORD,
+            mailbox,
+            mailbox,
+            &file,
+        );
+        assert_eq!(said, "OK", "{name}");
+        let stored = delivered(mailbox, &marker, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{name}'s message was not delivered"));
+        assert!(String::from_utf8_lossy(&stored).contains(&marker));
+    }
+    let dovecot = std::fs::read_to_string(run_dir().join("log/dovecot.log")).unwrap();
+    let via = |user: &str, lip: &str| {
+        dovecot.lines().any(|l| {
+            l.contains("submission-login: Info: Login:")
+                && l.contains(&format!("user=<{user}>"))
+                && l.contains(&format!("lip={lip}"))
+        })
+    };
+    assert!(
+        via(&alice, "127.0.0.1"),
+        "alice through the listener's upstream"
+    );
+    assert!(via(&bob, "127.0.0.2"), "bob through his own upstream");
+    assert!(!via(&bob, "127.0.0.1"), "bob never through the listener's");
+}
