@@ -105,20 +105,13 @@ pub async fn log_in<D: Dial + Sync>(
     dialer: &D,
 ) -> LoginOutcome<D::Upstream> {
     let started = Instant::now();
-    let (account, attempt) = match check_locally(ctx, peer, credentials).await {
+    let mut verdict = match check_locally(ctx, peer, credentials).await {
         Ok(checked) => checked,
         Err(refused) => return refused,
     };
-    tracing::Span::current().record("account", account.id.as_str());
+    let account = verdict.account.clone();
     // A local password proves the device now; pass-through and `~` logins only when upstream
     // (or the identity provider) accepts what the device sent.
-    let mut verdict = Verdict {
-        shared: &ctx.shared,
-        peer,
-        username: &credentials.username,
-        account: account.clone(),
-        attempt: Some(attempt),
-    };
     if account.password_hash.is_some() && !account.ephemeral {
         verdict.proved();
     }
@@ -142,20 +135,13 @@ pub async fn log_in_locally<U: UpstreamLogin>(
     peer: IpAddr,
     credentials: &Credentials,
 ) -> Result<Arc<AccountConfig>, LoginOutcome<U>> {
-    let (account, attempt) = check_locally(ctx, peer, credentials).await?;
-    let mut verdict = Verdict {
-        shared: &ctx.shared,
-        peer,
-        username: &credentials.username,
-        account: account.clone(),
-        attempt: Some(attempt),
-    };
+    let mut verdict = check_locally(ctx, peer, credentials).await?;
+    let account = verdict.account.clone();
     if account.password_hash.is_none() || account.ephemeral {
         tracing::warn!(account = %account.id, "login refused: a pass-through or refresh-token login cannot use a spool listener (its password is checked by the mail server at each delivery); use a listener with spool = false");
         verdict.refused(false);
         return Err(LoginOutcome::LocalRejected);
     }
-    tracing::Span::current().record("account", account.id.as_str());
     verdict.proved();
     // A grant known to be dead is checked once more (it may have been renewed meanwhile by
     // `authrelay login` or the account page): a device must hear now that its messages could
@@ -175,13 +161,13 @@ pub async fn log_in_locally<U: UpstreamLogin>(
     Ok(account)
 }
 
-/// The throttle and the local check: the account, and the throttle's place for this attempt;
-/// or the refusal (already logged and counted).
-async fn check_locally<U: UpstreamLogin>(
-    ctx: &ListenerContext,
+/// The throttle and the local check: the account with its pending throttle verdict (which
+/// counts as a failure if dropped undecided); or the refusal (already logged and counted).
+async fn check_locally<'a, U: UpstreamLogin>(
+    ctx: &'a ListenerContext,
     peer: IpAddr,
-    credentials: &Credentials,
-) -> Result<(Arc<AccountConfig>, Attempt), LoginOutcome<U>> {
+    credentials: &'a Credentials,
+) -> Result<Verdict<'a>, LoginOutcome<U>> {
     let shared = &ctx.shared;
     let user = || sanitize_for_reply(&credentials.username, 120);
     let attempt = match shared.throttle.begin(peer, &credentials.username).await {
@@ -208,7 +194,16 @@ async fn check_locally<U: UpstreamLogin>(
         }
     };
     match local {
-        LocalAuth::Accepted(account) => Ok((account, attempt)),
+        LocalAuth::Accepted(account) => {
+            tracing::Span::current().record("account", account.id.as_str());
+            Ok(Verdict {
+                shared,
+                peer,
+                username: &credentials.username,
+                account,
+                attempt: Some(attempt),
+            })
+        }
         LocalAuth::Rejected => {
             shared.throttle.failed(attempt);
             shared.metrics.local_failure();
