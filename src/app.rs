@@ -385,7 +385,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let shutdown = running.shutdown.clone();
         running
             .tasks
-            .spawn(crate::session::smtp::deliver::run(b.ctx.clone(), shutdown));
+            .spawn(crate::deliver::run(b.ctx.clone(), shutdown));
     }
     for b in bound {
         let addr = b.socket.local_addr().map_err(|source| StartError::Bind {

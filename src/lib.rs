@@ -24,6 +24,7 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod credential;
+pub mod deliver;
 pub mod logging;
 pub mod metrics;
 pub mod net;

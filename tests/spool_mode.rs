@@ -390,6 +390,7 @@ fn the_queue_command_lists_shows_retries_and_deletes() {
                     attempts: 2,
                     next_try: u64::MAX / 2,
                     last_reply: "451 4.3.0 try later".into(),
+                    ..Default::default()
                 },
             )
             .unwrap();

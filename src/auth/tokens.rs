@@ -54,9 +54,32 @@ impl AccessToken {
     }
 }
 
+/// The resource a token is for. A Microsoft access token has one audience: a token for IMAP,
+/// POP and SMTP (`https://outlook.office.com/...`) is refused by Graph and the other way round,
+/// while one refresh token is redeemed for both ("Microsoft identity platform access tokens",
+/// learn.microsoft.com/entra/identity-platform/access-tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The account's own scopes: IMAP, POP and SMTP upstream logins.
+    Mail,
+    /// Microsoft Graph (`send = "graph"`): the account's `graph_scopes`.
+    Graph,
+}
+
+impl Audience {
+    fn slot(self) -> usize {
+        match self {
+            Audience::Mail => 0,
+            Audience::Graph => 1,
+        }
+    }
+}
+
+/// One account's tokens: an access token per audience, one refresh token for both.
 #[derive(Default)]
 struct AccountTokens {
-    current: RwLock<Option<Arc<AccessToken>>>,
+    /// The access token of each audience, indexed by [`Audience::slot`].
+    current: [RwLock<Option<Arc<AccessToken>>>; 2],
     /// The store generation that `current` and the refresh token reflect.
     seen_generation: AtomicU64,
     /// Unix seconds of the last login that asked for a token.
@@ -164,7 +187,9 @@ impl TokenCache {
     /// The cached access token's time left, if there is one.
     pub fn remaining(&self, account_id: &str) -> Option<Duration> {
         let e = self.entries.get(account_id)?;
-        let current = e.current.read().expect("token lock poisoned");
+        let current = e.current[Audience::Mail.slot()]
+            .read()
+            .expect("token lock poisoned");
         current.as_ref().map(|t| t.remaining())
     }
 
@@ -186,6 +211,19 @@ impl TokenCache {
         password: Option<&Secret>,
         rejected: Option<&Arc<AccessToken>>,
     ) -> Result<Arc<AccessToken>, TokenError> {
+        self.access_token_for(account, password, rejected, Audience::Mail)
+            .await
+    }
+
+    /// [`TokenCache::access_token`] for another audience (Microsoft Graph), redeeming the same
+    /// refresh token under the same single-flight lock.
+    pub async fn access_token_for(
+        &self,
+        account: &AccountConfig,
+        password: Option<&Secret>,
+        rejected: Option<&Arc<AccessToken>>,
+        audience: Audience,
+    ) -> Result<Arc<AccessToken>, TokenError> {
         let entry = self.entry(&account.id);
         entry.last_used.store(unix_now(), Ordering::Relaxed);
         let generation = if account.ephemeral {
@@ -194,11 +232,11 @@ impl TokenCache {
             self.store.generation(&account.id)
         };
         if entry.seen_generation.load(Ordering::Acquire) == generation {
-            if let Some(t) = self.usable(&entry, rejected) {
+            if let Some(t) = self.usable(&entry, audience, rejected) {
                 return Ok(t);
             }
         }
-        self.obtain(account, &entry, password, rejected, Need::Login)
+        self.obtain(account, &entry, password, rejected, (Need::Login, audience))
             .await
     }
 
@@ -208,7 +246,7 @@ impl TokenCache {
         entry: &AccountTokens,
         password: Option<&Secret>,
         rejected: Option<&Arc<AccessToken>>,
-        need: Need,
+        (need, audience): (Need, Audience),
     ) -> Result<Arc<AccessToken>, TokenError> {
         let AccountAuth::OAuth(oauth) = &account.auth else {
             return Err(TokenError::new(
@@ -229,11 +267,13 @@ impl TokenCache {
         };
         // Someone else may have refreshed while we waited for the lock.
         if need == Need::Login {
-            if let Some(t) = self.usable(entry, rejected) {
+            if let Some(t) = self.usable(entry, audience, rejected) {
                 return Ok(t);
             }
         }
-        let result = self.request(account, oauth, &overrides, &state).await;
+        let result = self
+            .request(account, oauth, &overrides, &state, audience)
+            .await;
         self.metrics.refresh(
             match &result {
                 Ok(_) => "ok".to_owned(),
@@ -252,7 +292,9 @@ impl TokenCache {
         let expires = SystemTime::now() + grant.expires_in;
         if !account.ephemeral {
             // Keep the rotated refresh token before the new access token is used.
-            self.persist(account, entry, &mut state, key.as_ref(), &grant, expires)
+            // The store keeps the mail audience's access token; a Graph token lives in memory.
+            let keep = (audience == Audience::Mail).then_some(expires);
+            self.persist(account, entry, &mut state, key.as_ref(), &grant, keep)
                 .await;
         }
         if let Some(rotated) = grant.refresh_token {
@@ -263,10 +305,13 @@ impl TokenCache {
             obtained_at: obtained,
             expires_at: obtained + grant.expires_in,
         });
-        *entry.current.write().expect("token lock poisoned") = Some(token.clone());
+        *entry.current[audience.slot()]
+            .write()
+            .expect("token lock poisoned") = Some(token.clone());
         self.dead_grants.remove(&account.id);
         tracing::info!(
             account = %account.id,
+            audience = ?audience,
             expires_in_secs = grant.expires_in.as_secs(),
             "access token refreshed"
         );
@@ -274,7 +319,8 @@ impl TokenCache {
     }
 
     /// Writes a grant's tokens to the store (when its key is known) and records the generation
-    /// written, so this process does not take its own write for another's.
+    /// written, so this process does not take its own write for another's. The access token is
+    /// written only with its expiry `expires` (the mail audience's).
     async fn persist(
         &self,
         account: &AccountConfig,
@@ -282,7 +328,7 @@ impl TokenCache {
         state: &mut RefreshState,
         key: Option<&Key>,
         grant: &oauth::Grant,
-        expires: SystemTime,
+        expires: Option<SystemTime>,
     ) {
         let Some(key) = key else {
             tracing::debug!(account = %account.id, "no key for the token store yet; the new tokens are kept in memory");
@@ -290,7 +336,7 @@ impl TokenCache {
         };
         let change = Change {
             refresh_token: grant.refresh_token.clone(),
-            access_token: Some((grant.access_token.clone(), expires)),
+            access_token: expires.map(|e| (grant.access_token.clone(), e)),
             refreshed: true,
             ..Default::default()
         };
@@ -343,7 +389,13 @@ impl TokenCache {
                         let stored_token = opened
                             .access_token
                             .map(|(s, exp)| Arc::new(AccessToken::from_store(s, exp)));
-                        *entry.current.write().expect("token lock poisoned") = stored_token;
+                        *entry.current[Audience::Mail.slot()]
+                            .write()
+                            .expect("token lock poisoned") = stored_token;
+                        // A new grant (perhaps another user's): no older Graph token stays.
+                        *entry.current[Audience::Graph.slot()]
+                            .write()
+                            .expect("token lock poisoned") = None;
                     }
                 }
                 Err(e) => {
@@ -369,10 +421,21 @@ impl TokenCache {
         oauth: &OAuthConfig,
         overrides: &AppOverrides,
         state: &RefreshState,
+        audience: Audience,
     ) -> Result<oauth::Grant, TokenError> {
-        let ep = oauth
+        let mut ep = oauth
             .endpoints(overrides)
             .map_err(|e| TokenError::new(ErrorClass::Configuration, "not_configured", e))?;
+        if audience == Audience::Graph {
+            let crate::config::Sending::Graph(graph) = &account.send else {
+                return Err(TokenError::new(
+                    ErrorClass::Configuration,
+                    "not_graph",
+                    "the account does not send through Microsoft Graph",
+                ));
+            };
+            ep.scopes = graph.scopes.clone();
+        }
         match oauth.flow {
             Flow::Delegated => {
                 let Some(rt) = state.refresh.as_ref() else {
@@ -434,9 +497,12 @@ impl TokenCache {
     fn usable(
         &self,
         entry: &AccountTokens,
+        audience: Audience,
         rejected: Option<&Arc<AccessToken>>,
     ) -> Option<Arc<AccessToken>> {
-        let current = entry.current.read().expect("token lock poisoned");
+        let current = entry.current[audience.slot()]
+            .read()
+            .expect("token lock poisoned");
         let t = current.as_ref()?;
         if rejected.is_some_and(|r| r.secret == t.secret) {
             return None;
@@ -494,7 +560,10 @@ impl TokenCache {
                 None
             };
             if let Some(need) = need {
-                if let Err(e) = self.obtain(account, &entry, None, None, need).await {
+                if let Err(e) = self
+                    .obtain(account, &entry, None, None, (need, Audience::Mail))
+                    .await
+                {
                     tracing::warn!(account = %account.id, code = %e.code(), "background refresh failed: {}", e.description);
                 }
             }

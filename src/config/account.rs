@@ -15,7 +15,8 @@ pub(super) fn read_account(
     let mode: String = t.optional("auth").unwrap_or_else(|| "oauth".into());
     let allowed_from: Vec<String> = t.optional("allowed_from").unwrap_or_default();
     let upstreams = super::upstream::read_account_upstreams(&mut t);
-    let (concurrency, messages_per_minute) = read_delivery_limits(&mut t);
+    let send = read_sending(&mut t, &mode);
+    let (concurrency, messages_per_minute) = read_delivery_limits(&mut t, &send);
 
     if let Some(l) = &login {
         if crate::codec::sasl::parse_username(l.as_bytes()).is_err() {
@@ -79,7 +80,63 @@ pub(super) fn read_account(
         upstreams,
         concurrency,
         messages_per_minute,
+        send,
     })
+}
+
+/// `send`, `graph_url`, `graph_scopes` and `graph_max_mb`: SMTP (the default) or Microsoft Graph, which needs an
+/// OAuth account (a token with the Graph audience).
+fn read_sending(t: &mut Table<'_>, mode: &str) -> Sending {
+    let send: String = t.optional("send").unwrap_or_else(|| "smtp".into());
+    let url: Option<String> = t.optional("graph_url");
+    let scopes: Option<Vec<String>> = t.optional("graph_scopes");
+    let max_mb: Option<u32> = t.optional("graph_max_mb");
+    match send.as_str() {
+        "smtp" => {
+            for (key, given) in [
+                ("graph_url", url.is_some()),
+                ("graph_scopes", scopes.is_some()),
+                ("graph_max_mb", max_mb.is_some()),
+            ] {
+                if given {
+                    t.problem(key, "only for send = \"graph\"");
+                }
+            }
+            Sending::Smtp
+        }
+        "graph" => {
+            if !matches!(mode, "oauth" | "client_credentials") {
+                t.problem(
+                    "send",
+                    "\"graph\" needs auth = \"oauth\" or \"client_credentials\" (Graph takes OAuth tokens only)",
+                );
+            }
+            let url = url.unwrap_or_else(|| GRAPH_URL.into());
+            if let Err(e) = check_endpoint_url(&url) {
+                t.problem("graph_url", e);
+            }
+            let url = url.trim_end_matches('/').to_owned();
+            let scopes = scopes.unwrap_or_else(|| match mode {
+                "client_credentials" => vec![format!("{url}/.default")],
+                _ => vec![format!("{url}/Mail.Send"), "offline_access".into()],
+            });
+            if max_mb == Some(0) {
+                t.problem("graph_max_mb", "must be at least 1");
+            }
+            Sending::Graph(GraphConfig {
+                url,
+                scopes,
+                max_request_bytes: max_mb.unwrap_or(4).max(1) as usize * 1024 * 1024,
+            })
+        }
+        other => {
+            t.problem(
+                "send",
+                format!("unknown value {other:?}, expected smtp or graph"),
+            );
+            Sending::Smtp
+        }
+    }
 }
 
 pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
@@ -163,9 +220,14 @@ pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
 }
 
 /// `concurrency` and `messages_per_minute`: how the spool delivers for this mailbox
-/// (Exchange Online's limits by default: 3 sessions, 30 messages a minute).
-fn read_delivery_limits(t: &mut Table<'_>) -> (usize, u32) {
-    let concurrency: usize = t.optional("concurrency").unwrap_or(3);
+/// (Exchange Online's limits by default: 3 SMTP sessions or 4 Graph requests at once, 30
+/// messages a minute).
+fn read_delivery_limits(t: &mut Table<'_>, send: &Sending) -> (usize, u32) {
+    let default = match send {
+        Sending::Smtp => 3,
+        Sending::Graph(_) => 4,
+    };
+    let concurrency: usize = t.optional("concurrency").unwrap_or(default);
     let per_minute: u32 = t.optional("messages_per_minute").unwrap_or(30);
     if concurrency == 0 {
         t.problem("concurrency", "must be at least 1");

@@ -386,6 +386,7 @@ fn tilde_account(shared: &Shared, username: &str, password: &Secret) -> Option<A
         upstreams: Default::default(),
         concurrency: 3,
         messages_per_minute: 30,
+        send: Default::default(),
     }))
 }
 

@@ -165,7 +165,7 @@ impl MessageSink {
 }
 
 /// Every mailbox of an address header, groups included.
-fn addresses(list: &mail_parser::Address<'_>) -> Vec<String> {
+pub(crate) fn addresses(list: &mail_parser::Address<'_>) -> Vec<String> {
     match list {
         mail_parser::Address::List(l) => l
             .iter()

@@ -65,6 +65,10 @@ pub struct DeliveryState {
     pub next_try: u64,
     /// The last reply or error, for `authrelay queue show` and the account page.
     pub last_reply: String,
+    /// An attempt's outcome is unknown (Graph answered 504, or no answer came): the message may
+    /// have been sent, so Sent Items is searched before it is sent again.
+    #[serde(default)]
+    pub unsure: bool,
 }
 
 /// Why the spool could not do what was asked.

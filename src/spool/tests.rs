@@ -72,6 +72,7 @@ async fn delivery_state_deferral_delivery_and_failure() {
         attempts: 1,
         next_try: 1_790_000_060,
         last_reply: "432 4.3.2 Concurrent connections limit exceeded".into(),
+        unsure: true,
     };
     spool.defer(&a, &deferred).unwrap();
     assert_eq!(spool.state(&a).unwrap(), deferred);

@@ -18,6 +18,8 @@ Microsoft-shaped endpoints under /{tenant}/oauth2/v2.0/ (and /token for older te
 
   GET  /devicelogin   the device-code page (enter the code and the user).
   POST /introspect    RFC 7662, what Dovecot's oauth2 passdb asks (introspection_mode = post).
+                      With resource=R (the fake Graph asks so) a token is active only if it was
+                      issued for R; without (Dovecot), any token but one for --graph-resource.
   POST /admin/refresh {"token": RT, "user": U}   registers a refresh token.
   POST /admin/client  {"client_id", "secret"?, "cert_pem"?, "mailbox"?, "slow_down"?: n}
                       registers an app; mailbox: the user its app-only tokens act for.
@@ -35,6 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOCK = threading.RLock()
 ACCESS = {}    # access token -> user
+AUDIENCE = {}  # access token -> the resource it was issued for (its "aud")
+GRAPH_RESOURCE = "http://127.0.0.1:11081"  # --graph-resource: whose tokens Dovecot must refuse
 REFRESH = {}   # refresh token -> user
 CLIENTS = {}   # client_id -> {"secret", "cert_pem", "mailbox", "slow_down"}
 CODES = {}     # authorization code -> {"user", "client_id", "redirect_uri", "challenge"}
@@ -106,10 +110,27 @@ def verify_assertion(jwt, client, token_url):
     return None
 
 
+OIDC_SCOPES = ("offline_access", "openid", "profile", "email")
+
+
+def resources(scope):
+    """The resources a space-separated scope list names: a scope is RESOURCE/PERMISSION
+    ("https://graph.microsoft.com/Mail.Send", ".../.default"); OpenID scopes name none."""
+    out = set()
+    for s in scope.split():
+        if s in OIDC_SCOPES:
+            continue
+        out.add(s.rsplit("/", 1)[0] if "://" in s else s)
+    return out
+
+
 def issue(user, form, with_refresh=True):
-    """New tokens for user (call with LOCK held)."""
+    """New tokens for user (call with LOCK held). Like Entra, the access token is for one
+    resource (its audience): a Graph token is refused by the mail servers and the other way
+    round (learn.microsoft.com/entra/identity-platform/access-tokens, the aud claim)."""
     at = "at-" + secrets.token_hex(16)
     ACCESS[at] = user
+    AUDIENCE[at] = next(iter(resources(form.get("scope", ""))), "")
     out = {"token_type": "Bearer", "access_token": at, "expires_in": 3600, "scope": form.get("scope", "")}
     if with_refresh:
         rt = "rt-" + secrets.token_hex(16)
@@ -225,7 +246,14 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/introspect":
             with LOCK:
                 STATS["introspections"] += 1
-                user = ACCESS.get(form.get("token", ""))
+                token = form.get("token", "")
+                user = ACCESS.get(token)
+                # A resource server names itself (the fake Graph); Dovecot does not, and stands
+                # for the mail resource: any token but a Graph one.
+                aud = AUDIENCE.get(token)
+                wanted = form.get("resource")
+                if user is not None and (aud != wanted if wanted else aud == GRAPH_RESOURCE):
+                    user = None
                 STATS["active" if user else "inactive"] += 1
             if not user:
                 return self.send_json(200, {"active": False})
@@ -245,6 +273,7 @@ class Handler(BaseHTTPRequestHandler):
             elif path in ("/admin/revoke", "/admin/revoke-access"):
                 for t in [t for t, u in ACCESS.items() if u == d["user"]]:
                     del ACCESS[t]
+                    AUDIENCE.pop(t, None)
                 if path == "/admin/revoke":
                     for t in [t for t, u in REFRESH.items() if u == d["user"]]:
                         del REFRESH[t]
@@ -307,6 +336,11 @@ class Handler(BaseHTTPRequestHandler):
             STATS["grants"][grant] = STATS["grants"].get(grant, 0) + 1
         if self.fail_if_told():
             return
+        if len(resources(form.get("scope", ""))) > 1:
+            # Entra: one token request, one resource.
+            return self.send_json(400, entra_error("invalid_scope", 28000,
+                                                   "Provided value for the input parameter scope is not valid "
+                                                   "because it contains more than one resource."))
         if grant == "refresh_token":
             with LOCK:
                 user = REFRESH.pop(form.get("refresh_token", ""), None)
@@ -369,7 +403,8 @@ class Handler(BaseHTTPRequestHandler):
         return self.send_json(200, out)
 
     def client_grant(self, form, client, secret_ok, token_url):
-        if form.get("scope") != "https://outlook.office365.com/.default":
+        scope = form.get("scope", "")
+        if not scope.endswith("/.default") or " " in scope:
             return self.send_json(400, entra_error("invalid_scope", 1002012,
                                                    "Client credential flows must have a scope value with /.default."))
         if "client_assertion" in form:
@@ -388,13 +423,15 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    global LOG
+    global LOG, GRAPH_RESOURCE
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--log")
     p.add_argument("--pidfile")
+    p.add_argument("--graph-resource", default=GRAPH_RESOURCE)
     a = p.parse_args()
     LOG = a.log
+    GRAPH_RESOURCE = a.graph_resource
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     srv.daemon_threads = True
     if a.pidfile:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts the interop stack on 127.0.0.1: fake identity provider, Dovecot (IMAP, POP3,
+# Starts the interop stack on 127.0.0.1: fake identity provider, fake Microsoft Graph, Dovecot (IMAP, POP3,
 # submission, LMTP; accepts only XOAUTH2/OAUTHBEARER tokens checked by introspection) and a
 # non-system Postfix that delivers into maildirs. Installs missing Debian packages first.
 # Idempotent: if the stack is up and healthy it is left alone (use stop.sh to restart).
@@ -15,7 +15,7 @@ exec 9>"$RUN/.lock"
 flock 9
 
 healthy() {
-  for p in $IDP_PORT $SUBMISSION_PORT $SUBMISSIONS_PORT $IMAP_PORT $POP3_PORT $POSTFIX_PORT $LMTP_PORT; do
+  for p in $IDP_PORT $GRAPH_PORT $SUBMISSION_PORT $SUBMISSIONS_PORT $IMAP_PORT $POP3_PORT $POSTFIX_PORT $LMTP_PORT; do
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || return 1
   done
 }
@@ -46,7 +46,7 @@ if [ -z "${HARNESS_SKIP_INSTALL:-}" ]; then
 fi
 
 "$HERE/stop.sh" >/dev/null 2>&1 || true
-for p in $IDP_PORT $IMAP_PORT $IMAPS_PORT $POP3_PORT $POP3S_PORT $SUBMISSION_PORT $SUBMISSIONS_PORT $LMTP_PORT $POSTFIX_PORT; do
+for p in $IDP_PORT $GRAPH_PORT $IMAP_PORT $IMAPS_PORT $POP3_PORT $POP3S_PORT $SUBMISSION_PORT $SUBMISSIONS_PORT $LMTP_PORT $POSTFIX_PORT; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
     log "127.0.0.1:$p is already in use (another copy of this stack? stop it with its tests/harness/stop.sh)"
     exit 1
@@ -94,9 +94,12 @@ wait_banner() { # port prefix name: the server must really greet, not just accep
   log "$3 on 127.0.0.1:$1 did not greet with '$2'"; return 1
 }
 
-nohup python3 "$HERE/fake_idp.py" --port "$IDP_PORT" --log "$RUN/log/idp.log" --pidfile "$RUN/pids/idp.pid" \
+nohup python3 "$HERE/fake_idp.py" --port "$IDP_PORT" --graph-resource "http://127.0.0.1:$GRAPH_PORT" --log "$RUN/log/idp.log" --pidfile "$RUN/pids/idp.pid" \
   >>"$RUN/log/idp.out" 2>&1 9>&- &
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$IDP_PORT") 2>/dev/null && break; sleep 0.1; done
+nohup python3 "$HERE/fake_graph.py" --port "$GRAPH_PORT" --idp-port "$IDP_PORT" --smtp-port "$POSTFIX_PORT" \
+  --pidfile "$RUN/pids/graph.pid" >>"$RUN/log/graph.out" 2>&1 9>&- &
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$GRAPH_PORT") 2>/dev/null && break; sleep 0.1; done
 
 doveconf -c "$RUN/dovecot.conf" -n >/dev/null
 dovecot -c "$RUN/dovecot.conf" </dev/null >>"$RUN/log/dovecot.out" 2>&1 9>&-
@@ -111,4 +114,4 @@ postfix -c "$RUN/postfix-conf" check
 postfix -c "$RUN/postfix-conf" start </dev/null >>"$RUN/log/postfix.out" 2>&1 9>&-
 wait_banner "$POSTFIX_PORT" "220" postfix
 head -1 "$RUN/postfix/queue/pid/master.pid" | tr -d ' ' > "$RUN/pids/postfix.pid"
-log "up: idp $IDP_PORT, submission $SUBMISSION_PORT/$SUBMISSIONS_PORT, imap $IMAP_PORT/$IMAPS_PORT, pop3 $POP3_PORT/$POP3S_PORT, postfix $POSTFIX_PORT; run dir $RUN"
+log "up: idp $IDP_PORT, graph $GRAPH_PORT, submission $SUBMISSION_PORT/$SUBMISSIONS_PORT, imap $IMAP_PORT/$IMAPS_PORT, pop3 $POP3_PORT/$POP3S_PORT, postfix $POSTFIX_PORT; run dir $RUN"

@@ -4,7 +4,7 @@ set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 RUN="${HARNESS_RUN:-$HERE/run}"
 alive() { kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != "Z" ]; }
-for name in postfix dovecot idp; do
+for name in postfix dovecot graph idp; do
   f="$RUN/pids/$name.pid"
   [ -s "$f" ] || continue
   pid="$(tr -dc '0-9' < "$f")"

@@ -29,7 +29,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use upstream::{OwnedReply, SmtpUpstream};
 
-pub mod deliver;
 mod sender;
 pub mod spool;
 

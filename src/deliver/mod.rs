@@ -1,18 +1,20 @@
-//! Delivery from the spool by SMTP: each queued message goes to its account's upstream (the
-//! spool listener's, or `[account.N.upstream] smtp`), logged in with the account's credential,
-//! within the account's limits (`concurrency` sessions at once, `messages_per_minute`; by
+//! Delivery from the spool: each queued message goes out for its account, by SMTP
+//! ([`smtp`]: the spool listener's upstream or the account's own) or by Microsoft Graph
+//! ([`graph`]), within the account's limits (`concurrency` sessions at once, `messages_per_minute`; by
 //! default Exchange Online's 3 and 30: learn.microsoft.com/exchange/mail-flow-best-practices/
 //! how-to-set-up-a-multifunction-device-or-application-to-send-email-using-microsoft-365-or-office-365).
 //! A burst is paced, never refused.
 //!
-//! Replies decide the message's fate: `2xx` delivered (removed from the spool, durably); `4xx`
-//! (and a connection or token problem) deferred with a growing wait until `max_age_hours`;
-//! `5xx` failed (kept in the spool's `failed/` for inspection).
+//! Replies decide the message's fate: delivered (removed from the spool, durably); deferred
+//! (SMTP `4xx`, Graph `429`/`5xx`, a connection or token problem) with a growing wait, or the
+//! server's `Retry-After`, until `max_age_hours`; failed (SMTP `5xx`, Graph's other `4xx`:
+//! kept in the spool's `failed/` for inspection, the sender told by a DSN).
 
-use super::upstream::SmtpUpstream;
-use crate::codec::line::sanitize_for_reply;
-use crate::config::AccountConfig;
-use crate::session::login::AuthResult;
+mod graph;
+mod smtp;
+
+use crate::config::{AccountConfig, Sending};
+use crate::session::smtp::upstream::SmtpUpstream;
 use crate::session::ListenerContext;
 use crate::spool::{DeliveryState, Envelope, SpoolHandle};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -39,6 +41,11 @@ enum Attempt {
     PartlyDelivered(Vec<String>, String),
     /// Try again later; the reason is kept for the queue listing.
     Deferred(String),
+    /// Try again after the server's `Retry-After`; the account's other messages wait too.
+    Throttled(String, Duration),
+    /// Try again later, but the message may have gone out (no answer to a Graph send): look
+    /// before sending it again.
+    Unsure(String),
     /// Will never succeed.
     Failed(String),
 }
@@ -48,11 +55,18 @@ struct Limits {
     /// When the deliveries of the last minute started.
     starts: Mutex<VecDeque<Instant>>,
     per_minute: usize,
+    /// No delivery starts before this (the server asked to wait: `Retry-After`).
+    paused_until: Mutex<Option<Instant>>,
 }
 
 impl Limits {
-    /// Takes a start within the per-minute limit, or says when one frees up.
+    /// Takes a start within the per-minute limit and after any pause, or says when to ask again.
     fn start(&self, now: Instant) -> Result<(), Instant> {
+        if let Some(until) = *self.paused_until.lock().expect("limits lock") {
+            if until > now {
+                return Err(until);
+            }
+        }
         let mut starts = self.starts.lock().expect("limits lock");
         while starts
             .front()
@@ -192,6 +206,7 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
             Arc::new(Limits {
                 starts: Mutex::new(VecDeque::new()),
                 per_minute: account.messages_per_minute as usize,
+                paused_until: Mutex::new(None),
             })
         })
         .clone();
@@ -211,7 +226,10 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
         while let Err(at) = limit.start(Instant::now()) {
             tokio::time::sleep_until(at.into()).await;
         }
-        let attempt = deliver(&d.ctx, &d.spool, &account, &envelope, &mut up).await;
+        let attempt = deliver(&d.ctx, &d.spool, &account, &envelope, &state, &mut up).await;
+        if let Attempt::Throttled(_, wait) = &attempt {
+            *limit.paused_until.lock().expect("limits lock") = Some(Instant::now() + *wait);
+        }
         // The header section, for a notification, while the message is still in the queue.
         let headers = match &attempt {
             Attempt::PartlyDelivered(..) => d.spool.spool.show(&envelope.id).map(|(_, h)| h).ok(),
@@ -313,7 +331,9 @@ fn settle(
     let (outcome, reason) = match &attempt {
         Attempt::Gone => ("gone", ""),
         Attempt::Delivered | Attempt::PartlyDelivered(..) => ("delivered", "250"),
-        Attempt::Deferred(r) => ("deferred", r.as_str()),
+        Attempt::Deferred(r) | Attempt::Throttled(r, _) | Attempt::Unsure(r) => {
+            ("deferred", r.as_str())
+        }
         Attempt::Failed(r) => ("failed", r.as_str()),
     };
     let code = reason
@@ -338,16 +358,25 @@ fn settle(
             settled = Settled::Failed(reason);
             spool.spool.fail(id)
         }
-        Attempt::Deferred(reason) => {
+        Attempt::Deferred(_) | Attempt::Throttled(..) | Attempt::Unsure(_) => {
+            let (reason, asked) = match attempt {
+                Attempt::Throttled(r, wait) => (r, Some(wait)),
+                Attempt::Unsure(r) => {
+                    state.unsure = true;
+                    (r, None)
+                }
+                Attempt::Deferred(r) => (r, None),
+                _ => unreachable!("matched above"),
+            };
             let now = crate::store::unix_now();
             let expired = now.saturating_sub(envelope.arrived) > spool.config.max_age.as_secs();
             state.attempts += 1;
             state.last_reply = reason.clone();
-            let wait = spool
+            let backoff = spool
                 .config
                 .first_retry
-                .saturating_mul(1 << state.attempts.saturating_sub(1).min(10))
-                .min(MAX_BACKOFF);
+                .saturating_mul(1 << state.attempts.saturating_sub(1).min(10));
+            let wait = asked.unwrap_or(backoff).min(MAX_BACKOFF);
             state.next_try = now + wait.as_secs();
             tracing::info!(queue_id = %id, account = %envelope.account, attempts = state.attempts, retry_in_secs = wait.as_secs(), reason = %reason, "delivery deferred");
             match spool.spool.defer(id, &state) {
@@ -369,13 +398,14 @@ fn settle(
     settled
 }
 
-/// One delivery attempt of one message, on the session's connection (opened and logged in
-/// when there is none; dropped when it fails).
+/// One delivery attempt of one message: by Graph, or on the session's SMTP connection `up`
+/// (opened when there is none; dropped when it fails).
 async fn deliver(
     ctx: &ListenerContext,
     spool: &SpoolHandle,
     account: &AccountConfig,
     envelope: &Envelope,
+    state: &DeliveryState,
     up: &mut Option<SmtpUpstream>,
 ) -> Attempt {
     let (_, message) = match spool.spool.read(&envelope.id) {
@@ -383,143 +413,10 @@ async fn deliver(
         Err(_) if !spool.spool.is_queued(&envelope.id) => return Attempt::Gone,
         Err(e) => return Attempt::Deferred(e.to_string()),
     };
-    if up.is_none() {
-        match open(ctx, account).await {
-            Ok(session) => *up = Some(session),
-            Err(attempt) => return attempt,
-        }
+    match &account.send {
+        Sending::Smtp => smtp::deliver(ctx, account, envelope, &message, up).await,
+        Sending::Graph(g) => graph::deliver(ctx, account, g, envelope, state, &message).await,
     }
-    let session = up.as_mut().expect("opened above");
-    match transaction(session, envelope, &message).await {
-        Ok(Attempt::Deferred(reason)) if reason.starts_with("421") => {
-            // The server is closing the connection (RFC 5321 §3.8): the next message needs a
-            // new one.
-            *up = None;
-            Attempt::Deferred(reason)
-        }
-        Ok(attempt) => attempt,
-        Err(e) => {
-            *up = None;
-            Attempt::Deferred(format!("upstream failed: {e}"))
-        }
-    }
-}
-
-/// A logged-in upstream session for `account`, or the attempt's outcome when there is none.
-async fn open(ctx: &ListenerContext, account: &AccountConfig) -> Result<SmtpUpstream, Attempt> {
-    let credential = crate::auth::upstream::credential(account, None, &ctx.shared.tokens, None)
-        .await
-        .map_err(|e| {
-            let why = sanitize_for_reply(&e.description, 200);
-            Attempt::Deferred(format!("token: {} ({why})", e.code()))
-        })?;
-    let target = ctx
-        .target(account)
-        .map_err(|e| Attempt::Deferred(e.to_string()))?;
-    let mut up = SmtpUpstream::connect(&target)
-        .await
-        .map_err(|e| Attempt::Deferred(format!("upstream unreachable: {e}")))?;
-    let failed = |e: crate::session::upstream::UpstreamError| {
-        Attempt::Deferred(format!("upstream failed: {e}"))
-    };
-    let ehlo = up.ehlo(target.ehlo_name.as_bytes()).await.map_err(failed)?;
-    if ehlo.code != 250 {
-        return Err(classify(&ehlo));
-    }
-    match up.login(&credential).await.map_err(failed)? {
-        AuthResult::Accepted(_) => Ok(up),
-        // A refused login may heal (a token refreshed, an account re-authorized): defer.
-        AuthResult::Rejected { reply, .. } => Err(Attempt::Deferred(format!(
-            "login refused: {}",
-            text(&reply)
-        ))),
-    }
-}
-
-/// RSET, MAIL, RCPT, DATA on a logged-in session. `Err` for a connection problem (deferred).
-async fn transaction(
-    up: &mut SmtpUpstream,
-    envelope: &Envelope,
-    message: &[u8],
-) -> Result<Attempt, crate::session::upstream::UpstreamError> {
-    // Whatever the previous message left (a refused RCPT ends a transaction half-way).
-    let reset = up.command(&[b"RSET\r\n"]).await?;
-    if reset.code != 250 {
-        return Ok(classify(&reset));
-    }
-    let mail = up
-        .command(&[b"MAIL FROM:<", envelope.sender.as_bytes(), b">\r\n"])
-        .await?;
-    if mail.code != 250 {
-        return Ok(classify(&mail));
-    }
-    let mut accepted = 0;
-    let mut refused = None;
-    let mut refused_recipients = Vec::new();
-    for rcpt in &envelope.recipients {
-        let reply = up
-            .command(&[b"RCPT TO:<", rcpt.as_bytes(), b">\r\n"])
-            .await?;
-        match reply.code {
-            250 | 251 => accepted += 1,
-            400..=499 => return Ok(classify(&reply)),
-            _ => {
-                tracing::warn!(recipient = %sanitize_for_reply(rcpt, 200), reply = %text(&reply), "recipient refused");
-                refused = Some(text(&reply));
-                refused_recipients.push(rcpt.clone());
-            }
-        }
-    }
-    if accepted == 0 {
-        let reason = refused.unwrap_or_else(|| "every recipient was refused".into());
-        return Ok(Attempt::Failed(reason));
-    }
-    let go = up.command(&[b"DATA\r\n"]).await?;
-    if go.code != 354 {
-        return Ok(classify(&go));
-    }
-    up.conn
-        .send(&dot_stuff(message))
-        .await
-        .map_err(crate::session::upstream::UpstreamError::Io)?;
-    let done = up.command(&[b".\r\n"]).await?;
-    Ok(match (classify(&done), refused) {
-        (Attempt::Delivered, Some(reply)) if !refused_recipients.is_empty() => {
-            Attempt::PartlyDelivered(refused_recipients, reply)
-        }
-        (attempt, _) => attempt,
-    })
-}
-
-fn text(reply: &super::upstream::OwnedReply) -> String {
-    sanitize_for_reply(&format!("{} {}", reply.code, reply.first_text()), 300)
-}
-
-/// 2xx delivered, 4xx deferred, 5xx failed (RFC 5321 §4.2.1).
-fn classify(reply: &super::upstream::OwnedReply) -> Attempt {
-    match reply.code {
-        200..=299 => Attempt::Delivered,
-        400..=499 => Attempt::Deferred(text(reply)),
-        _ => Attempt::Failed(text(reply)),
-    }
-}
-
-/// The message as DATA sends it: a dot doubled at each line's start (RFC 5321 §4.5.2), a
-/// final CRLF if the message lacks one.
-fn dot_stuff(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 2);
-    let mut at_line_start = true;
-    for &b in message {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 #[cfg(test)]
@@ -527,21 +424,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dots_are_stuffed_at_line_starts_only() {
-        assert_eq!(dot_stuff(b".a\r\nb.c\r\n..\r\n"), b"..a\r\nb.c\r\n...\r\n");
-        assert_eq!(dot_stuff(b"no end"), b"no end\r\n");
-    }
-
-    #[test]
     fn the_per_minute_limit_paces_starts() {
         let limits = Limits {
             starts: Mutex::new(VecDeque::new()),
             per_minute: 2,
+            paused_until: Mutex::new(None),
         };
         let t = Instant::now();
         assert!(limits.start(t).is_ok());
         assert!(limits.start(t).is_ok());
         assert_eq!(limits.start(t), Err(t + Duration::from_secs(60)));
         assert!(limits.start(t + Duration::from_secs(61)).is_ok());
+        *limits.paused_until.lock().unwrap() = Some(t + Duration::from_secs(200));
+        assert_eq!(
+            limits.start(t + Duration::from_secs(130)),
+            Err(t + Duration::from_secs(200))
+        );
     }
 }
