@@ -104,13 +104,7 @@ fn show(spool: &Spool, id: &str) -> Result<(), authrelay::spool::SpoolError> {
 }
 
 fn retry(spool: &Spool, id: &str) -> Result<(), authrelay::spool::SpoolError> {
-    if spool.failed()?.iter().any(|e| e.id == id) {
-        spool.requeue(id)?;
-    } else {
-        let mut state = spool.state(id)?;
-        state.next_try = 0;
-        spool.defer(id, &state)?;
-    }
+    spool.retry_now(id)?;
     println!("{id} will be tried again now");
     Ok(())
 }
@@ -118,9 +112,7 @@ fn retry(spool: &Spool, id: &str) -> Result<(), authrelay::spool::SpoolError> {
 fn flush(spool: &Spool) -> Result<(), authrelay::spool::SpoolError> {
     let queued = spool.queued()?;
     for e in &queued {
-        let mut state = spool.state(&e.id)?;
-        state.next_try = 0;
-        spool.defer(&e.id, &state)?;
+        spool.retry_now(&e.id)?;
     }
     println!("{} queued messages will be tried again now", queued.len());
     Ok(())

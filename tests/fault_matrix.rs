@@ -295,7 +295,7 @@ fn toml(p: P, upstream: SocketAddr, starttls: bool, token_url: &str) -> String {
     let protocol = format!("{p:?}").to_lowercase();
     let tls = if starttls { "starttls" } else { "none" };
     format!(
-        "[listener.main]\nprotocol = \"{protocol}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nupstream_tls = \"{tls}\"\nupstream_probe = false\nconnect_timeout_secs = 2\nupstream_timeout_secs = 2\nidle_timeout_secs = 3\n\n[security]\nfailure_delay_ms = 0\ntoken_timeout_secs = 2\n\n[account.user]\nlogin = \"user@example.com\"\npassword_hash = \"{HASH_OF_PASSWORD}\"\nmailbox = \"mailbox@example.com\"\nprovider = \"custom\"\nclient_id = \"c\"\ntoken_url = \"{token_url}\"\nrefresh_token = \"rt-initial-canary-55cd\"\nallowed_from = [\"*\"]\n"
+        "[listener.main]\nprotocol = \"{protocol}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nupstream_tls = \"{tls}\"\nupstream_probe = false\nspool = false\nconnect_timeout_secs = 2\nupstream_timeout_secs = 2\nidle_timeout_secs = 3\n\n[security]\nfailure_delay_ms = 0\ntoken_timeout_secs = 2\n\n[account.user]\nlogin = \"user@example.com\"\npassword_hash = \"{HASH_OF_PASSWORD}\"\nmailbox = \"mailbox@example.com\"\nprovider = \"custom\"\nclient_id = \"c\"\ntoken_url = \"{token_url}\"\nrefresh_token = \"rt-initial-canary-55cd\"\nallowed_from = [\"*\"]\n"
     )
 }
 

@@ -239,24 +239,29 @@ fn spool_table(v: &AccountView<'_>) -> String {
         return String::new();
     }
     let now = crate::store::unix_now();
-    let mut s = String::from("<h2>Spool</h2><table id=\"spool\"><tr><th>Queue ID</th><th>Age</th><th>To</th><th>State</th><th>Attempts</th><th>Last reply</th><th>Next try</th></tr>");
+    let mut s = format!("<h2>Spool</h2><form method=\"post\" action=\"/account/{}/spool\"><table id=\"spool\"><tr><th>Queue ID</th><th>Age</th><th>To</th><th>State</th><th>Attempts</th><th>Last reply</th><th>Next try</th><th></th></tr>", escape(&v.account.id));
     for (e, state, what) in &v.spool {
         let next = if *what == "failed" || state.next_try <= now {
             String::new()
         } else {
             format_time(state.next_try)
         };
+        let id = escape(&e.id);
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{what}</td><td>{}</td><td>{}</td><td>{next}</td></tr>",
-            escape(&e.id),
+            "<tr><td>{id}</td><td>{}</td><td>{}</td><td>{what}</td><td>{}</td><td>{}</td><td>{next}</td><td><button type=\"submit\" name=\"retry\" value=\"{id}\">Retry</button> <button type=\"submit\" name=\"delete\" value=\"{id}\">Delete</button></td></tr>",
             ago(now.saturating_sub(e.arrived)),
             escape(&e.recipients.join(", ")),
             state.attempts,
             escape(&state.last_reply),
         );
     }
-    s.push_str("</table><p>Try again or remove one with <code>authrelay queue retry ID</code> or <code>authrelay queue delete ID</code>.</p>");
+    let _ = write!(
+        s,
+        "</table>{}<input type=\"hidden\" name=\"csrf\" value=\"{}\"></form><p>Retry sends a message now (a failed one goes back to the queue); Delete removes it for good. <code>authrelay queue retry ID</code> and <code>authrelay queue delete ID</code> do the same.</p>",
+        password_field("Retry and Delete need it"),
+        escape(v.csrf)
+    );
     s
 }
 

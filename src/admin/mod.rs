@@ -16,6 +16,7 @@
 
 mod html;
 mod probes;
+mod spool;
 
 use crate::auth::accounts::LocalAuth;
 use crate::auth::authorize;
@@ -99,6 +100,7 @@ pub async fn serve(
         .route("/account/{name}", get(account_page))
         .route("/account/{name}/authorize", post(start_authorization))
         .route("/account/{name}/app", post(save_app))
+        .route("/account/{name}/spool", post(spool::act))
         .route(&config.redirect_path, get(callback))
         .layer(middleware::from_fn_with_state(admin.clone(), guard));
     let app = pages.merge(probes).with_state(admin);
@@ -172,33 +174,8 @@ struct AccountQuery {
     authorized: Option<String>,
     #[serde(default)]
     saved: Option<String>,
-}
-
-/// The account's messages in the spool, queued then failed.
-fn spool_of(
-    admin: &Admin,
-    account: &str,
-) -> Vec<(
-    crate::spool::Envelope,
-    crate::spool::DeliveryState,
-    &'static str,
-)> {
-    let Some(handle) = admin.shared.spool.get() else {
-        return Vec::new();
-    };
-    let spool = &handle.spool;
-    let mut out = Vec::new();
-    for (what, list) in [("queued", spool.queued()), ("failed", spool.failed())] {
-        for e in list
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| e.account == account)
-        {
-            let state = spool.state(&e.id).unwrap_or_default();
-            out.push((e, state, what));
-        }
-    }
-    out
+    #[serde(default)]
+    spool: Option<String>,
 }
 
 async fn account_page(
@@ -213,6 +190,11 @@ async fn account_page(
         Some("Authorized: the refresh token is stored.")
     } else if q.saved.is_some() {
         Some("App registration saved.")
+    } else if let Some(done) = q.spool.as_deref() {
+        Some(match done {
+            "deleted" => "The message was deleted from the spool.",
+            _ => "The message will be tried again now.",
+        })
     } else {
         None
     };
@@ -233,7 +215,7 @@ fn render_account(
         redirect_uri: &admin.config.redirect_uri(),
         notice,
         error,
-        spool: spool_of(admin, &account.id),
+        spool: spool::of_account(admin, &account.id),
     };
     let mut r = html::page(&format!("Account {}", account.id), &html::account(&view));
     *r.status_mut() = status;

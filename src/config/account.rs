@@ -18,17 +18,12 @@ pub(super) fn read_account(
     let send = read_sending(&mut t, &mode);
     let (concurrency, messages_per_minute) = read_delivery_limits(&mut t, &send);
 
-    if let Some(l) = &login {
-        if crate::codec::sasl::parse_username(l.as_bytes()).is_err() {
-            t.problem("login", "must be 1 to 320 bytes without control characters");
-        }
-    }
-    if let Some(m) = &mailbox {
-        if crate::codec::sasl::parse_username(m.as_bytes()).is_err() {
-            t.problem(
-                "mailbox",
-                "must be 1 to 320 bytes without control characters",
-            );
+    for (key, name) in [("login", &login), ("mailbox", &mailbox)] {
+        if name
+            .as_ref()
+            .is_some_and(|n| crate::codec::sasl::parse_username(n.as_bytes()).is_err())
+        {
+            t.problem(key, "must be 1 to 320 bytes without control characters");
         }
     }
     let auth = match mode.as_str() {

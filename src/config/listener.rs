@@ -16,7 +16,7 @@ pub(super) fn read_listener(
     let key: Option<PathBuf> = t.optional("key");
     let upstream = upstream::read_spec(&mut t, &upstream::LISTENER_KEYS, false);
     let upstream_probe: bool = t.optional("upstream_probe").unwrap_or(true);
-    let spool: bool = t.optional("spool").unwrap_or(false);
+    let spool: Option<bool> = t.optional("spool");
     let allow_remote: bool = t.optional("allow_remote").unwrap_or(false);
     let remote_plaintext_auth: bool = t.optional("remote_plaintext_auth").unwrap_or(false);
     let ehlo_name: String = t
@@ -32,6 +32,9 @@ pub(super) fn read_listener(
     };
     let idle_timeout = Duration::from_secs(t.optional("idle_timeout_secs").unwrap_or(idle_default));
     let tilde_login: bool = t.optional("tilde_login").unwrap_or(false);
+    // SMTP spools unless told otherwise; a listener for refresh-token logins cannot (the token
+    // would be needed again at delivery), so it pipes live by default.
+    let spool = spool.unwrap_or(protocol == Some(Protocol::Smtp) && !tilde_login);
     let proxy_protocol: bool = t.optional("proxy_protocol").unwrap_or(false);
     let proxy_trusted = read_cidrs(&mut t, "proxy_trusted");
     if spool {

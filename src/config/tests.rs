@@ -235,3 +235,62 @@ fn a_bad_account_upstream_is_named_with_its_path() {
         );
     }
 }
+
+#[test]
+fn smtp_listeners_spool_by_default_and_graph_sending_has_microsofts_defaults() {
+    let c = parse(&minimal()).unwrap();
+    assert!(c.listeners[0].spool, "SMTP spools unless told otherwise");
+    assert_eq!(c.accounts[0].send, Sending::Smtp);
+    assert_eq!(c.accounts[0].concurrency, 3);
+    let tilde = minimal().replace(
+        "upstream_tls = \"starttls\"\n",
+        "upstream_tls = \"starttls\"\ntilde_login = true\n",
+    );
+    assert!(!parse(&tilde).unwrap().listeners[0].spool);
+
+    let graph = format!("{}send = \"graph\"\n", minimal());
+    let a = &parse(&graph).unwrap().accounts[0];
+    let Sending::Graph(g) = &a.send else {
+        panic!("graph expected")
+    };
+    assert_eq!(g.url, GRAPH_URL);
+    assert_eq!(
+        g.scopes,
+        ["https://graph.microsoft.com/Mail.Send", "offline_access"]
+    );
+    assert_eq!(g.max_request_bytes, 4 << 20);
+    assert_eq!(a.concurrency, 4, "Graph's limit: 4 requests per mailbox");
+
+    let problems = |extra: &str| {
+        parse(&format!("{}{extra}", minimal()))
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        problems("send = \"graph\"\ngraph_url = \"http://graph.example.com\"\n")
+            .contains("graph_url")
+    );
+    assert!(problems("graph_url = \"https://graph.microsoft.us\"\n")
+        .contains("only for send = \"graph\""));
+    assert!(problems("send = \"fax\"\n").contains("expected smtp or graph"));
+    let app_password = minimal()
+        .replace(
+            "provider = \"microsoft\"",
+            "auth = \"app_password\"\napp_password = \"x\"",
+        )
+        .replace("tenant = \"contoso.onmicrosoft.com\"\n", "")
+        .replace("client_id = \"11111111-2222-3333-4444-555555555555\"\n", "")
+        .replace("refresh_token = \"rt\"\n", "");
+    let err = parse(&format!("{app_password}send = \"graph\"\n"))
+        .err()
+        .unwrap();
+    assert!(
+        err.iter()
+            .any(|p| p.to_string().contains("Graph takes OAuth tokens only")),
+        "{err:?}"
+    );
+}

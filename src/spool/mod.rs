@@ -275,6 +275,19 @@ impl Spool {
         sync_dir(&self.dir.queue)
     }
 
+    /// Makes a message due now: a failed one goes back to the queue, a deferred one loses its
+    /// wait. Returns its state for [`Spool::retried`] (a running deliverer learns of it there).
+    pub fn retry_now(&self, id: &str) -> Result<DeliveryState, SpoolError> {
+        if self.failed()?.iter().any(|e| e.id == id) {
+            self.requeue(id)?;
+            return Ok(DeliveryState::default());
+        }
+        let mut state = self.state(id)?;
+        state.next_try = 0;
+        self.defer(id, &state)?;
+        Ok(state)
+    }
+
     /// Removes a message, queued or failed, for good.
     pub fn delete(&self, id: &str) -> Result<(), SpoolError> {
         let id = checked_id(id)?;

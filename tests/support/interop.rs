@@ -145,6 +145,12 @@ impl RelayProcess {
             .refresh_token
             .map(|rt| format!("refresh_token = \"{rt}\""))
             .unwrap_or_default();
+        // The live pipe unless the test asks for the spool.
+        let listener_extra = if listener_extra.contains("spool") {
+            listener_extra.to_owned()
+        } else {
+            format!("spool = false\n{listener_extra}")
+        };
         let listener = |name: &str, port: u16, tls: &str| {
             format!(
                 "[listener.{name}]\nprotocol = \"{protocol}\"\nlisten = \"127.0.0.1:{port}\"\ntls = \"{tls}\"\ncert = \"{}\"\nkey = \"{}\"\nupstream = \"{upstream}\"\nupstream_tls = \"{upstream_tls}\"\nupstream_ca = \"{}\"\nupstream_name = \"localhost\"\n{listener_extra}\n",
@@ -155,7 +161,7 @@ impl RelayProcess {
         };
         // Spool mode with a store key file, as the README recommends: the spool delivers after
         // a restart without waiting for a device's login.
-        let key_line = if listener_extra.contains("spool") {
+        let key_line = if listener_extra.contains("spool = true") {
             let key_file = dir.path().join("store.key");
             std::fs::write(&key_file, STORE_KEY).unwrap();
             format!("key_file = \"{}\"\n", key_file.display())

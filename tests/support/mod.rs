@@ -6,6 +6,7 @@
 
 pub mod fake_imap;
 pub mod fake_pop3;
+pub mod spool;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -724,6 +725,7 @@ upstream = "{upstream}"
 upstream_tls = "{upstream_tls}"
 connect_timeout_secs = 5
 upstream_timeout_secs = 5
+{spool}
 {listener_extra}
 
 [security]
@@ -741,7 +743,13 @@ token_url = "{token_url}"
 refresh_token = "rt-initial-canary-55cd"
 scopes = ["https://mail.example/.default", "offline_access"]
 {extra}
-"#
+"#,
+        // These tests drive the live pipe unless they ask for the spool.
+        spool = if listener_extra.contains("spool") {
+            ""
+        } else {
+            "spool = false"
+        },
     )
 }
 

@@ -1,0 +1,209 @@
+//! The spool as operations see it, in process: readiness, metrics and the account page (its
+//! queue table, Retry and Delete), with the fake upstream and token endpoint.
+
+mod support;
+
+use support::spool::*;
+use support::*;
+
+struct AdminWorld {
+    w: World,
+    admin: std::net::SocketAddr,
+    spool: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A spool listener and the admin server on ephemeral ports.
+async fn admin_world() -> AdminWorld {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let extra = format!(
+        "[spool]\npath = \"{}\"\nmax_message_bytes = 200000\nmin_free_mb = 1\nfirst_retry_secs = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        spool.display()
+    );
+    let w = world_with(
+        UpstreamOptions::default(),
+        "none",
+        "spool = true",
+        &extra,
+        None,
+    )
+    .await;
+    let admin = w
+        .relay
+        .running
+        .addresses
+        .iter()
+        .find(|(n, _)| n == "admin")
+        .unwrap()
+        .1;
+    AdminWorld {
+        w,
+        admin,
+        spool,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn a_dead_grant_is_told_at_login_and_queued_messages_wait_for_it() {
+    let s = admin_world().await;
+    let (w, admin, spool) = (&s.w, s.admin, &s.spool);
+    w.tokens.set(TokenBehaviour::Error {
+        error: "invalid_grant",
+        description: "AADSTS700082: The refresh token has expired due to inactivity.",
+    });
+    // Accepted: nothing is known against the grant yet, and token trouble is the spool's.
+    let mut c = logged_in(w.relay.addr).await;
+    c.send("MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n")
+        .await;
+    c.reply().await;
+    c.reply().await;
+    c.reply().await;
+    c.send("Subject: held\r\n\r\nbody\r\n.\r\n").await;
+    let reply = c.reply().await;
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+    let id = reply.trim_end().rsplit(' ').next().unwrap().to_owned();
+    // Delivery finds the grant dead; the message is held, not bounced.
+    wait_for("the dead grant", || {
+        w.relay.running.shared.tokens.dead_grant("user").is_some()
+    })
+    .await;
+    assert_eq!(queued(spool), 1);
+    // Readiness names the held queue; metrics count it and the deferral.
+    let ready = http_get(admin, "/readyz").await;
+    assert!(ready.contains("spool: 1 queued, 0 failed"), "{ready}");
+    assert!(
+        ready.contains("spool held for account user: its grant was refused (AADSTS700082)"),
+        "{ready}"
+    );
+    // The account page shows what waits and why.
+    let page = http_get(admin, "/account/user").await;
+    assert!(page.contains("<table id=\"spool\">"), "{page}");
+    assert!(page.contains(&format!("<td>{id}</td>")), "{page}");
+    assert!(page.contains("AADSTS700082"), "{page}");
+    let metrics = http_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains("authrelay_spool_messages{account=\"user\",state=\"queued\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("authrelay_spool_deliveries_total{outcome=\"deferred\",code=\"error\"}"),
+        "{metrics}"
+    );
+    // The next device is told at once, with what to do.
+    let mut d = Client::connect(w.relay.addr).await;
+    d.reply().await;
+    d.ehlo().await;
+    d.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("user@example.com", PASSWORD)
+    ))
+    .await;
+    let refused = d.reply().await;
+    assert!(
+        refused.starts_with("535 5.7.8 Sign-in for mailbox@example.com failed (AADSTS700082)"),
+        "{refused}"
+    );
+    // Re-authorized: the held message goes out, and devices log in again.
+    w.tokens.set(TokenBehaviour::Issue);
+    wait_for("the held delivery", || {
+        w.upstream.log.lock().unwrap().messages.len() == 1
+    })
+    .await;
+    wait_for("the spool to empty", || queued(spool) == 0).await;
+    logged_in(w.relay.addr).await;
+}
+
+/// The account page's Retry and Delete: under the pages' CSRF token and the account's local
+/// password; only the account's own messages; a retried failed message goes out again at once.
+#[tokio::test]
+async fn the_account_page_retries_and_deletes_under_its_rules() {
+    let s = admin_world().await;
+    let admin = s.admin;
+    // Two messages the upstream refuses for good (unknown recipient): both end in failed/.
+    let mut ids = Vec::new();
+    for subject in ["first", "second"] {
+        let mut c = logged_in(s.w.relay.addr).await;
+        c.send("MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<nobody@example.com>\r\nDATA\r\n")
+            .await;
+        for _ in 0..3 {
+            c.reply().await;
+        }
+        c.send(&format!(
+            "From: mailbox@example.com\r\nSubject: {subject}\r\n\r\nbody\r\n.\r\n"
+        ))
+        .await;
+        let reply = c.reply().await;
+        ids.push(reply.trim_end().rsplit(' ').next().unwrap().to_owned());
+    }
+    let failed = |id: &str| s.spool.join("failed").join(id).exists();
+    wait_for("both failed", || ids.iter().all(|id| failed(id))).await;
+    let page = http_get(admin, "/account/user").await;
+    assert!(
+        page.contains(&format!("name=\"retry\" value=\"{}\"", ids[0])),
+        "{page}"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap()
+        .to_owned();
+    let post = |form: String| async move {
+        http_post(admin, "/account/user/spool", &form.replace(' ', "+")).await
+    };
+    let rcpt_attempts = || {
+        s.w.upstream
+            .log
+            .lock()
+            .unwrap()
+            .commands
+            .iter()
+            .filter(|c| *c == "RCPT TO:<nobody@example.com>")
+            .count()
+    };
+    let before = rcpt_attempts();
+    // Without the page's CSRF token, or without the right password: refused, nothing changes.
+    let r = post(format!("csrf=forged&password={PASSWORD}&retry={}", ids[0])).await;
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("The form expired"),
+        "{r}"
+    );
+    let r = post(format!("csrf={csrf}&password=wrong&retry={}", ids[0])).await;
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("Wrong local password"),
+        "{r}"
+    );
+    let r = post(format!("csrf={csrf}&retry={}", ids[0])).await;
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("Enter the account"),
+        "{r}"
+    );
+    // Another account's (or no) message: not found.
+    let r = post(format!(
+        "csrf={csrf}&password={PASSWORD}&delete=0000-not-here"
+    ))
+    .await;
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    assert!(failed(&ids[0]) && failed(&ids[1]));
+    assert_eq!(rcpt_attempts(), before, "nothing was tried");
+    // Retry: the failed message goes back to the queue and is tried at once.
+    let r = post(format!("csrf={csrf}&password={PASSWORD}&retry={}", ids[0])).await;
+    assert!(r.starts_with("HTTP/1.1 303"), "{r}");
+    assert!(
+        r.contains(&"location: /account/user?spool=retried".to_string()),
+        "{r}"
+    );
+    wait_for("the retried delivery", || rcpt_attempts() > before).await;
+    // Delete: gone for good.
+    let r = post(format!("csrf={csrf}&password={PASSWORD}&delete={}", ids[1])).await;
+    assert!(r.starts_with("HTTP/1.1 303"), "{r}");
+    assert!(!failed(&ids[1]) && !s.spool.join("queue").join(&ids[1]).exists());
+    let page = http_get(admin, "/account/user?spool=deleted").await;
+    assert!(
+        page.contains("The message was deleted from the spool."),
+        "{page}"
+    );
+    assert!(!page.contains(&format!("<td>{}</td>", ids[1])), "{page}");
+}
