@@ -13,9 +13,9 @@
 //!   before it is sent again its Message-ID is looked up in the mailbox's Sent Items, where
 //!   MIME sends are saved; found means delivered.
 //! - Bodies over 4 MB are refused by Graph (`413`; Microsoft Q&A reports, the sendMail page
-//!   states no limit; `graph_max_mb` changes the figure). Larger messages fail at once, without
+//!   states no limit; `graph_max_mb` changes the figure). Larger messages go as a draft plus
+//!   upload sessions ([`super::graph_upload`]); one that cannot be split fails at once, without
 //!   an upload, with a reply naming the limit and the SMTP alternative; so does a `413`.
-//!   Draft-plus-upload-session sending is not implemented.
 
 use super::Attempt;
 use crate::auth::tokens::{AccessToken, Audience};
@@ -40,11 +40,19 @@ pub(super) async fn deliver(
     state: &DeliveryState,
     message: &[u8],
 ) -> Attempt {
-    let body = request_body(envelope, message);
+    let mime = with_blind_copies(envelope, message);
+    let body = base64::engine::general_purpose::STANDARD
+        .encode(&mime)
+        .into_bytes();
     let limit = graph.max_request_bytes;
-    if body.len() > limit {
-        return Attempt::Failed(too_large(body.len(), limit));
-    }
+    let how = if body.len() <= limit {
+        How::Whole(body)
+    } else {
+        match super::graph_upload::split(&mime, limit) {
+            Some(split) => How::Split(split),
+            None => return Attempt::Failed(too_large(mime.len() * 4 / 3, limit)),
+        }
+    };
     let client = Client {
         http: ctx.shared.tokens.http(),
         url: user_url(graph, &account.mailbox),
@@ -60,21 +68,37 @@ pub(super) async fn deliver(
             Err(attempt) => return attempt,
         }
     }
-    let mut answer = client.send(&token, &body).await;
+    let mut answer = how.send(&client, &token).await;
     if matches!(answer, Answer::Status(401, _, _)) {
         // The token was refused (revoked, or expired early): one more try with a new one.
         token = match self::token(ctx, account, Some(&token)).await {
             Ok(t) => t,
             Err(attempt) => return attempt,
         };
-        answer = client.send(&token, &body).await;
+        answer = how.send(&client, &token).await;
     }
-    outcome(answer, body.len(), limit)
+    outcome(answer, mime.len() * 4 / 3, limit)
 }
 
-/// The request body: the message, with a `Bcc:` field for the envelope's recipients that no
-/// header names, base64-encoded.
-fn request_body(envelope: &Envelope, message: &[u8]) -> Vec<u8> {
+/// How a message goes to Graph.
+enum How {
+    /// One `sendMail` request with this body.
+    Whole(Vec<u8>),
+    /// A draft, upload sessions, and a send.
+    Split(super::graph_upload::Split),
+}
+
+impl How {
+    async fn send(&self, client: &Client<'_>, token: &AccessToken) -> Answer {
+        match self {
+            How::Whole(body) => client.send(token, body).await,
+            How::Split(split) => super::graph_upload::send(client, token, split).await,
+        }
+    }
+}
+
+/// The message with a `Bcc:` field for the envelope's recipients that no header names.
+fn with_blind_copies<'m>(envelope: &Envelope, message: &'m [u8]) -> std::borrow::Cow<'m, [u8]> {
     let named = header_recipients(message);
     let blind: Vec<&str> = envelope
         .recipients
@@ -82,13 +106,12 @@ fn request_body(envelope: &Envelope, message: &[u8]) -> Vec<u8> {
         .filter(|r| !named.iter().any(|n| n.eq_ignore_ascii_case(r)))
         .map(String::as_str)
         .collect();
-    let engine = base64::engine::general_purpose::STANDARD;
     if blind.is_empty() {
-        return engine.encode(message).into_bytes();
+        return message.into();
     }
     let mut with_bcc = format!("Bcc: {}\r\n", blind.join(", ")).into_bytes();
     with_bcc.extend_from_slice(message);
-    engine.encode(with_bcc).into_bytes()
+    with_bcc.into()
 }
 
 /// The addresses of the To, Cc and Bcc headers.
@@ -115,7 +138,7 @@ fn user_url(graph: &GraphConfig, mailbox: &str) -> String {
 }
 
 /// Percent-encodes everything but unreserved characters and `@` (RFC 3986 §2.3).
-fn url_escape(s: &str) -> String {
+pub(super) fn url_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
@@ -130,7 +153,8 @@ fn url_escape(s: &str) -> String {
 fn too_large(bytes: usize, limit: usize) -> String {
     format!(
         "413 the message is {:.1} MB as Graph sends it (base64), over Microsoft Graph's {} MB \
-         request limit; send it by SMTP instead (send = \"smtp\" for this account, up to 35 MB)",
+         request limit even without its attachments of 3 MB or more (which go up separately); \
+         send it by SMTP instead (send = \"smtp\" for this account, up to 35 MB)",
         bytes as f64 / 1e6,
         limit / (1024 * 1024)
     )
@@ -153,7 +177,7 @@ async fn token(
 
 /// What a Graph request came to.
 #[derive(Debug)]
-enum Answer {
+pub(super) enum Answer {
     /// An HTTP answer: status, `Retry-After` seconds, Graph's error code and message.
     Status(u16, Option<u64>, String),
     /// No connection: nothing was sent.
@@ -162,13 +186,76 @@ enum Answer {
     Unknown(String),
 }
 
-struct Client<'a> {
+pub(super) struct Client<'a> {
     http: &'a reqwest::Client,
     /// `{graph_url}/v1.0/users/{mailbox}`.
     url: String,
 }
 
 impl Client<'_> {
+    /// `POST {user}/{path}` with a base64 MIME body (or none); the answer's body if it is 2xx.
+    pub(super) async fn post_raw(
+        &self,
+        token: &AccessToken,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, Answer> {
+        let request = self
+            .http
+            .post(format!("{}/{path}", self.url))
+            .bearer_auth(token.secret.expose())
+            .header(reqwest::header::CONTENT_TYPE, "text/plain")
+            .timeout(REQUEST_TIMEOUT)
+            .body(body);
+        success(request.send().await).await
+    }
+
+    /// `POST {user}/{path}` with a JSON body; the answer's body if it is 2xx.
+    pub(super) async fn post_json(
+        &self,
+        token: &AccessToken,
+        path: &str,
+        json: &serde_json::Value,
+    ) -> Result<Vec<u8>, Answer> {
+        let request = self
+            .http
+            .post(format!("{}/{path}", self.url))
+            .bearer_auth(token.secret.expose())
+            .json(json)
+            .timeout(REQUEST_TIMEOUT);
+        success(request.send().await).await
+    }
+
+    /// One range of an upload session. The URL carries its own authorization: Microsoft asks
+    /// that no `Authorization` header be sent with it.
+    pub(super) async fn put_range(
+        &self,
+        url: &str,
+        range: &str,
+        chunk: Vec<u8>,
+    ) -> Result<(), Answer> {
+        let request = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_RANGE, range)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(REQUEST_TIMEOUT)
+            .body(chunk);
+        success(request.send().await).await.map(|_| ())
+    }
+
+    /// `DELETE {user}/{path}`, best effort (a draft left behind by a failed attempt).
+    pub(super) async fn delete(&self, token: &AccessToken, path: &str) {
+        let request = self
+            .http
+            .delete(format!("{}/{path}", self.url))
+            .bearer_auth(token.secret.expose())
+            .timeout(REQUEST_TIMEOUT);
+        if let Err(e) = request.send().await {
+            tracing::debug!(error = %e, "the draft could not be deleted");
+        }
+    }
+
     async fn send(&self, token: &AccessToken, body: &[u8]) -> Answer {
         let request = self
             .http
@@ -208,6 +295,18 @@ impl Client<'_> {
             }
             other => Err(answer(other).await),
         }
+    }
+}
+
+/// The body of a 2xx answer, or the [`Answer`] otherwise.
+async fn success(response: Result<reqwest::Response, reqwest::Error>) -> Result<Vec<u8>, Answer> {
+    match response {
+        Ok(r) if r.status().is_success() => r
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| Answer::Unknown(format!("no complete answer from Graph: {e}"))),
+        other => Err(answer(other).await),
     }
 }
 
@@ -314,24 +413,17 @@ mod tests {
         }
     }
 
-    fn decoded(body: &[u8]) -> String {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .unwrap();
-        String::from_utf8(raw).unwrap()
-    }
-
     #[test]
     fn blind_recipients_become_a_bcc_field_and_named_ones_do_not() {
         let message = b"To: A <a@x.example>\r\nCc: b@x.example\r\nMessage-ID: <m@x>\r\n\r\nhi\r\n";
-        let body = request_body(&envelope(&["A@x.example", "b@x.example"]), message);
-        assert_eq!(decoded(&body).as_bytes(), message);
-        let body = request_body(
+        let body = with_blind_copies(&envelope(&["A@x.example", "b@x.example"]), message);
+        assert_eq!(&body[..], &message[..]);
+        let body = with_blind_copies(
             &envelope(&["a@x.example", "c@x.example", "d@x.example"]),
             message,
         );
         assert_eq!(
-            decoded(&body),
+            String::from_utf8_lossy(&body),
             format!(
                 "Bcc: c@x.example, d@x.example\r\n{}",
                 String::from_utf8_lossy(message)

@@ -11,6 +11,7 @@
 //! kept in the spool's `failed/` for inspection, the sender told by a DSN).
 
 mod graph;
+mod graph_upload;
 mod smtp;
 
 use crate::config::{AccountConfig, Sending};

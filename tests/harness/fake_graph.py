@@ -22,6 +22,21 @@ relay's delivery uses, with Graph's documented answers and errors.
   GET  /v1.0/users/{mailbox}/mailFolders/sentitems/messages?$filter=internetMessageId eq '<id>'
       {"value": [{"id", "internetMessageId"}]} (Mail.ReadBasic; same token checks).
 
+  Large messages ("Attach large files to Outlook messages",
+  learn.microsoft.com/graph/outlook-large-attachments):
+  POST /v1.0/users/{mailbox}/messages                      a draft from base64 MIME: 201 {"id"}
+                                                           (413 over 4 MB, like sendMail)
+  POST /v1.0/users/{mailbox}/messages/{id}/attachments/createUploadSession
+      {"AttachmentItem": {"attachmentType": "file", "name", "size", "contentType"}}: 201
+      {"uploadUrl", "expirationDateTime", "nextExpectedRanges": ["0-"]}; a size under 3 MB is
+      refused (400: such attachments are posted whole).
+  PUT  {uploadUrl}  Content-Range: bytes a-b/total, at most 4 MB per request, in order; an
+      Authorization header is refused (401: the URL carries its own authorization). 200 with
+      nextExpectedRanges, 201 once complete.
+  POST /v1.0/users/{mailbox}/messages/{id}/send            202; the draft with its attachments
+                                                           goes out like a sendMail.
+  DELETE /v1.0/users/{mailbox}/messages/{id}               204.
+
   Test controls (not Graph):
   POST /admin/mode  {"mailbox", "status": 429|503|504|403, "count": n, "retry_after": s}
                     the mailbox's next n sendMail requests answer that way. 504 sends the
@@ -50,7 +65,8 @@ STATE = {}
 def reset():
     STATE.clear()
     STATE.update(modes={}, down_until={}, delay={}, in_flight={}, max_concurrent={},
-                 statuses={}, sends={}, sent_items={}, lookups={})
+                 statuses={}, sends={}, sent_items={}, lookups={}, drafts={}, uploads={},
+                 chunks={})
 
 
 reset()
@@ -108,7 +124,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         if url.path == "/stats":
             with LOCK:
-                out = {k: v for k, v in STATE.items() if k not in ("modes", "in_flight")}
+                out = {k: v for k, v in STATE.items() if k not in ("modes", "in_flight", "drafts", "uploads")}
             return self.reply(200, out)
         parts = url.path.split("/")
         # /v1.0/users/{mailbox}/mailFolders/sentitems/messages
@@ -132,6 +148,8 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/admin/"):
             return self.admin(path, json.loads(self.body() or b"{}"))
         parts = path.split("/")
+        if len(parts) >= 5 and parts[1:3] == ["v1.0", "users"] and parts[4] == "messages":
+            return self.draft_call(urllib.parse.unquote(parts[3]).lower(), parts[5:])
         if not (len(parts) == 5 and parts[1:3] == ["v1.0", "users"] and parts[4] == "sendMail"):
             self.body()
             return self.reply(404, graph_error("ResourceNotFound", "Resource not found."))
@@ -166,6 +184,92 @@ class Handler(BaseHTTPRequestHandler):
                 return mode
         return None
 
+    def draft_call(self, mailbox, rest):
+        self.mailbox = mailbox
+        raw = self.body()
+        if self.caller(mailbox) is None:
+            return
+        if not rest:  # a draft from MIME
+            if len(raw) > MAX_BODY:
+                return self.reply(413, graph_error("RequestEntityTooLarge", "The maximum request length supported is 4MB."))
+            try:
+                mime = base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError):
+                return self.reply(400, graph_error("ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content."))
+            with LOCK:
+                did = "draft-%d" % (len(STATE["drafts"]) + 1)
+                STATE["drafts"][did] = {"mailbox": mailbox, "mime": mime, "attachments": []}
+            return self.reply(201, {"id": did})
+        did = urllib.parse.unquote(rest[0])
+        with LOCK:
+            draft = STATE["drafts"].get(did)
+        if draft is None or draft["mailbox"] != mailbox:
+            return self.reply(404, graph_error("ErrorItemNotFound", "The specified object was not found in the store."))
+        if rest[1:] == ["attachments", "createUploadSession"]:
+            item = json.loads(raw or b"{}").get("AttachmentItem", {})
+            if int(item.get("size", 0)) < 3 * 1024 * 1024:
+                return self.reply(400, graph_error("ErrorInvalidRequest", "Attachments under 3 MB are posted whole."))
+            with LOCK:
+                sid = "s%d" % (len(STATE["uploads"]) + 1)
+                STATE["uploads"][sid] = {"draft": did, "item": item, "data": b""}
+            return self.reply(201, {"uploadUrl": "http://127.0.0.1:%d/upload/%s" % (ARGS.port, sid),
+                                    "expirationDateTime": "2099-01-01T00:00:00Z", "nextExpectedRanges": ["0-"]})
+        if rest[1:] == ["send"]:
+            import email.policy
+            msg = BytesParser(policy=email.policy.default).parsebytes(draft["mime"])
+            for a in draft["attachments"]:
+                maintype, _, subtype = a["contentType"].partition("/")
+                msg.add_attachment(a["data"], maintype=maintype, subtype=subtype or "octet-stream", filename=a["name"])
+            with LOCK:
+                del STATE["drafts"][did]
+            return self.deliver(mailbox, msg.as_bytes(policy=email.policy.default.clone(linesep="\r\n")), None)
+        return self.reply(404, graph_error("ResourceNotFound", "Resource not found."))
+
+    def do_DELETE(self):
+        parts = urllib.parse.urlsplit(self.path).path.split("/")
+        if len(parts) == 6 and parts[1:3] == ["v1.0", "users"] and parts[4] == "messages":
+            mailbox = self.mailbox = urllib.parse.unquote(parts[3]).lower()
+            if self.caller(mailbox) is None:
+                return
+            with LOCK:
+                STATE["drafts"].pop(urllib.parse.unquote(parts[5]), None)
+            return self.reply(204)
+        self.reply(404, graph_error("ResourceNotFound", "Resource not found."))
+
+    def do_PUT(self):
+        parts = urllib.parse.urlsplit(self.path).path.split("/")
+        raw = self.body()
+        with LOCK:
+            up = STATE["uploads"].get(parts[-1]) if len(parts) == 3 and parts[1] == "upload" else None
+        if up is None:
+            return self.reply(404, graph_error("ResourceNotFound", "Resource not found."))
+        self.mailbox = STATE["drafts"].get(up["draft"], {}).get("mailbox", "-")
+        if "Authorization" in self.headers:
+            return self.reply(401, graph_error("InvalidAuthenticationToken", "Do not send an Authorization header to the upload URL."))
+        if len(raw) > MAX_BODY:
+            return self.reply(413, graph_error("RequestEntityTooLarge", "At most 4 MB per request."))
+        total = int(up["item"]["size"])
+        try:
+            unit, span = self.headers.get("Content-Range", "").split(" ")
+            first, last = (int(x) for x in span.split("/")[0].split("-"))
+        except ValueError:
+            return self.reply(400, graph_error("InvalidRange", "Content-Range: bytes first-last/total is needed."))
+        if unit != "bytes" or first != len(up["data"]) or last - first + 1 != len(raw) or last >= total:
+            return self.reply(416, graph_error("InvalidRange", "The range is not the next expected one."))
+        with LOCK:
+            up["data"] += raw
+            STATE["chunks"][self.mailbox] = STATE["chunks"].get(self.mailbox, 0) + 1
+            done = len(up["data"]) == total
+            if done:
+                draft = STATE["drafts"].get(up["draft"])
+                if draft is not None:
+                    draft["attachments"].append({"name": up["item"].get("name", "attachment"),
+                                                 "contentType": up["item"].get("contentType", "application/octet-stream"),
+                                                 "data": up["data"]})
+        if done:
+            return self.reply(201)
+        self.reply(200, {"expirationDateTime": "2099-01-01T00:00:00Z", "nextExpectedRanges": ["%d-" % len(up["data"])]})
+
     def send_mail(self, mailbox, raw):
         time.sleep(STATE["delay"].get(mailbox, 0))
         mode = self.take_mode(mailbox)
@@ -186,6 +290,10 @@ class Handler(BaseHTTPRequestHandler):
             mime = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):
             return self.reply(400, graph_error("ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content."))
+        return self.deliver(mailbox, mime, status)
+
+    def deliver(self, mailbox, mime, status):
+        """Sends a MIME message like Exchange: to its To, Cc and Bcc, without the Bcc field."""
         msg = BytesParser(policy=policy.compat32).parsebytes(mime)
         rcpts = [a for _, a in getaddresses(msg.get_all("To", []) + msg.get_all("Cc", []) + msg.get_all("Bcc", [])) if a]
         if not rcpts:
