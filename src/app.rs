@@ -9,7 +9,6 @@ use crate::net::tls;
 use crate::session::listener;
 use crate::session::ListenerContext;
 use crate::shared::Shared;
-use crate::store::Store;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -180,7 +179,7 @@ impl Running {
 /// accounts, the throttle and the metrics.
 fn shared_state(config: &Config) -> Result<Shared, StartError> {
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let store = Store::open(&config.store.path, config.store.key.as_ref())?;
+    let store = config.store.open()?;
     let admin_url = config.admin.listen.map(|_| config.admin.public_url.clone());
     let tokens = TokenCache::new(
         oauth::http_client(config.security.token_timeout),

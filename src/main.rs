@@ -172,13 +172,24 @@ fn print_problems(problems: &[config::Problem]) {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(cfg) => {
+            let store = cfg.store.open();
+            if let Some(s) = store.as_ref().ok().filter(|s| s.is_shared()) {
+                // The shared store must answer now: a replica without it would run alone.
+                match s.probe().and_then(|()| s.refresh_view()) {
+                    Ok(()) => println!("store: {} answers", s.path().display()),
+                    Err(e) => {
+                        eprintln!("error: store: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             for a in &cfg.accounts {
                 if let config::AccountAuth::OAuth(o) = &a.auth {
-                    let stored =
-                        authrelay::store::Store::open(&cfg.store.path, cfg.store.key.as_ref())
-                            .ok()
-                            .and_then(|s| s.entry(&a.id))
-                            .is_some_and(|e| e.has_refresh_token());
+                    let stored = store
+                        .as_ref()
+                        .ok()
+                        .and_then(|s| s.entry(&a.id))
+                        .is_some_and(|e| e.has_refresh_token());
                     if o.flow == config::Flow::Delegated && o.refresh_token.is_none() && !stored {
                         eprintln!("warning: account.{}: not authorized yet; run `authrelay login {}` or use the account page", a.id, a.id);
                     }

@@ -38,7 +38,7 @@ pub fn run(path: &Path, account: &str, device: bool, paste: bool) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
-    let store = match Store::open(&cfg.store.path, cfg.store.key.as_ref()) {
+    let store = match cfg.store.open() {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

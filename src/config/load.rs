@@ -200,9 +200,11 @@ pub(super) fn read_store(value: Option<Value>, problems: &mut Problems) -> Optio
         key: None,
         keepalive: Duration::from_secs(7 * 86400),
         check_interval: Duration::from_secs(60),
+        backend: StoreBackend::File,
     };
     if let Some(v) = value {
         let mut t = Table::new("store", v, problems)?;
+        s.backend = read_store_backend(&mut t);
         if let Some(p) = t.optional::<PathBuf>("path") {
             s.path = p;
         }
@@ -227,6 +229,75 @@ pub(super) fn read_store(value: Option<Value>, problems: &mut Problems) -> Optio
         t.finish();
     }
     Some(s)
+}
+
+/// `backend`, and for Redis `url`, `username`, `password` (`password_file`), `prefix`, `ca`.
+fn read_store_backend(t: &mut Table<'_>) -> StoreBackend {
+    let backend: String = t.optional("backend").unwrap_or_else(|| "file".into());
+    let url: Option<String> = t.optional("url");
+    let username: Option<String> = t.optional("username");
+    let password = t.secret("password");
+    let prefix: String = t.optional("prefix").unwrap_or_else(|| "authrelay:".into());
+    let ca: Option<PathBuf> = t.optional("ca");
+    match backend.as_str() {
+        "file" => {
+            for (key, given) in [
+                ("url", url.is_some()),
+                ("username", username.is_some()),
+                ("password", password.is_some()),
+                ("ca", ca.is_some()),
+            ] {
+                if given {
+                    t.problem(key, "only for backend = \"redis\"");
+                }
+            }
+            StoreBackend::File
+        }
+        "redis" => {
+            let Some(url) = url else {
+                t.problem(
+                    "url",
+                    "missing: redis://127.0.0.1:6379/0, or rediss://host:port/db for a server elsewhere",
+                );
+                return StoreBackend::File;
+            };
+            if let Err(e) = check_redis_url(&url) {
+                t.problem("url", e);
+            }
+            StoreBackend::Redis(RedisConfig {
+                url,
+                username,
+                password,
+                prefix,
+                ca,
+            })
+        }
+        other => {
+            t.problem(
+                "backend",
+                format!("unknown value {other:?}, expected file or redis"),
+            );
+            StoreBackend::File
+        }
+    }
+}
+
+/// `rediss://` anywhere (TLS, verified); `redis://` only to a loopback host, like
+/// `upstream_tls = "none"`; no password in the URL (it would sit in the configuration and logs).
+fn check_redis_url(u: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(u).map_err(|e| format!("{u:?} is not a URL: {e}"))?;
+    if url.password().is_some() {
+        return Err(
+            "holds a password: give it as password_file (and the ACL user as username)".into(),
+        );
+    }
+    let host = url.host_str().unwrap_or_default();
+    match url.scheme() {
+        "rediss" => Ok(()),
+        "redis" if is_loopback_host(host.trim_start_matches('[').trim_end_matches(']')) => Ok(()),
+        "redis" => Err(format!("redis:// to {host} would be unencrypted: use rediss:// (TLS) for a server that is not on loopback")),
+        other => Err(format!("scheme {other}:// is not redis:// or rediss://")),
+    }
 }
 
 pub(super) fn read_admin(value: Option<Value>, problems: &mut Problems) -> Option<AdminConfig> {

@@ -10,6 +10,7 @@
 //! each with its key path, so `authrelay check` can show them all at once.
 
 mod account;
+mod delivery;
 mod listener;
 mod load;
 mod reader;
@@ -30,6 +31,7 @@ use std::time::Duration;
 pub const DEFAULT_PATH: &str = "config/authrelay.toml";
 
 use account::*;
+pub use delivery::*;
 use listener::*;
 pub use listener::{is_loopback_host, split_host_port};
 pub use load::{from_toml_str, from_value, load};

@@ -55,7 +55,36 @@ pub struct StoreConfig {
     pub keepalive: Duration,
     /// How often the background task looks for tokens to refresh.
     pub check_interval: Duration,
+    /// Where the sealed records live: the file at `path` (default), or Redis.
+    pub backend: StoreBackend,
 }
+
+impl StoreConfig {
+    /// The Redis server, with `backend = "redis"`.
+    pub fn redis(&self) -> Option<&RedisConfig> {
+        match &self.backend {
+            StoreBackend::Redis(r) => Some(r),
+            StoreBackend::File => None,
+        }
+    }
+
+    /// Opens the store this describes (see [`crate::store::Store::open_with`]).
+    pub fn open(&self) -> Result<std::sync::Arc<crate::store::Store>, crate::store::StoreError> {
+        crate::store::Store::open_with(&self.path, self.key.as_ref(), self.redis())
+    }
+}
+
+/// Where the token store keeps its sealed records (`[store] backend`).
+#[derive(Debug, Clone, Default)]
+pub enum StoreBackend {
+    /// One local file (`path`), shared by processes on one host through `flock`.
+    #[default]
+    File,
+    /// A Redis (or Valkey) server shared by every replica.
+    Redis(RedisConfig),
+}
+
+pub use crate::store::RedisConfig;
 
 /// The admin HTTP server: account pages, the consent flow, health and metrics.
 #[derive(Debug, Clone)]
@@ -421,35 +450,6 @@ pub struct AccountConfig {
     /// How the spool sends this account's messages: SMTP (default) or Microsoft Graph.
     pub send: Sending,
 }
-
-/// How the spool delivers an account's messages (`send = "smtp" | "graph"`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Sending {
-    /// SMTP to the account's upstream, XOAUTH2 or an app password.
-    #[default]
-    Smtp,
-    /// Microsoft Graph `sendMail` (needs no SMTP AUTH on the mailbox).
-    Graph(GraphConfig),
-}
-
-/// Where and with which token the spool reaches Microsoft Graph.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GraphConfig {
-    /// The Graph endpoint without a trailing slash (`https://graph.microsoft.com`; national
-    /// clouds have their own). It is also the resource its tokens are requested for.
-    pub url: String,
-    /// The scopes of Graph token requests: `{url}/Mail.Send offline_access` (delegated) or
-    /// `{url}/.default` (client credentials) unless configured.
-    pub scopes: Vec<String>,
-    /// The largest request body sent (`graph_max_mb`, 4 by default: Graph refuses larger MIME
-    /// sends with 413 per reports on Microsoft Q&A; the sendMail page states no limit).
-    /// Larger messages fail at once with a reply naming the limit and SMTP.
-    pub max_request_bytes: usize,
-}
-
-/// Microsoft Graph's global endpoint (learn.microsoft.com/graph/deployments lists the national
-/// clouds' own).
-pub const GRAPH_URL: &str = "https://graph.microsoft.com";
 
 impl AccountConfig {
     /// The server this account logs in to through a listener of `protocol`: its own, or the

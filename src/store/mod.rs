@@ -24,11 +24,14 @@
 //! thread: a store held locked by another process stalls that write, not the runtime.
 
 mod crypto;
+mod redis_store;
+mod shared;
 #[cfg(test)]
 mod tests;
 mod write;
 
 pub use crypto::{Key, Seal};
+pub use redis_store::{Lease, RedisConfig};
 
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
@@ -44,6 +47,16 @@ const VERSION: u32 = 1;
 
 /// How often readers look at the file for changes made by other processes.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the poller asks Redis whether another replica wrote.
+pub const REDIS_POLL: Duration = Duration::from_millis(200);
+
+/// A random owner token for a lease.
+fn random_owner() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -206,8 +219,15 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
+/// What the view was read at: the file's identity, or Redis's write counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    File(Stamp),
+    Redis(u64),
+}
+
 struct Loaded {
-    stamp: Option<Stamp>,
+    mark: Option<Mark>,
     file: StoreFile,
 }
 
@@ -224,12 +244,17 @@ pub struct Store {
     checked_at: Mutex<Option<Instant>>,
     /// Password-derived keys of accounts whose password was verified since start.
     password_keys: dashmap::DashMap<String, Key>,
+    /// The Redis server holding the entries instead of the file (`[store] backend = "redis"`).
+    redis: Option<redis_store::RedisStore>,
+    /// Why the Redis server could not be read at the last look, while it cannot.
+    backend_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("path", &self.path)
+            .field("redis", &self.redis)
             .field("sealed_with_key_file", &self.store_key.is_some())
             .finish()
     }
@@ -269,7 +294,7 @@ impl Store {
             path: path.to_owned(),
             store_key,
             view: RwLock::new(Arc::new(Loaded {
-                stamp: None,
+                mark: None,
                 file: StoreFile {
                     version: VERSION,
                     accounts: BTreeMap::new(),
@@ -278,6 +303,8 @@ impl Store {
             writer: Mutex::new(()),
             checked_at: Mutex::new(None),
             password_keys: Default::default(),
+            redis: None,
+            backend_error: Mutex::new(None),
         };
         store.check_directory()?;
         store.reload_if_changed()?;
@@ -340,18 +367,30 @@ impl Store {
 
     fn reload_if_changed(&self) -> Result<(), StoreError> {
         *self.checked_at.lock().expect("store check time") = Some(Instant::now());
-        let now = stamp(&self.path);
-        if now.is_some() && now == self.view().stamp {
+        if let Some(redis) = &self.redis {
+            let result = self.reload_redis(redis);
+            *self.backend_error.lock().expect("store backend error") =
+                result.as_ref().err().map(|e| e.to_string());
+            return result;
+        }
+        let now = stamp(&self.path).map(Mark::File);
+        if now.is_some() && now == self.view().mark {
             return Ok(());
         }
         let (stamp, file) = self.read_file()?;
-        *self.view.write().expect("store view") = Arc::new(Loaded { stamp, file });
+        *self.view.write().expect("store view") = Arc::new(Loaded {
+            mark: stamp.map(Mark::File),
+            file,
+        });
         Ok(())
     }
 
     /// The current view, reloaded first if another process may have changed the file and it
     /// was not looked at within [`CHECK_INTERVAL`].
     fn fresh_view(&self) -> Arc<Loaded> {
+        if self.redis.is_some() {
+            return self.view(); // the poller thread keeps it fresh; no I/O here
+        }
         let due = {
             let mut checked = self.checked_at.lock().expect("store check time");
             let due = checked.is_none_or(|at| at.elapsed() >= CHECK_INTERVAL);
@@ -372,7 +411,18 @@ impl Store {
 
     /// Re-reads the file if another process changed it. A file that cannot be read keeps the
     /// last good contents in memory, and the error is returned for the caller to report.
+    /// With Redis this does no I/O (the poller thread keeps the view within [`REDIS_POLL`]) and
+    /// returns the poller's last error.
     pub fn refresh_view(&self) -> Result<(), StoreError> {
+        if self.redis.is_some() {
+            return match self.backend_error() {
+                Some(message) => Err(StoreError::Io {
+                    path: self.path.display().to_string(),
+                    message,
+                }),
+                None => Ok(()),
+            };
+        }
         self.reload_if_changed()
     }
 

@@ -126,9 +126,18 @@ impl Store {
     /// Read, modify, write under the cross-process lock.
     fn modify<T>(
         &self,
-        f: impl FnOnce(&mut StoreFile) -> Result<T, StoreError>,
+        f: impl Fn(&mut StoreFile) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let writer = self.writer.lock().expect("store writer");
+        if let Some(redis) = &self.redis {
+            let (result, version, file) = redis.modify(f)?;
+            *self.view.write().expect("store view") = Arc::new(Loaded {
+                mark: Some(Mark::Redis(version)),
+                file,
+            });
+            drop(writer);
+            return Ok(result);
+        }
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 fs::DirBuilder::new()
@@ -152,7 +161,7 @@ impl Store {
         let result = f(&mut file)?;
         self.write_atomically(&file)?;
         *self.view.write().expect("store view") = Arc::new(Loaded {
-            stamp: stamp(&self.path),
+            mark: stamp(&self.path).map(Mark::File),
             file,
         });
         drop(lock);
@@ -163,6 +172,9 @@ impl Store {
     /// Refuses a store directory that others can write to: they could plant or swap the store's
     /// files (a symlink as the temporary file, a store of their own).
     pub(super) fn check_directory(&self) -> Result<(), StoreError> {
+        if self.redis.is_some() {
+            return Ok(());
+        }
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),

@@ -6,6 +6,7 @@
 
 pub mod fake_imap;
 pub mod fake_pop3;
+pub mod redis;
 pub mod spool;
 
 use base64::engine::general_purpose::STANDARD;
@@ -138,6 +139,15 @@ impl TestCert {
         .with_no_client_auth();
         tokio_rustls::TlsConnector::from(Arc::new(cfg))
     }
+}
+
+/// A free TCP port on 127.0.0.1 (for servers the tests start as processes).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 // ------------------------------------------------------------------ fake token endpoint

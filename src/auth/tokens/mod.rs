@@ -10,6 +10,9 @@
 //! or the account page (a new generation) replaces what the cache holds, and a rotated refresh
 //! token is written to the store before the new access token is used.
 
+mod lease;
+mod upkeep;
+
 use crate::auth::oauth::{self, ErrorClass, TokenError};
 use crate::config::{AccountAuth, AccountConfig, AppOverrides, Flow, OAuthConfig};
 use crate::credential::assertion::CertificateSigner;
@@ -271,6 +274,21 @@ impl TokenCache {
                 return Ok(t);
             }
         }
+        // Across replicas: take the lease, or use what its holder wrote.
+        let _lease = match self
+            .lease_or_wait(
+                account,
+                entry,
+                &mut state,
+                password,
+                (need, audience),
+                rejected,
+            )
+            .await
+        {
+            lease::Leased::Token(t) => return Ok(t),
+            lease::Leased::Go(guard) => guard,
+        };
         let result = self
             .request(account, oauth, &overrides, &state, audience)
             .await;
@@ -288,14 +306,29 @@ impl TokenCache {
                 return Err(e);
             }
         };
+        Ok(self
+            .keep_grant(account, entry, &mut state, key.as_ref(), grant, audience)
+            .await)
+    }
+
+    /// Makes a new grant current: the rotated refresh token written to the store first (before
+    /// the access token is used), then the access token for its audience.
+    async fn keep_grant(
+        &self,
+        account: &AccountConfig,
+        entry: &AccountTokens,
+        state: &mut RefreshState,
+        key: Option<&Key>,
+        grant: oauth::Grant,
+        audience: Audience,
+    ) -> Arc<AccessToken> {
         let obtained = Instant::now();
         let expires = SystemTime::now() + grant.expires_in;
         if !account.ephemeral {
             // Keep the rotated refresh token before the new access token is used.
             // The store keeps the mail audience's access token; a Graph token lives in memory.
             let keep = (audience == Audience::Mail).then_some(expires);
-            self.persist(account, entry, &mut state, key.as_ref(), &grant, keep)
-                .await;
+            self.persist(account, entry, state, key, &grant, keep).await;
         }
         if let Some(rotated) = grant.refresh_token {
             state.refresh = Some(rotated);
@@ -315,7 +348,7 @@ impl TokenCache {
             expires_in_secs = grant.expires_in.as_secs(),
             "access token refreshed"
         );
-        Ok(token)
+        token
     }
 
     /// Writes a grant's tokens to the store (when its key is known) and records the generation
@@ -508,65 +541,5 @@ impl TokenCache {
             return None;
         }
         (t.remaining() > self.margin).then(|| t.clone())
-    }
-
-    /// One pass of background upkeep over `accounts` whose store key is known: fetch a token
-    /// for accounts that have none (at start), refresh ahead of expiry for accounts in use, and
-    /// use every refresh token at least once per `keepalive` so it never ages out.
-    pub async fn maintain(&self, accounts: &[Arc<AccountConfig>], keepalive: Duration) {
-        let now = unix_now();
-        for account in accounts {
-            let AccountAuth::OAuth(oauth) = &account.auth else {
-                continue;
-            };
-            if account.ephemeral || self.store.known_key(&account.id).is_none() {
-                continue;
-            }
-            let stored = self.store.entry(&account.id);
-            let has_refresh = stored.as_ref().is_some_and(|e| e.has_refresh_token())
-                || oauth.refresh_token.is_some();
-            if oauth.flow == Flow::Delegated && !has_refresh {
-                continue;
-            }
-            if stored
-                .as_ref()
-                .and_then(|e| e.last_error_at)
-                .is_some_and(|at| {
-                    stored.as_ref().and_then(|e| e.last_refresh_at).unwrap_or(0) < at
-                        && now.saturating_sub(at) < 3600
-                })
-            {
-                // Failed within the hour: wait for a fix or for a login rather than hammer.
-                continue;
-            }
-            let entry = self.entry(&account.id);
-            let used_recently = now.saturating_sub(entry.last_used.load(Ordering::Relaxed)) < 3600;
-            let remaining = self.remaining(&account.id);
-            let stored_expiry = stored.as_ref().and_then(|e| e.access_expires_at);
-            let last_use_of_rt = stored
-                .as_ref()
-                .and_then(|e| e.refresh_token_at)
-                .unwrap_or(0);
-            let keepalive_due = oauth.flow == Flow::Delegated
-                && now.saturating_sub(last_use_of_rt) > keepalive.as_secs();
-            let no_token = remaining.is_none()
-                && stored_expiry.is_none_or(|e| e <= now + self.margin.as_secs());
-            let expiring = used_recently && remaining.is_some_and(|r| r <= self.margin);
-            let need = if keepalive_due {
-                Some(Need::Refresh)
-            } else if no_token || expiring {
-                Some(Need::Login)
-            } else {
-                None
-            };
-            if let Some(need) = need {
-                if let Err(e) = self
-                    .obtain(account, &entry, None, None, (need, Audience::Mail))
-                    .await
-                {
-                    tracing::warn!(account = %account.id, code = %e.code(), "background refresh failed: {}", e.description);
-                }
-            }
-        }
     }
 }

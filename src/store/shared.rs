@@ -1,0 +1,123 @@
+//! The store shared by replicas (`[store] backend = "redis"`): opening it, its poller, its
+//! health, and the refresh leases. The entries are the file store's, sealed the same way.
+
+use super::*;
+
+impl Store {
+    /// Opens the store: the file at `path`, or the Redis server. A Redis server that
+    /// cannot be reached now is not fatal: the store starts empty, says why in
+    /// [`Store::backend_error`], and a poller thread reads it once it answers (and every change
+    /// any replica makes, within [`REDIS_POLL`]).
+    pub fn open_with(
+        path: &Path,
+        key_material: Option<&Secret>,
+        redis: Option<&RedisConfig>,
+    ) -> Result<Arc<Store>, StoreError> {
+        let Some(redis) = redis else {
+            return Store::open(path, key_material);
+        };
+        let backend = redis_store::RedisStore::new(redis)?;
+        let mut store = Store {
+            path: PathBuf::from(backend.describe()),
+            store_key: None,
+            view: RwLock::new(Arc::new(Loaded {
+                mark: None,
+                file: StoreFile {
+                    version: VERSION,
+                    accounts: BTreeMap::new(),
+                },
+            })),
+            writer: Mutex::new(()),
+            checked_at: Mutex::new(None),
+            password_keys: Default::default(),
+            redis: Some(backend),
+            backend_error: Mutex::new(None),
+        };
+        if let Some(m) = key_material {
+            store.store_key = Some(Key::from_key_file(m).map_err(|message| StoreError::Io {
+                path: redis.url.clone(),
+                message,
+            })?);
+        }
+        if let Err(e) = store.reload_if_changed() {
+            tracing::error!("the token store cannot be read now; tokens obtained meanwhile are kept in memory: {e}");
+        }
+        let store = Arc::new(store);
+        let weak = Arc::downgrade(&store);
+        std::thread::Builder::new()
+            .name("store-poller".into())
+            .spawn(move || loop {
+                std::thread::sleep(REDIS_POLL);
+                let Some(store) = weak.upgrade() else { return };
+                let _ = store.reload_if_changed();
+            })
+            .map_err(|e| StoreError::Io {
+                path: redis.url.clone(),
+                message: format!("cannot start the poller: {e}"),
+            })?;
+        Ok(store)
+    }
+
+    /// Why the shared store (Redis) could not be read at the last look, if it could not.
+    pub fn backend_error(&self) -> Option<String> {
+        self.backend_error
+            .lock()
+            .expect("store backend error")
+            .clone()
+    }
+
+    /// True when the entries live in Redis, shared by replicas.
+    pub fn is_shared(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Checks that the backend answers (`authrelay check`): the file's directory, or a Redis
+    /// round trip with the configured user.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        match &self.redis {
+            Some(r) => r.ping(),
+            None => self.check_directory(),
+        }
+    }
+
+    /// Takes the account's refresh lease (shared store only; blocking: call it on a blocking
+    /// thread). See [`Lease`].
+    pub fn lease(&self, account: &str, ttl: Duration) -> Lease {
+        match &self.redis {
+            Some(r) => r.lease(account, ttl),
+            None => Lease::Unavailable(None),
+        }
+    }
+
+    /// Reads the backend now (blocking: call it on a blocking thread), whatever the last look.
+    pub fn reload_now(&self) -> Result<(), StoreError> {
+        self.reload_if_changed()
+    }
+
+    /// Whether the account's refresh lease is held (by any replica); an error counts as not.
+    pub fn lease_held(&self, account: &str) -> bool {
+        self.redis
+            .as_ref()
+            .is_some_and(|r| r.lease_held(account).unwrap_or(false))
+    }
+
+    /// Releases a lease this process took.
+    pub fn release(&self, account: &str, owner: &str) {
+        if let Some(r) = &self.redis {
+            r.release(account, owner);
+        }
+    }
+
+    pub(super) fn reload_redis(&self, redis: &redis_store::RedisStore) -> Result<(), StoreError> {
+        let version = redis.version()?;
+        if self.view().mark == Some(Mark::Redis(version)) {
+            return Ok(());
+        }
+        let (version, file) = redis.load()?;
+        *self.view.write().expect("store view") = Arc::new(Loaded {
+            mark: Some(Mark::Redis(version)),
+            file,
+        });
+        Ok(())
+    }
+}

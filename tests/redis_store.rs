@@ -1,0 +1,213 @@
+//! The token store in Redis, shared by replicas, against a real redis-server (Debian's) with an
+//! ACL user: sealed records only, `authrelay check`, one store seen by every replica, and one
+//! token request for a thousand logins on three replicas when the token has expired.
+
+mod support;
+
+use authrelay::secret::Secret;
+use std::time::{Duration, Instant, SystemTime};
+use support::redis::*;
+use support::*;
+
+const STORE_KEY: &str = "redis-store-key-canary-0123456789abcdef";
+
+/// The `[store]` table of a relay on `redis`, with the key file in `dir`.
+fn store_table(redis: &RedisServer, password_file: &std::path::Path) -> String {
+    let key_file = redis.dir.path().join("store.key");
+    std::fs::write(&key_file, STORE_KEY).unwrap();
+    format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nusername = \"{REDIS_USER}\"\npassword_file = \"{}\"\nkey_file = \"{}\"\n",
+        redis.url(),
+        password_file.display(),
+        key_file.display()
+    )
+}
+
+fn config(toml: &str) -> authrelay::config::Config {
+    authrelay::config::from_toml_str(toml).unwrap_or_else(|p| panic!("{p:?}"))
+}
+
+#[test]
+fn the_shared_store_is_sealed_checked_and_seen_by_every_replica() {
+    let redis = RedisServer::start();
+    let toml = relay_toml(
+        "127.0.0.1:1".parse().unwrap(),
+        "none",
+        "http://127.0.0.1:1/token",
+        "",
+        &store_table(&redis, &redis.password_file),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("authrelay.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let check = |path: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_authrelay"))
+            .arg("check")
+            .arg("--config")
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = check(&path);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("store: {} answers", redis.url())),
+        "{said}"
+    );
+    // A wrong ACL password is named as such.
+    let wrong = redis.dir.path().join("wrong-password");
+    std::fs::write(&wrong, "not-the-password").unwrap();
+    let bad = path.with_file_name("bad.toml");
+    std::fs::write(
+        &bad,
+        toml.replace(
+            &redis.password_file.display().to_string(),
+            &wrong.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = check(&bad);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        said.contains("error: store: ")
+            && said.contains("refused the login of authrelay (wrong username or password_file?)"),
+        "{said}"
+    );
+    assert!(!said.contains("not-the-password"), "{said}");
+
+    // Two replicas' stores: a grant written through one is seen by the other.
+    let cfg = config(&toml);
+    let (a, b) = (cfg.store.open().unwrap(), cfg.store.open().unwrap());
+    let key = a.known_key("user").unwrap();
+    let rt = "rt-in-redis-canary-4242";
+    let at = "at-in-redis-canary-4343";
+    let secret = "client-secret-in-redis-canary-4444";
+    a.update(
+        "user",
+        Some(&key),
+        authrelay::store::Change {
+            refresh_token: Some(Secret::new(rt)),
+            access_token: Some((
+                Secret::new(at),
+                SystemTime::now() + Duration::from_secs(3600),
+            )),
+            client_secret: Some(Secret::new(secret)),
+            authorized: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while b.generation("user") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the other replica never saw the write"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let opened = b.open_entry("user", &b.known_key("user").unwrap()).unwrap();
+    assert_eq!(opened.refresh_token.as_ref().map(|s| s.expose()), Some(rt));
+    // Redis holds sealed values only.
+    let dump = redis.dump();
+    assert!(dump.contains("authrelay:store"), "{dump}");
+    for canary in [rt, at, secret, STORE_KEY, REDIS_PASSWORD] {
+        assert!(
+            !dump.contains(canary),
+            "{canary} is in Redis in clear:\n{dump}"
+        );
+    }
+}
+
+/// Three replicas on one Redis, the access token expired: a thousand logins spread over the
+/// three at once make exactly one token request in all; the others wait for the lease holder's
+/// token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_refresh_once_for_a_thousand_logins() {
+    let redis = RedisServer::start();
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
+    for n in 1..=20 {
+        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
+    }
+    let toml = relay_toml(
+        upstream.addr,
+        "none",
+        &tokens.url(),
+        "max_connections = 2000\nmax_connections_per_address = 2000",
+        &store_table(&redis, &redis.password_file),
+    );
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Relay::start(&toml).await);
+    }
+    // The token fetched at start by one of them (the lease) is in Redis for all.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokens.count() == 0
+        || replicas
+            .iter()
+            .any(|r| r.running.shared.tokens.store().generation("user") == 0)
+    {
+        assert!(Instant::now() < deadline, "no start-up token");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        tokens.count(),
+        1,
+        "three replicas starting fetched one token"
+    );
+    // The access token expires (written as another replica would).
+    let cfg = config(&toml);
+    let store = cfg.store.open().unwrap();
+    store
+        .update(
+            "user",
+            Some(&store.known_key("user").unwrap()),
+            authrelay::store::Change {
+                access_token: Some((
+                    Secret::new("access-expired"),
+                    SystemTime::now() - Duration::from_secs(60),
+                )),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = tokens.count();
+    let logins: Vec<_> = (0..1000)
+        .map(|i| {
+            let addr = replicas[i % 3].addr;
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr).await;
+                c.reply().await;
+                c.ehlo().await;
+                c.send(&format!(
+                    "AUTH PLAIN {}\r\n",
+                    plain("user@example.com", PASSWORD)
+                ))
+                .await;
+                c.reply().await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for l in logins {
+        let reply = l.await.unwrap();
+        assert!(reply.starts_with("235"), "{reply}");
+        ok += 1;
+    }
+    let requests = tokens.count() - before;
+    println!("three replicas, 1000 concurrent logins on an expired token: {ok} logged in, {requests} token request(s)");
+    assert_eq!(requests, 1);
+    assert!(
+        !redis.dump().contains("access-2"),
+        "an access token in clear"
+    );
+    assert_logs_clean();
+}
