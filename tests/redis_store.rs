@@ -211,3 +211,94 @@ async fn three_replicas_refresh_once_for_a_thousand_logins() {
     );
     assert_logs_clean();
 }
+
+/// Redis away is not an outage: logins with the cached token go on, a refresh needed meanwhile
+/// happens locally (no lease to take), readiness says degraded, and the rotated refresh token is
+/// written to Redis when it is back: never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_away_is_not_an_outage_and_a_rotation_is_written_back() {
+    let mut redis = RedisServer::start();
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    // Tokens good for five seconds past the refresh margin (600 s): the next one is due soon.
+    tokens
+        .expires_in
+        .store(605, std::sync::atomic::Ordering::SeqCst);
+    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
+    for n in 1..=5 {
+        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
+    }
+    let extra = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        store_table(&redis, &redis.password_file)
+    );
+    let toml = relay_toml(upstream.addr, "none", &tokens.url(), "", &extra);
+    let relay = Relay::start(&toml).await;
+    let admin = relay
+        .running
+        .addresses
+        .iter()
+        .find(|(n, _)| n == "admin")
+        .unwrap()
+        .1;
+    let login = || async {
+        let mut c = Client::connect(relay.addr).await;
+        c.reply().await;
+        c.ehlo().await;
+        c.send(&format!(
+            "AUTH PLAIN {}\r\n",
+            plain("user@example.com", PASSWORD)
+        ))
+        .await;
+        c.reply().await
+    };
+    assert!(login().await.starts_with("235"));
+    let first = tokens.count();
+    redis.stop();
+    // The cached token serves.
+    for _ in 0..5 {
+        assert!(login().await.starts_with("235"));
+    }
+    assert_eq!(tokens.count(), first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut ready = String::new();
+    while !ready.contains("degraded") {
+        assert!(Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ready = support::spool::http_get(admin, "/readyz").await;
+    }
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    // The token comes due while Redis is away: the relay refreshes alone, and the rotation
+    // waits to be written.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(login().await.starts_with("235"));
+    assert_eq!(tokens.count(), first + 1);
+    let ready = support::spool::http_get(admin, "/readyz").await;
+    assert!(ready.contains("1 change(s) wait to be written"), "{ready}");
+    // Redis is back: the rotated refresh token is written to it.
+    redis.restart();
+    let cfg = config(&toml);
+    let store = cfg.store.open().unwrap();
+    let key = store.known_key("user").unwrap();
+    let rotated = format!("rt-{}", first + 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = store.reload_now();
+        let rt = store
+            .open_entry("user", &key)
+            .ok()
+            .and_then(|o| o.refresh_token)
+            .map(|s| s.expose().to_owned());
+        if rt.as_deref() == Some(rotated.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotation never reached Redis: {rt:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = support::spool::http_get(admin, "/readyz").await;
+    assert!(!ready.contains("degraded"), "{ready}");
+    assert!(login().await.starts_with("235"));
+    println!("redis away: 6 logins on the cached token, 1 local refresh, readiness degraded and back, the rotated refresh token written back");
+}

@@ -12,9 +12,14 @@ use axum::response::{IntoResponse, Response};
 /// The body lists every account with its state, or the reason it cannot be used yet.
 pub(super) async fn readyz(State(admin): AdminState, headers: HeaderMap) -> Response {
     let store = admin.shared.tokens.store();
-    if let Err(e) = store.refresh_view() {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response();
-    }
+    let degraded = match store.refresh_view() {
+        // Replicas: Redis away is not an outage (tokens in memory serve; changes wait).
+        Err(e) if store.is_shared() => Some(e),
+        Err(e) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response()
+        }
+        Ok(()) => None,
+    };
     if admin.shared.close_sessions.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -22,7 +27,13 @@ pub(super) async fn readyz(State(admin): AdminState, headers: HeaderMap) -> Resp
         )
             .into_response();
     }
-    let mut body = String::from("ready\n");
+    let mut body = match degraded {
+        Some(e) => format!(
+            "ready, degraded: {e}; tokens in memory are used, {} change(s) wait to be written\n",
+            store.held_back()
+        ),
+        None => String::from("ready\n"),
+    };
     if !own_host(&admin, &headers) {
         // Account names, states and last errors only for this server's own name: a page that
         // rebinds a DNS name to this address must not read them.

@@ -182,7 +182,7 @@ pub struct Opened {
 }
 
 /// A change to one entry. Secret fields are sealed with the key given to [`Store::update`].
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Change {
     /// A new refresh token to keep.
     pub refresh_token: Option<Secret>,
@@ -248,6 +248,9 @@ pub struct Store {
     redis: Option<redis_store::RedisStore>,
     /// Why the Redis server could not be read at the last look, while it cannot.
     backend_error: Mutex<Option<String>>,
+    /// Changes the shared store could not take when they were made (Redis away): written, in
+    /// order, once it answers again, so a rotated refresh token is never lost.
+    pending: Mutex<Vec<(String, Option<Key>, Change)>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -305,6 +308,7 @@ impl Store {
             password_keys: Default::default(),
             redis: None,
             backend_error: Mutex::new(None),
+            pending: Mutex::default(),
         };
         store.check_directory()?;
         store.reload_if_changed()?;

@@ -32,6 +32,7 @@ impl Store {
             password_keys: Default::default(),
             redis: Some(backend),
             backend_error: Mutex::new(None),
+            pending: Mutex::default(),
         };
         if let Some(m) = key_material {
             store.store_key = Some(Key::from_key_file(m).map_err(|message| StoreError::Io {
@@ -49,7 +50,9 @@ impl Store {
             .spawn(move || loop {
                 std::thread::sleep(REDIS_POLL);
                 let Some(store) = weak.upgrade() else { return };
-                let _ = store.reload_if_changed();
+                if store.reload_if_changed().is_ok() {
+                    store.write_back();
+                }
             })
             .map_err(|e| StoreError::Io {
                 path: redis.url.clone(),
@@ -119,5 +122,40 @@ impl Store {
             file,
         });
         Ok(())
+    }
+
+    /// Keeps a change the shared store could not take, to write it once it answers.
+    pub(super) fn hold_back(&self, account: &str, key: Option<&Key>, change: Change) {
+        tracing::warn!(account = %account, "the shared store cannot be reached: the change is kept in memory and written when it answers again");
+        self.pending.lock().expect("store pending").push((
+            account.to_owned(),
+            key.cloned(),
+            change,
+        ));
+    }
+
+    /// Writes the held-back changes, oldest first; stops at the first that still fails.
+    fn write_back(&self) {
+        loop {
+            let next = self.pending.lock().expect("store pending").first().cloned();
+            let Some((account, key, change)) = next else {
+                return;
+            };
+            match self.write(&account, key.as_ref(), change) {
+                Ok(_) => {
+                    tracing::info!(account = %account, "a change held back while the shared store was away is written");
+                    self.pending.lock().expect("store pending").remove(0);
+                }
+                Err(e) => {
+                    tracing::debug!(account = %account, error = %e, "the held-back change waits");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// How many changes wait for the shared store.
+    pub fn held_back(&self) -> usize {
+        self.pending.lock().expect("store pending").len()
     }
 }

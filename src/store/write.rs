@@ -15,6 +15,29 @@ impl Store {
         key: Option<&Key>,
         change: Change,
     ) -> Result<u64, StoreError> {
+        // Behind changes still waiting for the shared store: wait in line, in order.
+        if self.redis.is_some() && self.held_back() > 0 {
+            self.hold_back(account, key, change);
+            return Err(StoreError::Io {
+                path: self.path.display().to_string(),
+                message: "earlier changes are still waiting for the shared store".into(),
+            });
+        }
+        let kept = self.redis.is_some().then(|| change.clone());
+        let result = self.write(account, key, change);
+        if let (Err(StoreError::Io { .. }), Some(change)) = (&result, kept) {
+            self.hold_back(account, key, change);
+        }
+        result
+    }
+
+    /// [`Self::update`] without holding back.
+    pub(super) fn write(
+        &self,
+        account: &str,
+        key: Option<&Key>,
+        change: Change,
+    ) -> Result<u64, StoreError> {
         let carries_secret = change.refresh_token.is_some()
             || change.access_token.is_some()
             || change.client_secret.is_some();
