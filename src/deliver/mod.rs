@@ -12,6 +12,7 @@
 
 mod graph;
 mod graph_upload;
+mod shared;
 mod smtp;
 
 use crate::config::{AccountConfig, Sending};
@@ -212,6 +213,7 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
         })
         .clone();
     let mut up: Option<SmtpUpstream> = None;
+    let mut shared = shared::SharedLimits::new(d.ctx.shared.tokens.store().clone(), &account);
     loop {
         let next = {
             let mut waiting = d.waiting.lock().expect("waiting lock");
@@ -227,6 +229,7 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
         while let Err(at) = limit.start(Instant::now()) {
             tokio::time::sleep_until(at.into()).await;
         }
+        shared.before_delivery().await;
         let attempt = deliver(&d.ctx, &d.spool, &account, &envelope, &state, &mut up).await;
         if let Attempt::Throttled(_, wait) = &attempt {
             *limit.paused_until.lock().expect("limits lock") = Some(Instant::now() + *wait);
@@ -260,6 +263,7 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
     if let Some(mut up) = up {
         up.quit().await;
     }
+    shared.release().await;
 }
 
 /// Tells the sender of a message that failed for good (RFC 3464), through the same account:

@@ -40,6 +40,36 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(1500);
 const RELEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
+/// Takes a session slot of a mailbox if fewer than ARGV[1] are held: slots are members of a
+/// sorted set scored by their expiry (the server's clock, so replicas' clocks do not matter);
+/// expired ones are dropped first. Returns 1 when taken.
+const TAKE_SLOT: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  return 1
+end
+return 0
+"#;
+
+/// Takes a start within ARGV[1] starts per minute (a sliding window of the last minute's
+/// starts, on the server's clock): -1 when taken, else the milliseconds until one frees up.
+const TAKE_START: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], 60000)
+  return -1
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return tonumber(oldest[2]) + 60000 - now
+"#;
+
 /// A connection to the store's Redis server, re-established after an error.
 pub struct RedisStore {
     client: redis::Client,
@@ -289,5 +319,49 @@ impl RedisStore {
         if let Err(e) = self.call(|c| script.key(&key).arg(owner).invoke::<i64>(c)) {
             tracing::warn!(account = %account, error = %e, "the refresh lease could not be released; it expires by itself");
         }
+    }
+
+    /// Takes (or renews) the session slot `owner` of `account`, if fewer than `limit` are held
+    /// across replicas; a slot not renewed within `ttl` frees itself (a replica that died).
+    pub fn take_slot(
+        &self,
+        account: &str,
+        limit: usize,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(&format!("sessions:{account}"));
+        let script = redis::Script::new(TAKE_SLOT);
+        self.call(|c| {
+            script
+                .key(&key)
+                .arg(limit)
+                .arg(ttl.as_millis() as u64)
+                .arg(owner)
+                .invoke::<i64>(c)
+        })
+        .map(|taken| taken == 1)
+    }
+
+    /// Gives a slot back.
+    pub fn release_slot(&self, account: &str, owner: &str) {
+        let key = self.key(&format!("sessions:{account}"));
+        if let Err(e) = self.call(|c| c.zrem::<_, _, i64>(&key, owner)) {
+            tracing::debug!(account = %account, error = %e, "a session slot could not be given back; it expires by itself");
+        }
+    }
+
+    /// Takes a delivery start within `per_minute` across replicas, or says how long until one
+    /// frees up.
+    pub fn take_start(
+        &self,
+        account: &str,
+        per_minute: u32,
+    ) -> Result<Option<Duration>, StoreError> {
+        let key = self.key(&format!("starts:{account}"));
+        let script = redis::Script::new(TAKE_START);
+        let id = super::random_owner();
+        self.call(|c| script.key(&key).arg(per_minute).arg(&id).invoke::<i64>(c))
+            .map(|wait| (wait >= 0).then(|| Duration::from_millis(wait as u64)))
     }
 }

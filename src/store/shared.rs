@@ -158,4 +158,45 @@ impl Store {
     pub fn held_back(&self) -> usize {
         self.pending.lock().expect("store pending").len()
     }
+
+    /// Takes or renews a mailbox session slot across replicas (blocking). `Ok(true)` without a
+    /// shared store: the process's own limit is the only one. An error means the shared store
+    /// cannot be reached; the caller decides.
+    pub fn take_slot(
+        &self,
+        account: &str,
+        limit: usize,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match &self.redis {
+            Some(r) => r.take_slot(account, limit, owner, ttl),
+            None => Ok(true),
+        }
+    }
+
+    /// Gives a slot back (blocking).
+    pub fn release_slot(&self, account: &str, owner: &str) {
+        if let Some(r) = &self.redis {
+            r.release_slot(account, owner);
+        }
+    }
+
+    /// Takes a delivery start within `per_minute` across replicas (blocking): `Ok(None)` when
+    /// taken (always, without a shared store), else how long to wait.
+    pub fn take_start(
+        &self,
+        account: &str,
+        per_minute: u32,
+    ) -> Result<Option<Duration>, StoreError> {
+        match &self.redis {
+            Some(r) => r.take_start(account, per_minute),
+            None => Ok(None),
+        }
+    }
+
+    /// A new owner token for a slot.
+    pub fn new_owner() -> String {
+        random_owner()
+    }
 }

@@ -18,6 +18,8 @@ pub const LOCAL_PASSWORD: &str = "Local-Canary-Pass-3141 with spaces";
 pub const CLIENT_SECRET: &str = "client-secret-canary-2718";
 /// The store key of spool-mode relays (a canary too).
 pub const STORE_KEY: &str = "interop-store-key-canary-0123456789abcdef";
+/// Marks where a test's own `[store]` table starts in an account's extra text.
+const SHARED_STORE_MARK: &str = "# shared store";
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -129,6 +131,26 @@ impl RelayProcess {
         )
     }
 
+    /// Spool listeners whose token store is the shared one `store_table` describes (a whole
+    /// `[store]` table: replicas).
+    pub fn start_spool_shared(
+        account: AccountSpec<'_>,
+        upstream: &str,
+        upstream_tls: &str,
+        account_extra: &str,
+        store_table: &str,
+    ) -> Self {
+        let account_extra = format!("{account_extra}\n{SHARED_STORE_MARK}\n{store_table}");
+        Self::start_with(
+            "smtp",
+            account,
+            upstream,
+            upstream_tls,
+            "spool = true\n",
+            &account_extra,
+        )
+    }
+
     fn start_with(
         protocol: &str,
         account: AccountSpec<'_>,
@@ -168,13 +190,22 @@ impl RelayProcess {
         } else {
             String::new()
         };
+        let (account_extra, store_table) = match account_extra.split_once(SHARED_STORE_MARK) {
+            Some((account, store)) => (account, store.to_owned()),
+            None => (
+                account_extra,
+                format!(
+                    "[store]\npath = \"{}\"\n{key_line}",
+                    dir.path().join("tokens.json").display()
+                ),
+            ),
+        };
         let config = format!(
-            "{}{}{}[spool]\npath = \"{}\"\nmin_free_mb = 1\nfirst_retry_secs = 1\n\n[store]\npath = \"{}\"\n{key_line}\n[admin]\nenabled = false\n\n[security]\nfailure_delay_ms = 200\n\n[account.scanner]\nlogin = \"scanner@example.com\"\npassword_hash = \"{hash}\"\nmailbox = \"{}\"\nprovider = \"custom\"\nclient_id = \"interop-client\"\nclient_secret = \"{CLIENT_SECRET}\"\ntoken_url = \"{}\"\n{rt_line}\n{account_extra}\n",
+            "{}{}{}[spool]\npath = \"{}\"\nmin_free_mb = 1\nfirst_retry_secs = 1\n\n{store_table}\n[admin]\nenabled = false\n\n[security]\nfailure_delay_ms = 200\n\n[account.scanner]\nlogin = \"scanner@example.com\"\npassword_hash = \"{hash}\"\nmailbox = \"{}\"\nprovider = \"custom\"\nclient_id = \"interop-client\"\nclient_secret = \"{CLIENT_SECRET}\"\ntoken_url = \"{}\"\n{rt_line}\n{account_extra}\n",
             listener("plain", plain, "none"),
             listener("starttls", starttls, "starttls"),
             listener("implicit", implicit, "implicit"),
             dir.path().join("spool").display(),
-            dir.path().join("tokens.json").display(),
             account.mailbox,
             account.token_url,
         );
