@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 mod queue;
 mod signin;
+mod store_cli;
 
 const AFTER_HELP: &str = "\
 Configuration: a TOML file (default config/authrelay.toml, or $AUTHRELAY_CONFIG), overridden by
@@ -61,6 +62,14 @@ enum Command {
     Queue {
         #[command(subcommand)]
         command: queue::QueueCommand,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// The token store: `migrate --to redis|file` copies the sealed entries between the file and
+    /// a Redis server shared by replicas.
+    Store {
+        #[command(subcommand)]
+        command: store_cli::StoreCommand,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -126,6 +135,13 @@ fn main() -> ExitCode {
         Command::HashPassword => hash_password(),
         Command::Queue { command, config } => match config::load(&config.config) {
             Ok(cfg) => queue::run(&cfg, command),
+            Err(problems) => {
+                print_problems(&problems);
+                ExitCode::FAILURE
+            }
+        },
+        Command::Store { command, config } => match config::load(&config.config) {
+            Ok(cfg) => store_cli::run(&cfg, command),
             Err(problems) => {
                 print_problems(&problems);
                 ExitCode::FAILURE

@@ -302,3 +302,77 @@ async fn redis_away_is_not_an_outage_and_a_rotation_is_written_back() {
     assert!(login().await.starts_with("235"));
     println!("redis away: 6 logins on the cached token, 1 local refresh, readiness degraded and back, the rotated refresh token written back");
 }
+
+/// `authrelay store migrate` copies the sealed entries from the file to Redis and back,
+/// opening none: they open at the target with the same key.
+#[test]
+fn migrate_copies_the_sealed_entries_both_ways() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("state/tokens.json");
+    let toml = relay_toml(
+        "127.0.0.1:1".parse().unwrap(),
+        "none",
+        "http://127.0.0.1:1/token",
+        "",
+        &format!(
+            "{}path = \"{}\"\n",
+            store_table(&redis, &redis.password_file),
+            file.display()
+        ),
+    );
+    let path = dir.path().join("authrelay.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let cfg = config(&toml);
+    let local = authrelay::store::Store::open(&cfg.store.path, cfg.store.key.as_ref()).unwrap();
+    let key = local.known_key("user").unwrap();
+    local
+        .update(
+            "user",
+            Some(&key),
+            authrelay::store::Change {
+                refresh_token: Some(Secret::new("rt-migrate-canary-5151")),
+                authorized: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let migrate = |to: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_authrelay"))
+            .args(["store", "migrate", "--to", to, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{said}");
+        said
+    };
+    let said = migrate("redis");
+    assert!(said.contains("1 account(s) copied"), "{said}");
+    assert!(!redis.dump().contains("rt-migrate-canary-5151"));
+    let shared = cfg.store.open().unwrap();
+    let opened = shared.open_entry("user", &key).unwrap();
+    assert_eq!(
+        opened
+            .refresh_token
+            .map(|s| s.expose().to_owned())
+            .as_deref(),
+        Some("rt-migrate-canary-5151")
+    );
+    // And back, into a file that did not exist.
+    std::fs::remove_file(&file).unwrap();
+    migrate("file");
+    let back = authrelay::store::Store::open(&cfg.store.path, cfg.store.key.as_ref()).unwrap();
+    let opened = back.open_entry("user", &key).unwrap();
+    assert_eq!(
+        opened
+            .refresh_token
+            .map(|s| s.expose().to_owned())
+            .as_deref(),
+        Some("rt-migrate-canary-5151")
+    );
+}

@@ -199,4 +199,25 @@ impl Store {
     pub fn new_owner() -> String {
         random_owner()
     }
+
+    /// Every entry as stored (sealed), for `authrelay store migrate`.
+    pub fn export(&self) -> BTreeMap<String, Entry> {
+        self.view().file.accounts.clone()
+    }
+
+    /// Puts `entries` in, replacing those of the same accounts; each gets a generation above
+    /// both the old and the copied one, so running relays take it. Returns how many.
+    pub fn import(&self, entries: BTreeMap<String, Entry>) -> Result<usize, StoreError> {
+        let n = entries.len();
+        self.modify(|file| {
+            for (account, entry) in &entries {
+                let old = file.accounts.get(account).map_or(0, |e| e.generation);
+                let mut entry = entry.clone();
+                entry.generation = old.max(entry.generation) + 1;
+                file.accounts.insert(account.clone(), entry);
+            }
+            Ok(())
+        })?;
+        Ok(n)
+    }
 }

@@ -147,7 +147,7 @@ impl Store {
     }
 
     /// Read, modify, write under the cross-process lock.
-    fn modify<T>(
+    pub(super) fn modify<T>(
         &self,
         f: impl Fn(&mut StoreFile) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
