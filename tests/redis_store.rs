@@ -376,3 +376,135 @@ fn migrate_copies_the_sealed_entries_both_ways() {
         Some("rt-migrate-canary-5151")
     );
 }
+
+/// A relay process on `toml` with its listener on `port`.
+fn spawn_relay(toml: &str, port: u16, dir: &std::path::Path, name: &str) -> std::process::Child {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        toml.replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_authrelay"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{name} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// kill -9 of the replica holding the refresh lease while the identity provider does not
+/// answer: the other replica takes over once the lease expires (15 s) and completes the
+/// refresh; the rotated refresh token is in Redis once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lease_of_a_killed_replica_expires_and_another_refreshes() {
+    let redis = RedisServer::start();
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
+    for n in 1..=5 {
+        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
+    }
+    let toml = relay_toml(
+        upstream.addr,
+        "none",
+        &tokens.url(),
+        "",
+        &format!(
+            "{}\n[security]\ntoken_timeout_secs = 60\n\n[admin]\nenabled = false\n",
+            store_table(&redis, &redis.password_file)
+        ),
+    )
+    .replace(
+        "[security]\nfailure_delay_ms = 0\ntoken_timeout_secs = 2\n",
+        "",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (port_a, port_b) = (free_tcp_port(), free_tcp_port());
+    let mut a = spawn_relay(&toml, port_a, dir.path(), "a");
+    let mut b = spawn_relay(&toml, port_b, dir.path(), "b");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokens.count() == 0 {
+        assert!(Instant::now() < deadline, "no start-up token");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tokens.count(), 1);
+    // The token expires; the identity provider stops answering.
+    let store = config(&toml).store.open().unwrap();
+    store
+        .update(
+            "user",
+            Some(&store.known_key("user").unwrap()),
+            authrelay::store::Change {
+                access_token: Some((
+                    Secret::new("access-expired"),
+                    SystemTime::now() - Duration::from_secs(60),
+                )),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokens.set(TokenBehaviour::Hang);
+    // A device that waits as long as it takes (the test's Client gives up after seconds).
+    let login = |port: u16| async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(tcp);
+        let mut line = String::new();
+        let auth = format!(
+            "EHLO t\r\nAUTH PLAIN {}\r\n",
+            plain("user@example.com", PASSWORD)
+        );
+        lines.get_mut().write_all(auth.as_bytes()).await.unwrap();
+        loop {
+            line.clear();
+            if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return "closed".to_owned();
+            }
+            if line.starts_with("235") || line.starts_with('4') || line.starts_with('5') {
+                return line;
+            }
+        }
+    };
+    let on_a = tokio::spawn(login(port_a));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokens.count() < 2 {
+        assert!(Instant::now() < deadline, "a never asked for a token");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leased_at = Instant::now();
+    let on_b = tokio::spawn(login(port_b));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tokens.count(), 2, "b waits for the lease instead of asking");
+    a.kill().unwrap();
+    a.wait().unwrap();
+    tokens.set(TokenBehaviour::Issue);
+    let reply = on_b.await.unwrap();
+    let took = leased_at.elapsed();
+    assert!(reply.starts_with("235"), "{reply}");
+    let _ = on_a.await;
+    println!("the lease holder killed mid-refresh: the other replica refreshed {:.1} s after the lease was taken (lease 15 s)", took.as_secs_f64());
+    assert!(took < Duration::from_secs(19), "{took:?}");
+    assert_eq!(tokens.count(), 3, "one more request, by b");
+    // The rotated refresh token is in Redis, once: the one the endpoint now accepts.
+    let accepted = tokens.valid_refresh.lock().unwrap().clone();
+    let _ = store.reload_now();
+    let stored = store
+        .open_entry("user", &store.known_key("user").unwrap())
+        .unwrap()
+        .refresh_token
+        .map(|s| s.expose().to_owned());
+    assert_eq!(stored.as_ref(), accepted.first());
+    b.kill().unwrap();
+    b.wait().unwrap();
+}
