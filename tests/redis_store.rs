@@ -124,8 +124,8 @@ fn the_shared_store_is_sealed_checked_and_seen_by_every_replica() {
     }
 }
 
-/// Three replicas on one Redis, the access token expired: a thousand logins spread over the
-/// three at once make exactly one token request in all; the others wait for the lease holder's
+/// Three replicas on one Redis behind HAProxy (round robin), the access token expired: a
+/// thousand logins at once make exactly one token request in all; the others wait for the lease holder's
 /// token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_refresh_once_for_a_thousand_logins() {
@@ -179,10 +179,35 @@ async fn three_replicas_refresh_once_for_a_thousand_logins() {
         )
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // HAProxy (Debian's) in front, round robin, as the replicas would run.
+    let front = free_tcp_port();
+    let cfg = format!(
+        "global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend smtp\n  bind 127.0.0.1:{front}\n  default_backend relays\nbackend relays\n  balance roundrobin\n{}",
+        replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!("  server r{i} {}\n", r.addr))
+            .collect::<String>()
+    );
+    let haproxy_cfg = redis.dir.path().join("haproxy.cfg");
+    std::fs::write(&haproxy_cfg, cfg).unwrap();
+    let mut haproxy = std::process::Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&haproxy_cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy (Debian's package; tests/harness/start.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", front)).is_err() {
+        assert!(Instant::now() < deadline, "haproxy did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let front: std::net::SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
     let before = tokens.count();
     let logins: Vec<_> = (0..1000)
-        .map(|i| {
-            let addr = replicas[i % 3].addr;
+        .map(|_| {
+            let addr = front;
             tokio::spawn(async move {
                 let mut c = Client::connect(addr).await;
                 c.reply().await;
@@ -202,8 +227,12 @@ async fn three_replicas_refresh_once_for_a_thousand_logins() {
         assert!(reply.starts_with("235"), "{reply}");
         ok += 1;
     }
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
     let requests = tokens.count() - before;
-    println!("three replicas, 1000 concurrent logins on an expired token: {ok} logged in, {requests} token request(s)");
+    let served: Vec<u64> = replicas.iter().map(|r| upstream_logins(r)).collect();
+    println!("three replicas behind HAProxy, 1000 concurrent logins on an expired token: {ok} logged in ({served:?} per replica), {requests} token request(s)");
+    assert!(served.iter().all(|n| *n >= 300), "round robin: {served:?}");
     assert_eq!(requests, 1);
     assert!(
         !redis.dump().contains("access-2"),
@@ -212,9 +241,10 @@ async fn three_replicas_refresh_once_for_a_thousand_logins() {
     assert_logs_clean();
 }
 
-/// Redis away is not an outage: logins with the cached token go on, a refresh needed meanwhile
-/// happens locally (no lease to take), readiness says degraded, and the rotated refresh token is
-/// written to Redis when it is back: never lost.
+/// Redis stopped for 30 s under steady logins is not an outage: logins with the cached token go
+/// on, a refresh needed meanwhile happens locally (no lease to take), readiness says degraded,
+/// and the rotated refresh token is written to Redis when it is back (restarted on its data):
+/// never lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_away_is_not_an_outage_and_a_rotation_is_written_back() {
     let mut redis = RedisServer::start();
@@ -253,7 +283,12 @@ async fn redis_away_is_not_an_outage_and_a_rotation_is_written_back() {
     };
     assert!(login().await.starts_with("235"));
     let first = tokens.count();
+    // The next token (the refresh while Redis is away) lasts an hour.
+    tokens
+        .expires_in
+        .store(3600, std::sync::atomic::Ordering::SeqCst);
     redis.stop();
+    let stopped_at = Instant::now();
     // The cached token serves.
     for _ in 0..5 {
         assert!(login().await.starts_with("235"));
@@ -274,6 +309,14 @@ async fn redis_away_is_not_an_outage_and_a_rotation_is_written_back() {
     assert_eq!(tokens.count(), first + 1);
     let ready = support::spool::http_get(admin, "/readyz").await;
     assert!(ready.contains("1 change(s) wait to be written"), "{ready}");
+    // Steady logins for the rest of 30 s without Redis, on the new token.
+    let mut steady = 0;
+    while stopped_at.elapsed() < Duration::from_secs(30) {
+        assert!(login().await.starts_with("235"));
+        steady += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(tokens.count(), first + 1, "no refresh beyond the one due");
     // Redis is back: the rotated refresh token is written to it.
     redis.restart();
     let cfg = config(&toml);
@@ -300,7 +343,7 @@ async fn redis_away_is_not_an_outage_and_a_rotation_is_written_back() {
     let ready = support::spool::http_get(admin, "/readyz").await;
     assert!(!ready.contains("degraded"), "{ready}");
     assert!(login().await.starts_with("235"));
-    println!("redis away: 6 logins on the cached token, 1 local refresh, readiness degraded and back, the rotated refresh token written back");
+    println!("redis stopped for 30 s: {} logins, none failed, 1 local refresh, readiness degraded and back, the rotated refresh token written back", 6 + steady);
 }
 
 /// `authrelay store migrate` copies the sealed entries from the file to Redis and back,
@@ -507,4 +550,16 @@ async fn the_lease_of_a_killed_replica_expires_and_another_refreshes() {
     assert_eq!(stored.as_ref(), accepted.first());
     b.kill().unwrap();
     b.wait().unwrap();
+}
+
+/// Logins a relay completed (its metrics' login-duration count).
+fn upstream_logins(r: &Relay) -> u64 {
+    r.running
+        .shared
+        .metrics
+        .render(&[])
+        .lines()
+        .find_map(|l| l.strip_prefix("authrelay_login_duration_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
