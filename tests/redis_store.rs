@@ -230,7 +230,7 @@ async fn three_replicas_refresh_once_for_a_thousand_logins() {
     let _ = haproxy.kill();
     let _ = haproxy.wait();
     let requests = tokens.count() - before;
-    let served: Vec<u64> = replicas.iter().map(|r| upstream_logins(r)).collect();
+    let served: Vec<u64> = replicas.iter().map(upstream_logins).collect();
     println!("three replicas behind HAProxy, 1000 concurrent logins on an expired token: {ok} logged in ({served:?} per replica), {requests} token request(s)");
     assert!(served.iter().all(|n| *n >= 300), "round robin: {served:?}");
     assert_eq!(requests, 1);
