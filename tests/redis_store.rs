@@ -496,29 +496,7 @@ async fn the_lease_of_a_killed_replica_expires_and_another_refreshes() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     tokens.set(TokenBehaviour::Hang);
-    // A device that waits as long as it takes (the test's Client gives up after seconds).
-    let login = |port: u16| async move {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(tcp);
-        let mut line = String::new();
-        let auth = format!(
-            "EHLO t\r\nAUTH PLAIN {}\r\n",
-            plain("user@example.com", PASSWORD)
-        );
-        lines.get_mut().write_all(auth.as_bytes()).await.unwrap();
-        loop {
-            line.clear();
-            if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return "closed".to_owned();
-            }
-            if line.starts_with("235") || line.starts_with('4') || line.starts_with('5') {
-                return line;
-            }
-        }
-    };
+    let login = |port: u16| patient_login(port);
     let on_a = tokio::spawn(login(port_a));
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokens.count() < 2 {
@@ -562,4 +540,74 @@ fn upstream_logins(r: &Relay) -> u64 {
         .find_map(|l| l.strip_prefix("authrelay_login_duration_seconds_count "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// EHLO and AUTH PLAIN as `user@example.com`, waiting as long as it takes (the test's Client
+/// gives up after seconds); the AUTH reply line, and the connection, kept open.
+async fn patient_session(port: u16) -> (String, tokio::io::BufReader<tokio::net::TcpStream>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(tcp);
+    let mut line = String::new();
+    let auth = format!(
+        "EHLO t\r\nAUTH PLAIN {}\r\n",
+        plain("user@example.com", PASSWORD)
+    );
+    lines.get_mut().write_all(auth.as_bytes()).await.unwrap();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return ("closed".to_owned(), lines);
+        }
+        if line.starts_with("235") || line.starts_with('4') || line.starts_with('5') {
+            return (line, lines);
+        }
+    }
+}
+
+async fn patient_login(port: u16) -> String {
+    patient_session(port).await.0
+}
+
+/// Live-pipe SMTP sessions take the same mailbox slots across replicas: with `concurrency = 2`,
+/// two sessions on two replicas hold both, a third waits and is told to try again later, and a
+/// slot given back by a session that ends serves the next login at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_pipe_sessions_count_towards_the_mailbox_limit_across_replicas() {
+    let redis = RedisServer::start();
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
+    for n in 1..=5 {
+        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
+    }
+    let toml = relay_toml(
+        upstream.addr,
+        "none",
+        &tokens.url(),
+        "",
+        &format!(
+            "concurrency = 2\n{}",
+            store_table(&redis, &redis.password_file)
+        ),
+    );
+    let (a, b) = (Relay::start(&toml).await, Relay::start(&toml).await);
+    let (pa, pb) = (a.addr.port(), b.addr.port());
+    let (first, one) = patient_session(pa).await;
+    let (second, _two) = patient_session(pb).await;
+    assert!(
+        first.starts_with("235") && second.starts_with("235"),
+        "{first} {second}"
+    );
+    let third = patient_login(pa).await;
+    assert_eq!(
+        third,
+        "454 4.4.1 Upstream unreachable (all 2 sessions of this mailbox are in use), try again later\r\n"
+    );
+    drop(one);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fourth = patient_login(pb).await;
+    assert!(fourth.starts_with("235"), "{fourth}");
+    println!("live pipe, concurrency 2, two replicas: 2 sessions held, the 3rd told 454 4.4.1 after waiting 10 s, a freed slot served the 4th");
 }

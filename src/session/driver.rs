@@ -181,6 +181,8 @@ enum End<U> {
     Authenticated {
         upstream: U,
         account: Arc<AccountConfig>,
+        /// Held until the session ends (see [`crate::session::slot`]).
+        slot: Option<crate::session::slot::SessionSlot>,
     },
     /// Logged in locally (spool mode): no upstream.
     Local {
@@ -236,14 +238,20 @@ pub async fn run<P: Protocol>(
         }
     };
     match end {
-        End::Authenticated { upstream, account } => {
+        End::Authenticated {
+            upstream,
+            account,
+            slot,
+        } => {
             let Driver {
                 ctx,
                 client,
                 protocol,
                 ..
             } = driver;
-            protocol.after_login(ctx, client, upstream, account).await
+            let outcome = protocol.after_login(ctx, client, upstream, account).await;
+            drop(slot);
+            outcome
         }
         End::Local { account } => {
             let Driver {
@@ -438,12 +446,17 @@ impl<P: Protocol> Driver<P> {
                 account,
                 upstream,
                 reply,
+                slot,
             } => {
                 let answer = self.protocol.accepted(&reply);
                 if self.client.conn.send(&answer).await.is_err() {
                     return Next::Done(End::Close(Outcome::ClientLeft));
                 }
-                Next::Done(End::Authenticated { upstream, account })
+                Next::Done(End::Authenticated {
+                    upstream,
+                    account,
+                    slot,
+                })
             }
             LoginOutcome::LocalRejected => self.fail(Say::BadCredentials).await,
             LoginOutcome::Throttled => self.fail(Say::Throttled).await,

@@ -13,6 +13,9 @@ use crate::codec::sasl::Credentials;
 use crate::config::{AccountAuth, AccountConfig};
 use crate::secret::Secret;
 use crate::session::upstream::{Target, UpstreamError};
+
+/// How long an SMTP login waits for one of its mailbox's sessions across replicas.
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::session::ListenerContext;
 use crate::shared::Shared;
 use std::net::IpAddr;
@@ -75,6 +78,9 @@ pub enum LoginOutcome<U: UpstreamLogin> {
         upstream: U,
         /// The server's reply, to relay.
         reply: U::Reply,
+        /// The session's place among the mailbox's sessions across replicas, held while the
+        /// session lives.
+        slot: Option<crate::session::slot::SessionSlot>,
     },
     /// Unknown user or wrong local password (already logged and delayed).
     LocalRejected,
@@ -115,7 +121,25 @@ pub async fn log_in<D: Dial + Sync>(
     if account.password_hash.is_some() && !account.ephemeral {
         verdict.proved();
     }
-    let login = log_in_upstream(ctx, &account, credentials, dialer, &mut verdict).await;
+    // Across replicas, an SMTP session to the mailbox takes one of its slots first.
+    let slot = if ctx.config.protocol == crate::config::Protocol::Smtp {
+        match crate::session::slot::take(ctx.shared.tokens.store(), &account, SLOT_WAIT).await {
+            Ok(slot) => slot,
+            Err(crate::session::slot::Busy) => {
+                verdict.refused(true);
+                tracing::warn!(account = %account.id, "every session of the mailbox is in use across the replicas");
+                return LoginOutcome::UpstreamUnavailable(UpstreamError::MailboxBusy(
+                    account.concurrency,
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    let mut login = log_in_upstream(ctx, &account, credentials, dialer, &mut verdict).await;
+    if let LoginOutcome::Accepted { slot: held, .. } = &mut login {
+        *held = slot;
+    }
     if let LoginOutcome::Accepted { .. } = login {
         verdict.proved();
         ctx.shared.metrics.login_latency(started.elapsed());
@@ -275,6 +299,7 @@ async fn log_in_upstream<D: Dial + Sync>(
                     account,
                     upstream,
                     reply,
+                    slot: None,
                 };
             }
             AuthResult::Rejected {

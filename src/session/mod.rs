@@ -14,6 +14,7 @@ pub mod listener;
 pub mod login;
 pub mod pop3;
 pub mod relay;
+pub mod slot;
 pub mod smtp;
 pub mod upstream;
 

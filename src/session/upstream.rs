@@ -81,6 +81,8 @@ pub enum UpstreamError {
     Closed,
     /// The upstream's settings cannot be used (an account's TLS files, checked at start).
     Settings(tls::TlsError),
+    /// Every one of the mailbox's sessions (its `concurrency`) is in use across the replicas.
+    MailboxBusy(usize),
 }
 
 impl fmt::Display for UpstreamError {
@@ -106,6 +108,9 @@ impl fmt::Display for UpstreamError {
             UpstreamError::Protocol(e) => write!(f, "sent an invalid reply: {e}"),
             UpstreamError::Closed => f.write_str("closed the connection"),
             UpstreamError::Settings(e) => write!(f, "unusable settings: {e}"),
+            UpstreamError::MailboxBusy(n) => {
+                write!(f, "all {n} sessions of this mailbox are in use")
+            }
         }
     }
 }
