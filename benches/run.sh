@@ -5,6 +5,8 @@
 #   3. runs the load benchmark (benches/load): direct, bare TLS relay, authrelay and
 #      email-oauth2-proxy against the same fast upstream, and rewrites the generated part of
 #      BENCHMARKS.md (the hand-written notes around it are kept)
+#      (and, where redis-server is installed, three replicas sharing a Redis store: login
+#      latency against the file store, and the refresh storm)
 #   4. runs the spool benchmark (benches/spool.rs): 20 KB messages accepted per second with
 #      fsync by 64 clients, authrelay's spool against Postfix's smtpd (the interop stack's, when
 #      it runs: tests/harness/start.sh)

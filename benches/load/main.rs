@@ -17,6 +17,7 @@ mod bare;
 mod client;
 mod io;
 mod measure;
+mod replicas;
 mod report;
 mod setup;
 mod upstream;

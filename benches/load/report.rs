@@ -35,14 +35,15 @@ pub struct Results {
     pub bytes: usize,
     pub paths: Vec<PathResult>,
     pub expired: Option<Expired>,
+    pub replicas: Option<crate::replicas::Replicas>,
     pub codecs: Vec<(String, f64)>,
 }
 
-fn err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+pub(crate) fn err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
-async fn token_requests(stack: &Stack) -> Result<u64, String> {
+pub(crate) async fn token_requests(stack: &Stack) -> Result<u64, String> {
     let body = crate::upstream::http(stack.token_endpoint, "GET", "/count", "")
         .await
         .map_err(err("token endpoint"))?;
@@ -51,7 +52,7 @@ async fn token_requests(stack: &Stack) -> Result<u64, String> {
         .map_err(|_| format!("bad count {body:?}"))
 }
 
-async fn control(stack: &Stack, query: &str) -> Result<(), String> {
+pub(crate) async fn control(stack: &Stack, query: &str) -> Result<(), String> {
     crate::upstream::http(
         stack.token_endpoint,
         "POST",
@@ -227,10 +228,16 @@ impl Results {
         } else {
             None
         };
+        let replicas = if settings.runs("replicas") {
+            crate::replicas::measure(settings, stack, &paths[2].imap_latency).await?
+        } else {
+            None
+        };
         Ok(Results {
             bytes,
             paths,
             expired,
+            replicas,
             codecs: settings
                 .criterion
                 .as_deref()
@@ -491,6 +498,9 @@ pub fn render(settings: &Settings, stack: &Stack, r: &Results) -> String {
         (!r.codecs.is_empty()).then(|| (format!("{} benchmarks, below", r.codecs.len()), None)),
     );
 
+    if let Some(replicas) = &r.replicas {
+        md.push_str(&crate::replicas::render(replicas));
+    }
     let _ = writeln!(
         md,
         "\n### Throughput and relay CPU ({} MiB per transfer)\n",

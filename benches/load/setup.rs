@@ -16,7 +16,7 @@ pub const USER: &str = "bench@example.com";
 pub const PASSWORD: &str = "bench-local-password";
 
 /// A child process killed when dropped.
-pub struct Proc(Child);
+pub struct Proc(pub(crate) Child);
 
 impl Proc {
     pub fn pid(&self) -> u32 {
@@ -48,7 +48,7 @@ pub struct Stack {
     pub nofile: u64,
 }
 
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
@@ -56,7 +56,7 @@ fn free_addr() -> SocketAddr {
 
 /// Makes a child die with this process (SIGKILL when the parent exits, even when it is killed or
 /// interrupted and no destructor runs), so that no relay outlives a stopped benchmark.
-fn die_with_parent(command: &mut Command) -> &mut Command {
+pub(crate) fn die_with_parent(command: &mut Command) -> &mut Command {
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
         command.pre_exec(|| {
@@ -89,7 +89,7 @@ fn spawn_self(args: &[String]) -> Result<Proc, String> {
 }
 
 /// Waits until `addr` accepts connections.
-async fn wait_for(addr: SocketAddr, what: &str, proc: &mut Proc) -> Result<(), String> {
+pub(crate) async fn wait_for(addr: SocketAddr, what: &str, proc: &mut Proc) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -105,12 +105,24 @@ async fn wait_for(addr: SocketAddr, what: &str, proc: &mut Proc) -> Result<(), S
     Err(format!("{what} did not listen on {addr} within 60 s"))
 }
 
-fn relay_config(
+pub(crate) fn relay_config(
     dir: &Path,
     name: &str,
     listeners: &[(&str, SocketAddr, SocketAddr)],
     token: SocketAddr,
     store_key: bool,
+) -> Result<PathBuf, String> {
+    relay_config_with(dir, name, listeners, token, store_key, "")
+}
+
+/// [`relay_config`] with `store_extra` added to its `[store]` table (a shared store).
+pub(crate) fn relay_config_with(
+    dir: &Path,
+    name: &str,
+    listeners: &[(&str, SocketAddr, SocketAddr)],
+    token: SocketAddr,
+    store_key: bool,
+    store_extra: &str,
 ) -> Result<PathBuf, String> {
     let hash = authrelay::credential::password::hash(&authrelay::secret::Secret::new(PASSWORD))?;
     let ca = dir.join("cert.pem");
@@ -124,6 +136,7 @@ fn relay_config(
             .map_err(|e| e.to_string())?;
         toml += &format!("key_file = \"{}\"\n", key.display());
     }
+    toml += store_extra;
     toml += "\n[security]\nfailure_delay_ms = 200\n";
     for (protocol, listen, upstream) in listeners {
         toml += &format!(
@@ -139,7 +152,7 @@ fn relay_config(
     Ok(path)
 }
 
-fn spawn_authrelay(config: &Path) -> Result<Proc, String> {
+pub(crate) fn spawn_authrelay(config: &Path) -> Result<Proc, String> {
     die_with_parent(&mut Command::new(env!("CARGO_BIN_EXE_authrelay")))
         .args(["run", "--config"])
         .arg(config)
@@ -149,7 +162,7 @@ fn spawn_authrelay(config: &Path) -> Result<Proc, String> {
         .map_err(|e| format!("cannot start authrelay: {e}"))
 }
 
-fn password_target(smtp: SocketAddr, imap: SocketAddr) -> Target {
+pub(crate) fn password_target(smtp: SocketAddr, imap: SocketAddr) -> Target {
     Target {
         smtp,
         imap,
