@@ -165,19 +165,7 @@ async fn three_replicas_refresh_once_for_a_thousand_logins() {
     // The access token expires (written as another replica would).
     let cfg = config(&toml);
     let store = cfg.store.open().unwrap();
-    store
-        .update(
-            "user",
-            Some(&store.known_key("user").unwrap()),
-            authrelay::store::Change {
-                access_token: Some((
-                    Secret::new("access-expired"),
-                    SystemTime::now() - Duration::from_secs(60),
-                )),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    expire_token(&store);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // HAProxy (Debian's) in front, round robin, as the replicas would run.
     let front = free_tcp_port();
@@ -481,19 +469,7 @@ async fn the_lease_of_a_killed_replica_expires_and_another_refreshes() {
     assert_eq!(tokens.count(), 1);
     // The token expires; the identity provider stops answering.
     let store = config(&toml).store.open().unwrap();
-    store
-        .update(
-            "user",
-            Some(&store.known_key("user").unwrap()),
-            authrelay::store::Change {
-                access_token: Some((
-                    Secret::new("access-expired"),
-                    SystemTime::now() - Duration::from_secs(60),
-                )),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    expire_token(&store);
     tokio::time::sleep(Duration::from_millis(500)).await;
     tokens.set(TokenBehaviour::Hang);
     let login = |port: u16| patient_login(port);
@@ -610,4 +586,21 @@ async fn live_pipe_sessions_count_towards_the_mailbox_limit_across_replicas() {
     let fourth = patient_login(pb).await;
     assert!(fourth.starts_with("235"), "{fourth}");
     println!("live pipe, concurrency 2, two replicas: 2 sessions held, the 3rd told 454 4.4.1 after waiting 10 s, a freed slot served the 4th");
+}
+
+/// Writes an access token that expired a minute ago, as another replica would.
+fn expire_token(store: &authrelay::store::Store) {
+    store
+        .update(
+            "user",
+            Some(&store.known_key("user").unwrap()),
+            authrelay::store::Change {
+                access_token: Some((
+                    Secret::new("access-expired"),
+                    SystemTime::now() - Duration::from_secs(60),
+                )),
+                ..Default::default()
+            },
+        )
+        .unwrap();
 }

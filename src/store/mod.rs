@@ -286,6 +286,19 @@ impl Store {
     /// Opens (or prepares to create) the store at `path`. `key_material` is the content of the
     /// store key file, when one is configured.
     pub fn open(path: &Path, key_material: Option<&Secret>) -> Result<Arc<Store>, StoreError> {
+        let store = Store::empty(path.to_owned(), key_material, None)?;
+        store.check_directory()?;
+        store.reload_if_changed()?;
+        Ok(Arc::new(store))
+    }
+
+    /// A store with nothing read yet: the file at `path`, or `redis`'s server (then `path` only
+    /// names it in messages).
+    fn empty(
+        path: PathBuf,
+        key_material: Option<&Secret>,
+        redis: Option<redis_store::RedisStore>,
+    ) -> Result<Store, StoreError> {
         let store_key = match key_material {
             Some(m) => Some(Key::from_key_file(m).map_err(|message| StoreError::Io {
                 path: path.display().to_string(),
@@ -293,8 +306,8 @@ impl Store {
             })?),
             None => None,
         };
-        let store = Store {
-            path: path.to_owned(),
+        Ok(Store {
+            path,
             store_key,
             view: RwLock::new(Arc::new(Loaded {
                 mark: None,
@@ -306,13 +319,10 @@ impl Store {
             writer: Mutex::new(()),
             checked_at: Mutex::new(None),
             password_keys: Default::default(),
-            redis: None,
+            redis,
             backend_error: Mutex::new(None),
             pending: Mutex::default(),
-        };
-        store.check_directory()?;
-        store.reload_if_changed()?;
-        Ok(Arc::new(store))
+        })
     }
 
     /// The store file.

@@ -17,29 +17,11 @@ impl Store {
             return Store::open(path, key_material);
         };
         let backend = redis_store::RedisStore::new(redis)?;
-        let mut store = Store {
-            path: PathBuf::from(backend.describe()),
-            store_key: None,
-            view: RwLock::new(Arc::new(Loaded {
-                mark: None,
-                file: StoreFile {
-                    version: VERSION,
-                    accounts: BTreeMap::new(),
-                },
-            })),
-            writer: Mutex::new(()),
-            checked_at: Mutex::new(None),
-            password_keys: Default::default(),
-            redis: Some(backend),
-            backend_error: Mutex::new(None),
-            pending: Mutex::default(),
-        };
-        if let Some(m) = key_material {
-            store.store_key = Some(Key::from_key_file(m).map_err(|message| StoreError::Io {
-                path: redis.url.clone(),
-                message,
-            })?);
-        }
+        let store = Store::empty(
+            PathBuf::from(backend.describe()),
+            key_material,
+            Some(backend),
+        )?;
         if let Err(e) = store.reload_if_changed() {
             tracing::error!("the token store cannot be read now; tokens obtained meanwhile are kept in memory: {e}");
         }
