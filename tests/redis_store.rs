@@ -604,3 +604,68 @@ fn expire_token(store: &authrelay::store::Store) {
         )
         .unwrap();
 }
+
+/// The account pages write to the shared store: an app registration saved on one replica's
+/// page (CSRF token and local password, as always) is in Redis, sealed where secret, and the
+/// other replica reads it without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_account_page_writes_to_the_shared_store() {
+    let redis = RedisServer::start();
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let extra = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        store_table(&redis, &redis.password_file)
+    );
+    let toml = relay_toml(
+        "127.0.0.1:1".parse().unwrap(),
+        "none",
+        &tokens.url(),
+        "",
+        &extra,
+    );
+    let (a, b) = (Relay::start(&toml).await, Relay::start(&toml).await);
+    let admin = |r: &Relay| {
+        r.running
+            .addresses
+            .iter()
+            .find(|(n, _)| n == "admin")
+            .unwrap()
+            .1
+    };
+    let page = support::spool::http_get(admin(&a), "/account/user").await;
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap()
+        .to_owned();
+    let secret = "page-secret-canary-6262";
+    let form = format!(
+        "csrf={csrf}&password={}&client_id=page-client-7&client_secret={secret}",
+        PASSWORD.replace(' ', "+")
+    );
+    let r = support::spool::http_post(admin(&a), "/account/user/app", &form).await;
+    assert!(r.starts_with("HTTP/1.1 303"), "{r}");
+    let other = b.running.shared.tokens.store().clone();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while other.entry("user").and_then(|e| e.client_id).as_deref() != Some("page-client-7") {
+        assert!(
+            Instant::now() < deadline,
+            "the other replica never saw the page's change"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let opened = other
+        .open_entry("user", &other.known_key("user").unwrap())
+        .unwrap();
+    assert_eq!(
+        opened.client_secret.as_ref().map(|s| s.expose()),
+        Some(secret)
+    );
+    let dump = redis.dump();
+    assert!(dump.contains("page-client-7"), "{dump}");
+    assert!(
+        !dump.contains(secret),
+        "the client secret is in Redis in clear"
+    );
+}
