@@ -669,3 +669,95 @@ async fn the_account_page_writes_to_the_shared_store() {
         "the client secret is in Redis in clear"
     );
 }
+
+/// `rediss://`: the server's certificate is verified, against the configured `ca` (a server
+/// whose certificate no trusted root vouches for is refused, and `authrelay check` says so).
+#[test]
+fn rediss_is_verified_against_the_configured_ca() {
+    let cert = TestCert::new();
+    let port = free_tcp_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--tls-cert-file")
+        .arg(&cert.cert)
+        .arg("--tls-key-file")
+        .arg(&cert.key)
+        .arg("--tls-ca-cert-file")
+        .arg(&cert.cert)
+        .args(["--tls-auth-clients", "no", "--save", ""])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server (TLS) did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let key_file = dir.path().join("store.key");
+    std::fs::write(&key_file, STORE_KEY).unwrap();
+    let table = |ca: &str| {
+        relay_toml(
+            "127.0.0.1:1".parse().unwrap(),
+            "none",
+            "http://127.0.0.1:1/token",
+            "",
+            &format!(
+                "[store]\nbackend = \"redis\"\nurl = \"rediss://127.0.0.1:{port}/0\"\nkey_file = \"{}\"\n{ca}",
+                key_file.display()
+            ),
+        )
+    };
+    let check = |toml: &str| {
+        let path = dir.path().join("check.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_authrelay"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let trusted = table(&format!("ca = \"{}\"\n", cert.cert.display()));
+    let (ok, said) = check(&trusted);
+    assert!(ok && said.contains("answers"), "{said}");
+    let store = config(&trusted).store.open().unwrap();
+    store
+        .update(
+            "user",
+            Some(&store.known_key("user").unwrap()),
+            authrelay::store::Change {
+                refresh_token: Some(Secret::new("rt-over-tls")),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(store.generation("user"), 1);
+    let (ok, said) = check(&table(""));
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("error: store: ") && said.to_lowercase().contains("certificate"),
+        "{said}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
