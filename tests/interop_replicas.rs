@@ -15,10 +15,11 @@ fn shared_store(redis: &RedisServer) -> String {
     let key_file = redis.dir.path().join("store.key");
     std::fs::write(&key_file, STORE_KEY).unwrap();
     format!(
-        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nusername = \"{REDIS_USER}\"\npassword_file = \"{}\"\nkey_file = \"{}\"\n",
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nusername = \"{REDIS_USER}\"\npassword_file = \"{}\"\nkey_file = \"{}\"\npath = \"{}\"\n",
         redis.url(),
         redis.password_file.display(),
-        key_file.display()
+        key_file.display(),
+        redis.dir.path().join("tokens.json").display()
     )
 }
 

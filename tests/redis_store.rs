@@ -16,10 +16,11 @@ fn store_table(redis: &RedisServer, password_file: &std::path::Path) -> String {
     let key_file = redis.dir.path().join("store.key");
     std::fs::write(&key_file, STORE_KEY).unwrap();
     format!(
-        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nusername = \"{REDIS_USER}\"\npassword_file = \"{}\"\nkey_file = \"{}\"\n",
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nusername = \"{REDIS_USER}\"\npassword_file = \"{}\"\nkey_file = \"{}\"\npath = \"{}\"\n",
         redis.url(),
         password_file.display(),
-        key_file.display()
+        key_file.display(),
+        redis.dir.path().join("tokens.json").display()
     )
 }
 
@@ -340,17 +341,13 @@ async fn redis_away_is_not_an_outage_and_a_rotation_is_written_back() {
 fn migrate_copies_the_sealed_entries_both_ways() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("state/tokens.json");
+    let file = redis.dir.path().join("tokens.json");
     let toml = relay_toml(
         "127.0.0.1:1".parse().unwrap(),
         "none",
         "http://127.0.0.1:1/token",
         "",
-        &format!(
-            "{}path = \"{}\"\n",
-            store_table(&redis, &redis.password_file),
-            file.display()
-        ),
+        &store_table(&redis, &redis.password_file),
     );
     let path = dir.path().join("authrelay.toml");
     std::fs::write(&path, &toml).unwrap();
@@ -715,8 +712,9 @@ fn rediss_is_verified_against_the_configured_ca() {
             "http://127.0.0.1:1/token",
             "",
             &format!(
-                "[store]\nbackend = \"redis\"\nurl = \"rediss://127.0.0.1:{port}/0\"\nkey_file = \"{}\"\n{ca}",
-                key_file.display()
+                "[store]\nbackend = \"redis\"\nurl = \"rediss://127.0.0.1:{port}/0\"\nkey_file = \"{}\"\npath = \"{}\"\n{ca}",
+                key_file.display(),
+                dir.path().join("tokens.json").display()
             ),
         )
     };
@@ -760,4 +758,76 @@ fn rediss_is_verified_against_the_configured_ca() {
     );
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// A rotation held back while Redis is away survives a kill -9 of its replica: it is journalled
+/// (sealed) beside the store file, and the replica started after Redis returns writes it first,
+/// before any refresh of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_back_rotation_survives_a_kill_9_of_its_replica() {
+    let mut redis = RedisServer::start();
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    tokens
+        .expires_in
+        .store(605, std::sync::atomic::Ordering::SeqCst);
+    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
+    for n in 1..=5 {
+        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
+    }
+    let toml = relay_toml(
+        upstream.addr,
+        "none",
+        &tokens.url(),
+        "",
+        &format!(
+            "{}\n[admin]\nenabled = false\n",
+            store_table(&redis, &redis.password_file)
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_tcp_port();
+    let mut first = spawn_relay(&toml, port, dir.path(), "first");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokens.count() == 0 {
+        assert!(Instant::now() < deadline, "no start-up token");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokens
+        .expires_in
+        .store(3600, std::sync::atomic::Ordering::SeqCst);
+    redis.stop();
+    // The start-up token comes due; the refresh happens without Redis, and is held back.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let reply = patient_login(port).await;
+    assert!(reply.starts_with("235"), "{reply}");
+    assert_eq!(tokens.count(), 2);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let rotated = tokens.valid_refresh.lock().unwrap()[0].clone();
+    // Redis comes back with the old refresh token; a new replica starts on the same disk.
+    redis.restart();
+    let mut second = spawn_relay(&toml, free_tcp_port(), dir.path(), "second");
+    let store = config(&toml).store.open().unwrap();
+    let key = store.known_key("user").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = store.reload_now();
+        let rt = store
+            .open_entry("user", &key)
+            .ok()
+            .and_then(|o| o.refresh_token)
+            .map(|s| s.expose().to_owned());
+        if rt.as_deref() == Some(rotated.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the journalled rotation never reached Redis: {rt:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(tokens.count(), 2, "no refresh with the stale refresh token");
+    second.kill().unwrap();
+    second.wait().unwrap();
+    println!("a rotation held back while Redis was away, then kill -9: written to Redis by the next replica on the same disk");
 }

@@ -250,7 +250,9 @@ pub struct Store {
     backend_error: Mutex<Option<String>>,
     /// Changes the shared store could not take when they were made (Redis away): written, in
     /// order, once it answers again, so a rotated refresh token is never lost.
-    pending: Mutex<Vec<(String, Option<Key>, Change)>>,
+    pending: Mutex<Vec<shared::Held>>,
+    /// The same changes on local disk (sealed, synced), for a restart before Redis returns.
+    journal: Option<Arc<Store>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -322,6 +324,7 @@ impl Store {
             redis,
             backend_error: Mutex::new(None),
             pending: Mutex::default(),
+            journal: None,
         })
     }
 

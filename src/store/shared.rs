@@ -17,13 +17,25 @@ impl Store {
             return Store::open(path, key_material);
         };
         let backend = redis_store::RedisStore::new(redis)?;
-        let store = Store::empty(
+        let mut store = Store::empty(
             PathBuf::from(backend.describe()),
             key_material,
             Some(backend),
         )?;
-        if let Err(e) = store.reload_if_changed() {
-            tracing::error!("the token store cannot be read now; tokens obtained meanwhile are kept in memory: {e}");
+        // Changes held back by an earlier run (Redis was away when it stopped) go first.
+        let journal = Store::open(&journal_path(path), key_material)?;
+        for (account, entry) in journal.export() {
+            tracing::info!(account = %account, "a change held back before the last stop waits for the shared store");
+            store
+                .pending
+                .lock()
+                .expect("store pending")
+                .push(Held::Entry(account, entry));
+        }
+        store.journal = Some(journal);
+        match store.reload_if_changed() {
+            Ok(()) => store.write_back(),
+            Err(e) => tracing::error!("the token store cannot be read now; tokens obtained meanwhile are kept in memory: {e}"),
         }
         let store = Arc::new(store);
         let weak = Arc::downgrade(&store);
@@ -106,25 +118,52 @@ impl Store {
         Ok(())
     }
 
-    /// Keeps a change the shared store could not take, to write it once it answers.
+    /// Keeps a change the shared store could not take, to write it once it answers: in memory,
+    /// and sealed on local disk (the journal) in case this process stops first.
     pub(super) fn hold_back(&self, account: &str, key: Option<&Key>, change: Change) {
-        tracing::warn!(account = %account, "the shared store cannot be reached: the change is kept in memory and written when it answers again");
-        self.pending.lock().expect("store pending").push((
-            account.to_owned(),
-            key.cloned(),
-            change,
-        ));
+        tracing::warn!(account = %account, "the shared store cannot be reached: the change is kept (memory and local journal) and written when it answers again");
+        if let Some(journal) = &self.journal {
+            if let Err(e) = journal.update(account, key, change.clone()) {
+                tracing::error!(account = %account, error = %e, "the held-back change could not be journalled; it is kept in memory only");
+            }
+        }
+        self.pending
+            .lock()
+            .expect("store pending")
+            .push(Held::Change(account.to_owned(), key.cloned(), change));
     }
 
-    /// Writes the held-back changes, oldest first; stops at the first that still fails.
+    /// Writes the held-back changes, oldest first; stops at the first that still fails. Once
+    /// all are written the journal is emptied.
     fn write_back(&self) {
         loop {
             let next = self.pending.lock().expect("store pending").first().cloned();
-            let Some((account, key, change)) = next else {
+            let Some(held) = next else {
+                if let Some(journal) = &self.journal {
+                    if !journal.export().is_empty() {
+                        let _ = journal.modify(|file| {
+                            file.accounts.clear();
+                            Ok(())
+                        });
+                    }
+                }
                 return;
             };
-            match self.write(&account, key.as_ref(), change) {
-                Ok(_) => {
+            let (account, written) = match held {
+                Held::Change(account, key, change) => {
+                    let r = self.write(&account, key.as_ref(), change).map(drop);
+                    (account, r)
+                }
+                Held::Entry(account, entry) => {
+                    let r = self.modify(|file| {
+                        merge_newer(file, &account, &entry);
+                        Ok(())
+                    });
+                    (account, r)
+                }
+            };
+            match written {
+                Ok(()) => {
                     tracing::info!(account = %account, "a change held back while the shared store was away is written");
                     self.pending.lock().expect("store pending").remove(0);
                 }
@@ -202,4 +241,44 @@ impl Store {
         })?;
         Ok(n)
     }
+}
+
+/// A change waiting for the shared store.
+#[derive(Clone)]
+pub(super) enum Held {
+    /// Made by this process since it started.
+    Change(String, Option<Key>, Change),
+    /// Journalled by an earlier run: the sealed entry as it was then.
+    Entry(String, Entry),
+}
+
+/// The journal of held-back changes beside the configured store file.
+fn journal_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".held-back");
+    path.with_file_name(name)
+}
+
+/// Puts the journalled tokens of `held` into `file` if they are newer than what is there and
+/// sealed with the same key (a sign-in made meanwhile, with another key, wins).
+fn merge_newer(file: &mut StoreFile, account: &str, held: &Entry) {
+    let current = file.accounts.entry(account.to_owned()).or_default();
+    let newer = current.refresh_token_at.unwrap_or(0) <= held.refresh_token_at.unwrap_or(0);
+    let same_key = current.seal.is_none() || current.seal == held.seal;
+    if !(newer && same_key) {
+        tracing::warn!(account = %account, "a held-back change is older than the shared store's (or sealed with another key): the shared store's is kept");
+        return;
+    }
+    current.seal = held.seal.clone();
+    current.check = held.check.clone().or(current.check.take());
+    if held.refresh_token.is_some() {
+        current.refresh_token = held.refresh_token.clone();
+        current.refresh_token_at = held.refresh_token_at;
+    }
+    if held.access_token.is_some() {
+        current.access_token = held.access_token.clone();
+        current.access_expires_at = held.access_expires_at;
+    }
+    current.last_refresh_at = held.last_refresh_at.max(current.last_refresh_at);
+    current.generation = current.generation.max(held.generation) + 1;
 }
