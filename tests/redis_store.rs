@@ -180,13 +180,15 @@ async fn three_replicas_refresh_once_for_a_thousand_logins() {
     );
     let haproxy_cfg = redis.dir.path().join("haproxy.cfg");
     std::fs::write(&haproxy_cfg, cfg).unwrap();
-    let mut haproxy = std::process::Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&haproxy_cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("haproxy (Debian's package; tests/harness/start.sh installs it)");
+    let mut haproxy = RelayChild(
+        std::process::Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&haproxy_cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy (Debian's package; tests/harness/start.sh installs it)"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", front)).is_err() {
         assert!(Instant::now() < deadline, "haproxy did not start");
@@ -405,8 +407,28 @@ fn migrate_copies_the_sealed_entries_both_ways() {
     );
 }
 
+/// A relay process, killed when dropped (a failing test leaves none behind).
+struct RelayChild(std::process::Child);
+
+impl RelayChild {
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for RelayChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A relay process on `toml` with its listener on `port`.
-fn spawn_relay(toml: &str, port: u16, dir: &std::path::Path, name: &str) -> std::process::Child {
+fn spawn_relay(toml: &str, port: u16, dir: &std::path::Path, name: &str) -> RelayChild {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
@@ -420,6 +442,7 @@ fn spawn_relay(toml: &str, port: u16, dir: &std::path::Path, name: &str) -> std:
         .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
         .spawn()
         .unwrap();
+    let child = RelayChild(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{name} did not start");
@@ -674,27 +697,29 @@ fn rediss_is_verified_against_the_configured_ca() {
     let cert = TestCert::new();
     let port = free_tcp_port();
     let dir = tempfile::tempdir().unwrap();
-    let mut server = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .arg("--tls-cert-file")
-        .arg(&cert.cert)
-        .arg("--tls-key-file")
-        .arg(&cert.key)
-        .arg("--tls-ca-cert-file")
-        .arg(&cert.cert)
-        .args(["--tls-auth-clients", "no", "--save", ""])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let _server = RelayChild(
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--tls-cert-file")
+            .arg(&cert.cert)
+            .arg("--tls-key-file")
+            .arg(&cert.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&cert.cert)
+            .args(["--tls-auth-clients", "no", "--save", ""])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -756,8 +781,6 @@ fn rediss_is_verified_against_the_configured_ca() {
         said.contains("error: store: ") && said.to_lowercase().contains("certificate"),
         "{said}"
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 /// A rotation held back while Redis is away survives a kill -9 of its replica: it is journalled

@@ -140,7 +140,7 @@ pub(crate) fn relay_config_with(
     toml += "\n[security]\nfailure_delay_ms = 200\n";
     for (protocol, listen, upstream) in listeners {
         toml += &format!(
-            "\n[listener.{protocol}]\nprotocol = \"{protocol}\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\nupstream_tls = \"implicit\"\nupstream_ca = \"{}\"\nupstream_name = \"localhost\"\nmax_connections = 20000\nspool = false\n",
+            "\n[listener.{protocol}]\nprotocol = \"{protocol}\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\nupstream_tls = \"implicit\"\nupstream_ca = \"{}\"\nupstream_name = \"localhost\"\nmax_connections = 20000\nmax_connections_per_address = 20000\nspool = false\n",
             ca.display()
         );
     }

@@ -2,7 +2,9 @@
 //!
 //! After a successful login nothing is parsed, rewritten or logged: bytes are copied both ways
 //! with bounded buffers (back-pressure instead of growth) until one side closes, and the other
-//! side then sees its half closed. An idle watchdog closes sessions with no traffic in either
+//! side then sees its half closed. A direction holds a buffer only while data flows: it takes one
+//! from a shared pool when its reader has data and gives it back when the reader has none, so an
+//! idle session (an IMAP client in IDLE, a POP3 client between commands) holds no pipe buffer. An idle watchdog closes sessions with no traffic in either
 //! direction for the listener's idle timeout.
 
 use crate::net::conn::Conn;
@@ -50,12 +52,7 @@ pub async fn pipe(client: Conn, upstream: Conn, idle: Duration) -> io::Result<Tr
         inner: upstream,
         activity: activity.clone(),
     };
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        PIPE_BUFFER,
-        PIPE_BUFFER,
-    );
+    let copy = copy_both_ways(&mut client, &mut upstream);
     tokio::pin!(copy);
     let tick = (idle / 4).max(Duration::from_millis(50));
     let mut last_seen = activity.load(Ordering::Relaxed);
@@ -80,6 +77,139 @@ pub async fn pipe(client: Conn, upstream: Conn, idle: Duration) -> io::Result<Tr
             }
         }
     }
+}
+
+/// Buffers idle sessions gave back, for the next to use (a freed buffer would cost an
+/// allocation, page faults and zeroing at the next burst).
+static POOL: std::sync::Mutex<Vec<Box<[u8]>>> = std::sync::Mutex::new(Vec::new());
+/// Buffers kept in the pool at most (2 MiB): enough for the sessions moving data at once on a
+/// busy relay; idle sessions hold none.
+const POOL_MAX: usize = 64;
+
+fn take_buffer() -> Box<[u8]> {
+    POOL.lock()
+        .expect("buffer pool")
+        .pop()
+        .unwrap_or_else(|| vec![0; PIPE_BUFFER].into_boxed_slice())
+}
+
+fn give_back(buf: Box<[u8]>) {
+    let mut pool = POOL.lock().expect("buffer pool");
+    if pool.len() < POOL_MAX {
+        pool.push(buf);
+    }
+}
+
+/// One direction of the pipe. Its buffer is taken from the pool when the reader has data and
+/// given back as soon as the reader has none and everything read was written: an idle session
+/// holds no buffer at all. Otherwise as tokio's `copy`: bounded, flushes when the reader
+/// stalls, shuts the writer down at the reader's end.
+#[derive(Default)]
+struct Direction {
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    cap: usize,
+    read_done: bool,
+    need_flush: bool,
+    amt: u64,
+    done: bool,
+}
+
+impl Direction {
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.pos == self.cap && !self.read_done {
+                let buf = self.buf.get_or_insert_with(take_buffer);
+                let mut read = ReadBuf::new(buf);
+                match reader.as_mut().poll_read(cx, &mut read) {
+                    Poll::Ready(Ok(())) => {
+                        let n = read.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                        } else {
+                            (self.pos, self.cap) = (0, n);
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        if let Some(buf) = self.buf.take() {
+                            give_back(buf);
+                        }
+                        if self.need_flush {
+                            std::task::ready!(writer.as_mut().poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let buf = self.buf.as_ref().expect("data is in the buffer");
+                let n =
+                    std::task::ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the other side took no bytes",
+                    )));
+                }
+                self.pos += n;
+                self.amt += n as u64;
+                self.need_flush = true;
+            }
+            if self.read_done {
+                if let Some(buf) = self.buf.take() {
+                    give_back(buf);
+                }
+                std::task::ready!(writer.as_mut().poll_flush(cx))?;
+                std::task::ready!(writer.as_mut().poll_shutdown(cx))?;
+                return Poll::Ready(Ok(self.amt));
+            }
+        }
+    }
+}
+
+/// Copies `a` ⇄ `b` until both directions have ended (each end shuts the other side's writing
+/// half down); the bytes moved each way.
+async fn copy_both_ways<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let (mut up, mut down) = (Direction::default(), Direction::default());
+    let result = std::future::poll_fn(|cx| {
+        if !up.done {
+            if let Poll::Ready(r) = up.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
+                r?;
+                up.done = true;
+            }
+        }
+        if !down.done {
+            if let Poll::Ready(r) = down.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a)) {
+                r?;
+                down.done = true;
+            }
+        }
+        if up.done && down.done {
+            Poll::Ready(Ok((up.amt, down.amt)))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    for buf in [up.buf.take(), down.buf.take()].into_iter().flatten() {
+        give_back(buf);
+    }
+    result
 }
 
 /// Counts the reads of a stream into a shared activity counter for the idle watchdog.
@@ -152,4 +282,51 @@ pub async fn run_authenticated(
         Err(e) => tracing::info!(account, error = %e, "relay ended"),
     }
     crate::session::Outcome::Relayed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn bytes_pass_both_ways_and_each_end_is_passed_on() {
+        let (mut device, mut near) = tokio::io::duplex(8 * 1024);
+        let (mut far, mut server) = tokio::io::duplex(8 * 1024);
+        let pipe = tokio::spawn(async move { copy_both_ways(&mut near, &mut far).await });
+        device.write_all(b"a1 LOGOUT\r\n").await.unwrap();
+        let mut got = [0u8; 11];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"a1 LOGOUT\r\n");
+        // More than both duplex buffers and the pipe's buffer: back-pressure, nothing lost.
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            server.write_all(&sent).await.unwrap();
+            server.shutdown().await.unwrap();
+            server
+        });
+        let mut received = Vec::new();
+        device.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received, big);
+        let mut server = writer.await.unwrap();
+        device.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(pipe.await.unwrap().unwrap(), (11, 200_000));
+    }
+
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer() {
+        let (_device, mut near) = tokio::io::duplex(1024);
+        let (mut far, _server) = tokio::io::duplex(1024);
+        let mut d = Direction::default();
+        let polled = std::future::poll_fn(|cx| {
+            Poll::Ready(d.poll_copy(cx, Pin::new(&mut near), Pin::new(&mut far)))
+        })
+        .await;
+        assert!(polled.is_pending());
+        assert!(d.buf.is_none(), "an idle direction keeps no buffer");
+    }
 }
