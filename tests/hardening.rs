@@ -485,13 +485,7 @@ async fn f15_probes_name_accounts_only_to_their_own_host() {
         ),
     );
     let relay = Relay::start(&toml).await;
-    let admin = relay
-        .running
-        .addresses
-        .iter()
-        .find(|(n, _)| n == "admin")
-        .unwrap()
-        .1;
+    let admin = relay.admin_addr();
     let get = |path: &'static str, host: String| async move {
         let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
         tcp.write_all(

@@ -254,13 +254,7 @@ async fn redis_away_is_not_an_outage_and_a_rotation_is_written_back() {
     );
     let toml = relay_toml(upstream.addr, "none", &tokens.url(), "", &extra);
     let relay = Relay::start(&toml).await;
-    let admin = relay
-        .running
-        .addresses
-        .iter()
-        .find(|(n, _)| n == "admin")
-        .unwrap()
-        .1;
+    let admin = relay.admin_addr();
     let login = || async {
         let mut c = Client::connect(relay.addr).await;
         c.reply().await;
@@ -310,27 +304,7 @@ async fn redis_away_is_not_an_outage_and_a_rotation_is_written_back() {
     assert_eq!(tokens.count(), first + 1, "no refresh beyond the one due");
     // Redis is back: the rotated refresh token is written to it.
     redis.restart();
-    let cfg = config(&toml);
-    let store = cfg.store.open().unwrap();
-    let key = store.known_key("user").unwrap();
-    let rotated = format!("rt-{}", first + 1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let _ = store.reload_now();
-        let rt = store
-            .open_entry("user", &key)
-            .ok()
-            .and_then(|o| o.refresh_token)
-            .map(|s| s.expose().to_owned());
-        if rt.as_deref() == Some(rotated.as_str()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rotation never reached Redis: {rt:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_refresh_token(&toml, &format!("rt-{}", first + 1)).await;
     let ready = support::spool::http_get(admin, "/readyz").await;
     assert!(!ready.contains("degraded"), "{ready}");
     assert!(login().await.starts_with("235"));
@@ -644,14 +618,7 @@ async fn the_account_page_writes_to_the_shared_store() {
         &extra,
     );
     let (a, b) = (Relay::start(&toml).await, Relay::start(&toml).await);
-    let admin = |r: &Relay| {
-        r.running
-            .addresses
-            .iter()
-            .find(|(n, _)| n == "admin")
-            .unwrap()
-            .1
-    };
+    let admin = |r: &Relay| r.admin_addr();
     let page = support::spool::http_get(admin(&a), "/account/user").await;
     let csrf = page
         .split("name=\"csrf\" value=\"")
@@ -830,7 +797,16 @@ async fn a_held_back_rotation_survives_a_kill_9_of_its_replica() {
     // Redis comes back with the old refresh token; a new replica starts on the same disk.
     redis.restart();
     let mut second = spawn_relay(&toml, free_tcp_port(), dir.path(), "second");
-    let store = config(&toml).store.open().unwrap();
+    wait_for_refresh_token(&toml, &rotated).await;
+    assert_eq!(tokens.count(), 2, "no refresh with the stale refresh token");
+    second.kill().unwrap();
+    second.wait().unwrap();
+    println!("a rotation held back while Redis was away, then kill -9: written to Redis by the next replica on the same disk");
+}
+
+/// Waits (10 s at most) until the shared store of `toml` holds `expected` as the refresh token.
+async fn wait_for_refresh_token(toml: &str, expected: &str) {
+    let store = config(toml).store.open().unwrap();
     let key = store.known_key("user").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -840,17 +816,13 @@ async fn a_held_back_rotation_survives_a_kill_9_of_its_replica() {
             .ok()
             .and_then(|o| o.refresh_token)
             .map(|s| s.expose().to_owned());
-        if rt.as_deref() == Some(rotated.as_str()) {
-            break;
+        if rt.as_deref() == Some(expected) {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "the journalled rotation never reached Redis: {rt:?}"
+            "the rotation never reached Redis: {rt:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(tokens.count(), 2, "no refresh with the stale refresh token");
-    second.kill().unwrap();
-    second.wait().unwrap();
-    println!("a rotation held back while Redis was away, then kill -9: written to Redis by the next replica on the same disk");
 }

@@ -29,14 +29,7 @@ async fn admin_world() -> AdminWorld {
         None,
     )
     .await;
-    let admin = w
-        .relay
-        .running
-        .addresses
-        .iter()
-        .find(|(n, _)| n == "admin")
-        .unwrap()
-        .1;
+    let admin = w.relay.admin_addr();
     AdminWorld {
         w,
         admin,

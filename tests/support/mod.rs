@@ -715,6 +715,16 @@ impl Relay {
     pub fn token_requests(&self) -> u64 {
         self.running.shared.tokens.requests_made()
     }
+
+    /// The admin server's address (the configuration must enable it).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.running
+            .addresses
+            .iter()
+            .find(|(n, _)| n == "admin")
+            .expect("the admin server is enabled")
+            .1
+    }
 }
 
 /// A relay configuration: one SMTP listener on an ephemeral port, one OAuth account
