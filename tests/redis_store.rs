@@ -804,9 +804,17 @@ async fn a_held_back_rotation_survives_a_kill_9_of_its_replica() {
     println!("a rotation held back while Redis was away, then kill -9: written to Redis by the next replica on the same disk");
 }
 
-/// Waits (10 s at most) until the shared store of `toml` holds `expected` as the refresh token.
+/// Waits (10 s at most) until the shared store of `toml` holds `expected` as the refresh token,
+/// looking through a store of its own (with its own journal: the relay's is the relay's).
 async fn wait_for_refresh_token(toml: &str, expected: &str) {
-    let store = config(toml).store.open().unwrap();
+    let cfg = config(toml);
+    let own = tempfile::tempdir().unwrap();
+    let store = authrelay::store::Store::open_with(
+        &own.path().join("tokens.json"),
+        cfg.store.key.as_ref(),
+        cfg.store.redis(),
+    )
+    .unwrap();
     let key = store.known_key("user").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

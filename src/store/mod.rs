@@ -386,8 +386,12 @@ impl Store {
         *self.checked_at.lock().expect("store check time") = Some(Instant::now());
         if let Some(redis) = &self.redis {
             let result = self.reload_redis(redis);
+            // Kept without the store's name, which `refresh_view` puts back.
             *self.backend_error.lock().expect("store backend error") =
-                result.as_ref().err().map(|e| e.to_string());
+                result.as_ref().err().map(|e| match e {
+                    StoreError::Io { message, .. } => message.clone(),
+                    other => other.to_string(),
+                });
             return result;
         }
         let now = stamp(&self.path).map(Mark::File);
