@@ -252,7 +252,7 @@ impl Client<'_> {
             .bearer_auth(token.secret.expose())
             .timeout(REQUEST_TIMEOUT);
         if let Err(e) = request.send().await {
-            tracing::debug!(error = %e, "the draft could not be deleted");
+            tracing::debug!(error = %e.without_url(), "the draft could not be deleted");
         }
     }
 
@@ -287,10 +287,9 @@ impl Client<'_> {
             .await;
         match response {
             Ok(r) if r.status().is_success() => {
-                let found: serde_json::Value = r
-                    .json()
-                    .await
-                    .map_err(|e| Answer::Unknown(format!("Sent Items lookup: {e}")))?;
+                let found: serde_json::Value = r.json().await.map_err(|e| {
+                    Answer::Unknown(format!("Sent Items lookup: {}", e.without_url()))
+                })?;
                 Ok(found["value"].as_array().is_some_and(|v| !v.is_empty()))
             }
             other => Err(answer(other).await),
@@ -301,21 +300,25 @@ impl Client<'_> {
 /// The body of a 2xx answer, or the [`Answer`] otherwise.
 async fn success(response: Result<reqwest::Response, reqwest::Error>) -> Result<Vec<u8>, Answer> {
     match response {
-        Ok(r) if r.status().is_success() => r
-            .bytes()
-            .await
-            .map(|b| b.to_vec())
-            .map_err(|e| Answer::Unknown(format!("no complete answer from Graph: {e}"))),
+        Ok(r) if r.status().is_success() => r.bytes().await.map(|b| b.to_vec()).map_err(|e| {
+            Answer::Unknown(format!(
+                "no complete answer from Graph: {}",
+                e.without_url()
+            ))
+        }),
         other => Err(answer(other).await),
     }
 }
 
 /// Reads a response into an [`Answer`].
 async fn answer(response: Result<reqwest::Response, reqwest::Error>) -> Answer {
+    // Without the URL: an upload session's URL carries its own authorization.
     let r = match response {
         Ok(r) => r,
-        Err(e) if e.is_connect() => return Answer::NotSent(format!("Graph unreachable: {e}")),
-        Err(e) => return Answer::Unknown(format!("no answer from Graph: {e}")),
+        Err(e) if e.is_connect() => {
+            return Answer::NotSent(format!("Graph unreachable: {}", e.without_url()))
+        }
+        Err(e) => return Answer::Unknown(format!("no answer from Graph: {}", e.without_url())),
     };
     let status = r.status().as_u16();
     let retry_after = r
@@ -465,6 +468,18 @@ mod tests {
             outcome(Answer::NotSent("c".into()), 1, 4 << 20),
             Attempt::Deferred(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn an_error_never_shows_the_url_an_upload_session_authorizes_with() {
+        // Loopback port 1: refused at once. An upload URL carries its own authorization.
+        let sent = reqwest::Client::new()
+            .put("http://127.0.0.1:1/upload/s1?authtoken=canary-upload-9191")
+            .send()
+            .await;
+        let text = format!("{:?}", answer(sent).await);
+        assert!(text.contains("Graph unreachable"), "{text}");
+        assert!(!text.contains("canary-upload-9191"), "{text}");
     }
 
     #[test]
