@@ -300,13 +300,15 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(400, graph_error("ErrorInvalidRecipients", "At least one recipient is not valid."))
         del msg["Bcc"]
         out = msg.as_bytes(policy=policy.compat32.clone(linesep="\r\n"))
-        with smtplib.SMTP("127.0.0.1", ARGS.smtp_port, timeout=30) as s:
-            s.sendmail(mailbox, rcpts, out)
+        # Counted and saved to Sent Items before it goes out, as Exchange does: whoever sees the
+        # delivered copy also sees the count.
         mid = (msg.get("Message-ID") or "").strip()
         with LOCK:
             STATE["sends"][mid] = STATE["sends"].get(mid, 0) + 1
             STATE["sent_items"].setdefault(mailbox, []).append(
                 {"id": "AAMk%d" % len(STATE["sends"]), "internetMessageId": mid})
+        with smtplib.SMTP("127.0.0.1", ARGS.smtp_port, timeout=30) as s:
+            s.sendmail(mailbox, rcpts, out)
         if status == 504:
             return self.reply(504, graph_error("GatewayTimeout", "The gateway did not receive a response in time."))
         self.reply(202)
