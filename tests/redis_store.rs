@@ -131,11 +131,7 @@ fn the_shared_store_is_sealed_checked_and_seen_by_every_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_refresh_once_for_a_thousand_logins() {
     let redis = RedisServer::start();
-    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
-    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
-    for n in 1..=20 {
-        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
-    }
+    let (tokens, upstream) = token_world().await;
     let toml = relay_toml(
         upstream.addr,
         "none",
@@ -239,15 +235,11 @@ async fn three_replicas_refresh_once_for_a_thousand_logins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_away_is_not_an_outage_and_a_rotation_is_written_back() {
     let mut redis = RedisServer::start();
-    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let (tokens, upstream) = token_world().await;
     // Tokens good for five seconds past the refresh margin (600 s): the next one is due soon.
     tokens
         .expires_in
         .store(605, std::sync::atomic::Ordering::SeqCst);
-    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
-    for n in 1..=5 {
-        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
-    }
     let extra = format!(
         "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         store_table(&redis, &redis.password_file)
@@ -431,11 +423,7 @@ fn spawn_relay(toml: &str, port: u16, dir: &std::path::Path, name: &str) -> Rela
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_lease_of_a_killed_replica_expires_and_another_refreshes() {
     let redis = RedisServer::start();
-    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
-    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
-    for n in 1..=5 {
-        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
-    }
+    let (tokens, upstream) = token_world().await;
     let toml = relay_toml(
         upstream.addr,
         "none",
@@ -547,11 +535,7 @@ async fn patient_login(port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn live_pipe_sessions_count_towards_the_mailbox_limit_across_replicas() {
     let redis = RedisServer::start();
-    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
-    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
-    for n in 1..=5 {
-        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
-    }
+    let (tokens, upstream) = token_world().await;
     let toml = relay_toml(
         upstream.addr,
         "none",
@@ -756,14 +740,10 @@ fn rediss_is_verified_against_the_configured_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_held_back_rotation_survives_a_kill_9_of_its_replica() {
     let mut redis = RedisServer::start();
-    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let (tokens, upstream) = token_world().await;
     tokens
         .expires_in
         .store(605, std::sync::atomic::Ordering::SeqCst);
-    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
-    for n in 1..=5 {
-        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
-    }
     let toml = relay_toml(
         upstream.addr,
         "none",
@@ -833,4 +813,15 @@ async fn wait_for_refresh_token(toml: &str, expected: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The fake token endpoint (refresh token `rt-initial-canary-55cd`, rotating) and a fake SMTP
+/// upstream that takes the first twenty access tokens it issues.
+async fn token_world() -> (TokenEndpoint, FakeUpstream) {
+    let tokens = TokenEndpoint::start("rt-initial-canary-55cd").await;
+    let upstream = FakeUpstream::start(UpstreamOptions::default(), None).await;
+    for n in 1..=20 {
+        upstream.accept_token(&format!("access-{n}"), "mailbox@example.com");
+    }
+    (tokens, upstream)
 }

@@ -13,20 +13,11 @@ struct AdminWorld {
     _dir: tempfile::TempDir,
 }
 
-/// A spool listener and the admin server on ephemeral ports.
+/// A spool listener (retries after a second) and the admin server on ephemeral ports.
 async fn admin_world() -> AdminWorld {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = dir.path().join("spool");
-    let extra = format!(
-        "[spool]\npath = \"{}\"\nmax_message_bytes = 200000\nmin_free_mb = 1\nfirst_retry_secs = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-        spool.display()
-    );
-    let w = world_with(
-        UpstreamOptions::default(),
-        "none",
-        "spool = true",
-        &extra,
-        None,
+    let SpoolWorld { w, _dir, spool } = spool_world_with(
+        "",
+        "first_retry_secs = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
     )
     .await;
     let admin = w.relay.admin_addr();
@@ -34,7 +25,7 @@ async fn admin_world() -> AdminWorld {
         w,
         admin,
         spool,
-        _dir: dir,
+        _dir,
     }
 }
 

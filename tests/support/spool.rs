@@ -11,10 +11,16 @@ pub struct SpoolWorld {
 }
 
 pub async fn spool_world(account_extra: &str) -> SpoolWorld {
+    spool_world_with(account_extra, "").await
+}
+
+/// [`spool_world`] with `tail` after the `[spool]` table's own lines (more spool settings, then
+/// other tables).
+pub async fn spool_world_with(account_extra: &str, tail: &str) -> SpoolWorld {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let extra = format!(
-        "{account_extra}\n[spool]\npath = \"{}\"\nmax_message_bytes = 200000\nmin_free_mb = 1\n",
+        "{account_extra}\n[spool]\npath = \"{}\"\nmax_message_bytes = 200000\nmin_free_mb = 1\n{tail}",
         spool.display()
     );
     let w = world_with(
