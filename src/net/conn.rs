@@ -5,6 +5,7 @@
 //! defence possible: before a TLS handshake the buffer must be empty, or the plaintext that was
 //! pipelined behind STARTTLS would be treated as if it had come through TLS (CVE-2011-0411).
 
+use super::read_ahead::ReadAhead;
 use bytes::{Buf, BytesMut};
 use rustls::pki_types::ServerName;
 use std::io;
@@ -23,9 +24,9 @@ pub enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS as the server (towards a device).
-    ServerTls(Box<server::TlsStream<TcpStream>>),
+    ServerTls(Box<server::TlsStream<ReadAhead<TcpStream>>>),
     /// TLS as the client (towards upstream).
-    ClientTls(Box<client::TlsStream<TcpStream>>),
+    ClientTls(Box<client::TlsStream<ReadAhead<TcpStream>>>),
     /// Only while a handshake is in progress.
     Detached,
 }
@@ -180,7 +181,7 @@ impl Conn {
     /// buffer must be empty: bytes that arrived before the handshake are never carried into TLS.
     pub async fn accept_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
         let tcp = self.take_plain()?;
-        let tls = acceptor.accept(tcp).await?;
+        let tls = acceptor.accept(ReadAhead::new(tcp)).await?;
         self.stream = Stream::ServerTls(Box::new(tls));
         Ok(())
     }
@@ -192,7 +193,7 @@ impl Conn {
         name: ServerName<'static>,
     ) -> io::Result<()> {
         let tcp = self.take_plain()?;
-        let tls = connector.connect(name, tcp).await?;
+        let tls = connector.connect(name, ReadAhead::new(tcp)).await?;
         self.stream = Stream::ClientTls(Box::new(tls));
         Ok(())
     }

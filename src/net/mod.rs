@@ -3,6 +3,8 @@
 
 pub mod cidr;
 pub mod conn;
+pub mod pool;
+pub mod read_ahead;
 pub mod tls;
 
 /// Every session holds two sockets (client and upstream), so the usual soft limit of 1,024 open

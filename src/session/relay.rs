@@ -8,6 +8,7 @@
 //! direction for the listener's idle timeout.
 
 use crate::net::conn::Conn;
+use crate::net::pool;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +17,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-/// Buffer size of each direction of the pipe. One TLS record holds at most 16 KiB of plaintext.
-pub const PIPE_BUFFER: usize = 32 * 1024;
+/// Buffer size of each direction of the pipe (pooled): four TLS records' plaintext.
+pub const PIPE_BUFFER: usize = pool::BUFFER;
 
 /// Bytes moved in each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,27 +80,6 @@ pub async fn pipe(client: Conn, upstream: Conn, idle: Duration) -> io::Result<Tr
     }
 }
 
-/// Buffers idle sessions gave back, for the next to use (a freed buffer would cost an
-/// allocation, page faults and zeroing at the next burst).
-static POOL: std::sync::Mutex<Vec<Box<[u8]>>> = std::sync::Mutex::new(Vec::new());
-/// Buffers kept in the pool at most (2 MiB): enough for the sessions moving data at once on a
-/// busy relay; idle sessions hold none.
-const POOL_MAX: usize = 64;
-
-fn take_buffer() -> Box<[u8]> {
-    POOL.lock()
-        .expect("buffer pool")
-        .pop()
-        .unwrap_or_else(|| vec![0; PIPE_BUFFER].into_boxed_slice())
-}
-
-fn give_back(buf: Box<[u8]>) {
-    let mut pool = POOL.lock().expect("buffer pool");
-    if pool.len() < POOL_MAX {
-        pool.push(buf);
-    }
-}
-
 /// One direction of the pipe. Its buffer is taken from the pool when the reader has data and
 /// given back as soon as the reader has none and everything read was written: an idle session
 /// holds no buffer at all. Otherwise as tokio's `copy`: bounded, flushes when the reader
@@ -116,6 +96,33 @@ struct Direction {
 }
 
 impl Direction {
+    /// Reads what `reader` has right now into the (pooled) buffer, up to a full buffer: a TLS
+    /// stream yields one record per read, and one write of several records costs the writer's
+    /// socket one call instead of one per record. Returns the bytes read; sets `read_done` at
+    /// the reader's end. `Ok(0)` without `read_done` means nothing is there yet (the reader will
+    /// wake the task).
+    fn gather<R: AsyncRead + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+    ) -> io::Result<usize> {
+        let buf = self.buf.get_or_insert_with(pool::take);
+        let mut read = ReadBuf::new(buf);
+        while read.remaining() > 0 {
+            let before = read.filled().len();
+            match reader.as_mut().poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().len() == before => {
+                    self.read_done = true;
+                    break;
+                }
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        Ok(read.filled().len())
+    }
+
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -128,29 +135,18 @@ impl Direction {
     {
         loop {
             if self.pos == self.cap && !self.read_done {
-                let buf = self.buf.get_or_insert_with(take_buffer);
-                let mut read = ReadBuf::new(buf);
-                match reader.as_mut().poll_read(cx, &mut read) {
-                    Poll::Ready(Ok(())) => {
-                        let n = read.filled().len();
-                        if n == 0 {
-                            self.read_done = true;
-                        } else {
-                            (self.pos, self.cap) = (0, n);
-                        }
+                let n = self.gather(cx, reader.as_mut())?;
+                if n == 0 && !self.read_done {
+                    if let Some(buf) = self.buf.take() {
+                        pool::give_back(buf);
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {
-                        if let Some(buf) = self.buf.take() {
-                            give_back(buf);
-                        }
-                        if self.need_flush {
-                            std::task::ready!(writer.as_mut().poll_flush(cx))?;
-                            self.need_flush = false;
-                        }
-                        return Poll::Pending;
+                    if self.need_flush {
+                        std::task::ready!(writer.as_mut().poll_flush(cx))?;
+                        self.need_flush = false;
                     }
+                    return Poll::Pending;
                 }
+                (self.pos, self.cap) = (0, n);
             }
             while self.pos < self.cap {
                 let buf = self.buf.as_ref().expect("data is in the buffer");
@@ -168,7 +164,7 @@ impl Direction {
             }
             if self.read_done {
                 if let Some(buf) = self.buf.take() {
-                    give_back(buf);
+                    pool::give_back(buf);
                 }
                 std::task::ready!(writer.as_mut().poll_flush(cx))?;
                 std::task::ready!(writer.as_mut().poll_shutdown(cx))?;
@@ -207,7 +203,7 @@ where
     })
     .await;
     for buf in [up.buf.take(), down.buf.take()].into_iter().flatten() {
-        give_back(buf);
+        pool::give_back(buf);
     }
     result
 }

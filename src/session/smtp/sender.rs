@@ -13,8 +13,11 @@ use crate::codec::line::{next_line, sanitize_for_reply, LineTooLong};
 use crate::codec::smtp::{parse_mail_command, MailCommand, MAX_COMMAND_LINE};
 use crate::codec::smtp_data::{parse_bdat, DataScanner, Scan};
 use crate::config::{AccountAuth, AccountConfig};
-use crate::session::relay::PIPE_BUFFER;
 use crate::session::Outcome;
+
+/// Room made in the client's buffer before each read of a message: a message streams through in
+/// reads of up to this much (the buffer lives as long as the session, so it is not the pipe's).
+const DATA_CHUNK: usize = 64 * 1024;
 
 const REPLY_NEED_MAIL: &[u8] = b"503 5.5.1 Error: need MAIL command\r\n";
 const REPLY_BAD_MAIL: &[u8] = b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n";
@@ -204,7 +207,7 @@ impl Session {
                     (&fixed[..], fed.consumed, fed.done)
                 }
                 Scan::NeedMore => {
-                    self.client.conn.reserve(PIPE_BUFFER);
+                    self.client.conn.reserve(DATA_CHUNK);
                     self.fill_client(idle).await?;
                     continue;
                 }
@@ -232,7 +235,7 @@ impl Session {
         let mut left = size;
         while left > 0 {
             if self.client.conn.buffered().is_empty() {
-                self.client.conn.reserve(PIPE_BUFFER);
+                self.client.conn.reserve(DATA_CHUNK);
                 self.fill_client(idle).await?;
             }
             let buffered = self.client.conn.buffered();

@@ -1,0 +1,48 @@
+//! Transfer buffers shared by all sessions, held only while data flows.
+//!
+//! A busy relay moves bulk data through few sessions at a time while thousands sit idle (an
+//! IMAP client in IDLE, a POP3 client between commands). So no session owns a transfer
+//! buffer: it takes one when its socket has data and gives it back as soon as it has none. The
+//! pool keeps the freed ones for the next burst (a fresh buffer would cost an allocation, page
+//! faults and zeroing).
+
+use std::sync::Mutex;
+
+/// Size of every pooled buffer: four full TLS records (16 KiB of plaintext each), so that one
+/// `recv` or `send` moves several records and the per-call cost of the loopback or NIC path
+/// (a wake-up of the peer, an ACK) is paid once per 64 KiB rather than once per record.
+pub const BUFFER: usize = 256 * 1024;
+
+/// Buffers kept at most (4 MiB): enough for the sessions moving bulk data at once on a busy relay.
+const KEEP: usize = 16;
+
+static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+/// A buffer of [`BUFFER`] bytes, from the pool when one is there.
+pub fn take() -> Box<[u8]> {
+    let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    pooled.unwrap_or_else(|| vec![0; BUFFER].into_boxed_slice())
+}
+
+/// Returns a buffer taken with [`take`].
+pub fn give_back(buf: Box<[u8]>) {
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < KEEP {
+        pool.push(buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_reused_and_the_pool_is_bounded() {
+        let many: Vec<_> = (0..KEEP + 8).map(|_| take()).collect();
+        assert!(many.iter().all(|b| b.len() == BUFFER));
+        for b in many {
+            give_back(b);
+        }
+        assert!(POOL.lock().unwrap().len() <= KEEP);
+    }
+}
