@@ -14,6 +14,7 @@
 //! ...`), started as child processes so that each one's CPU and memory are its own.
 
 mod bare;
+mod churn;
 mod client;
 mod io;
 mod measure;
@@ -57,7 +58,8 @@ pub struct Settings {
     pub emailproxy: Option<PathBuf>,
     pub python: Option<PathBuf>,
     pub criterion: Option<PathBuf>,
-    /// Only this phase (throughput, latency, rate, burst, idle, slow, expired), for profiling.
+    /// Only this phase (throughput, latency, rate, burst, idle, slow, expired, replicas, churn),
+    /// for profiling.
     pub only: Option<String>,
 }
 

@@ -347,7 +347,13 @@ async fn http_session(idp: &Idp, tcp: TcpStream) -> std::io::Result<()> {
         }
         let token = format!("bench-at-{n}-{:016x}", rand::random::<u64>());
         idp.issued.lock().unwrap().insert(token.clone());
-        let expires = idp.expires_in.load(Ordering::SeqCst);
+        // `/short/token`: tokens that are due at once (1 s, inside any refresh margin), so that
+        // every use of them is a refresh (the churn phase's other accounts).
+        let expires = if target.starts_with("/short/") {
+            1
+        } else {
+            idp.expires_in.load(Ordering::SeqCst)
+        };
         (
             "200 OK",
             format!(
