@@ -212,6 +212,10 @@ fn check(path: &std::path::Path) -> ExitCode {
                 }
             }
             println!(
+                "kernel TLS: {}; authrelay encrypts and decrypts TLS records in user space (rustls)",
+                authrelay::net::ktls::probe()
+            );
+            println!(
                 "{}: OK ({} listener(s), {} account(s))",
                 path.display(),
                 cfg.listeners.len(),
@@ -319,6 +323,10 @@ fn run(
         None => cfg.log.format,
     };
     init_logging(&level, format);
+    tracing::debug!(
+        kernel_tls = %authrelay::net::ktls::probe(),
+        "TLS records are encrypted and decrypted in user space (rustls)"
+    );
     let open_files = authrelay::net::raise_open_files_limit();
     let wanted: u64 = cfg
         .listeners

@@ -25,6 +25,14 @@ fn the_example_config_is_valid() {
     let out = authrelay(&["check", "--config", EXAMPLE], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 listener(s), 1 account(s))"));
+    // Whether the kernel could take TLS over is said either way (these machines have no tls
+    // module: "not available (the kernel has no tls module)").
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.starts_with("kernel TLS: "));
+    assert!(
+        line.is_some_and(|l| l.contains("available") && l.contains("user space")),
+        "{stdout}"
+    );
 }
 
 #[test]

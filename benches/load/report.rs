@@ -368,6 +368,15 @@ fn cpu_per_gib(p: &PathResult, bytes: usize) -> Option<f64> {
     Some(cpu / (moved / GIB))
 }
 
+/// Relay CPU seconds per GiB of one protocol's transfers: "SMTP / IMAP".
+fn cpu_split(p: &PathResult, bytes: usize) -> String {
+    let per = |t: &[Transfer]| {
+        let cpu: f64 = t.iter().map(|t| t.relay_cpu).sum();
+        cpu / (t.len() as f64 * bytes as f64 / GIB)
+    };
+    format!("{:.2} / {:.2}", per(&p.smtp), per(&p.imap))
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "met"
@@ -550,19 +559,20 @@ pub fn render(settings: &Settings, stack: &Stack, r: &Results) -> String {
         "\n### Throughput and relay CPU ({} MiB per transfer)\n",
         settings.mib
     );
-    let _ = writeln!(md, "| path | what it does | SMTP DATA MiB/s | vs direct | IMAP FETCH MiB/s | vs direct | relay CPU s/GiB | vs bare |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| path | what it does | SMTP DATA MiB/s | vs direct | IMAP FETCH MiB/s | vs direct | relay CPU s/GiB, SMTP / IMAP | relay CPU s/GiB | vs bare |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
     let bare_cpu = cpu_per_gib(bare, r.bytes).unwrap_or(f64::NAN);
     for x in &r.paths {
         let (s, i) = (mbps(r.bytes, med(&x.smtp)), mbps(r.bytes, med(&x.imap)));
         let cpu = cpu_per_gib(x, r.bytes);
         let _ = writeln!(
             md,
-            "| {} | {} | {s:.0} | {:.2}x | {i:.0} | {:.2}x | {} | {} |",
+            "| {} | {} | {s:.0} | {:.2}x | {i:.0} | {:.2}x | {} | {} | {} |",
             x.name,
             x.what,
             med(&direct.smtp) / med(&x.smtp),
             med(&direct.imap) / med(&x.imap),
+            x.pid.map_or_else(|| "-".into(), |_| cpu_split(x, r.bytes)),
             cpu.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
             cpu.map(|c| format!("{:.2}x", c / bare_cpu))
                 .unwrap_or_else(|| "-".into()),

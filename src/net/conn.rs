@@ -6,6 +6,7 @@
 //! pipelined behind STARTTLS would be treated as if it had come through TLS (CVE-2011-0411).
 
 use super::read_ahead::ReadAhead;
+use super::records::{self, RecordStream};
 use bytes::{Buf, BytesMut};
 use rustls::pki_types::ServerName;
 use std::io;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
+use tokio_rustls::{server, TlsAcceptor, TlsConnector};
 
 /// Initial receive buffer capacity: pre-authentication lines are short.
 const INITIAL_BUFFER: usize = 4096;
@@ -26,7 +27,7 @@ pub enum Stream {
     /// TLS as the server (towards a device).
     ServerTls(Box<server::TlsStream<ReadAhead<TcpStream>>>),
     /// TLS as the client (towards upstream).
-    ClientTls(Box<client::TlsStream<ReadAhead<TcpStream>>>),
+    ClientTls(Box<RecordStream>),
     /// Only while a handshake is in progress.
     Detached,
 }
@@ -193,7 +194,9 @@ impl Conn {
         name: ServerName<'static>,
     ) -> io::Result<()> {
         let tcp = self.take_plain()?;
-        let tls = connector.connect(name, ReadAhead::new(tcp)).await?;
+        let (tls, early) = records::connect(connector.config().clone(), name, tcp).await?;
+        // Application data the server sent with its last handshake flight, decrypted.
+        self.buf.extend_from_slice(&early);
         self.stream = Stream::ClientTls(Box::new(tls));
         Ok(())
     }

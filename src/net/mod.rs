@@ -3,8 +3,10 @@
 
 pub mod cidr;
 pub mod conn;
+pub mod ktls;
 pub mod pool;
 pub mod read_ahead;
+pub mod records;
 pub mod tls;
 
 /// Every session holds two sockets (client and upstream), so the usual soft limit of 1,024 open

@@ -206,7 +206,14 @@ pub fn pinned_client_config(pins: &[Pin]) -> Result<Arc<ClientConfig>, TlsError>
             provider,
         }))
         .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(Arc::new(upstream_ready(config)))
+}
+
+/// Lets rustls hand the traffic keys over after the handshake: the records that follow are
+/// sealed and opened by `net::records` (see there why).
+fn upstream_ready(mut config: ClientConfig) -> ClientConfig {
+    config.enable_secret_extraction = true;
+    config
 }
 
 /// The configuration used to reach an upstream server.
@@ -226,5 +233,5 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsEr
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(Arc::new(upstream_ready(config)))
 }

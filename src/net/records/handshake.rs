@@ -1,0 +1,130 @@
+//! The client handshake, driven through rustls' unbuffered API so that, once it is done, rustls
+//! can hand the traffic keys over (`dangerous_into_kernel_connection`) and the records that
+//! follow are sealed and opened in place by [`super::RecordStream`].
+
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
+use rustls::pki_types::ServerName;
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::{ClientConfig, ExtractedSecrets};
+use std::io;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What a finished handshake leaves: the keys, rustls' post-handshake state, the bytes read
+/// past the handshake (the start of the first records) and any application data the server
+/// sent with its last flight, already decrypted by rustls.
+pub struct Finished {
+    pub secrets: ExtractedSecrets,
+    pub kernel: KernelConnection<ClientConnectionData>,
+    pub unread: Vec<u8>,
+    pub early_plaintext: Vec<u8>,
+}
+
+/// What to do after handling one state (the state borrows the buffers, so the I/O it asks for
+/// happens once it is gone).
+enum Step {
+    Again,
+    Transmit,
+    Read,
+    Done,
+}
+
+/// A TLS error as tokio-rustls reports it (same kind, same text).
+pub fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Runs the handshake on `tcp` for `name` with `config` (which must allow secret extraction).
+pub async fn connect(
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    tcp: &mut TcpStream,
+) -> io::Result<Finished> {
+    let mut conn = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
+    let (mut incoming, mut used) = (vec![0u8; 16 * 1024], 0usize);
+    let (mut outgoing, mut sending) = (Vec::new(), 0usize);
+    let mut early_plaintext = Vec::new();
+    loop {
+        let UnbufferedStatus { mut discard, state } =
+            conn.process_tls_records(&mut incoming[..used]);
+        let step = match state.map_err(tls_error)? {
+            ConnectionState::EncodeTlsData(mut e) => {
+                outgoing.resize(sending + super::cipher::MAX_RECORD, 0);
+                loop {
+                    match e.encode(&mut outgoing[sending..]) {
+                        Ok(n) => break sending += n,
+                        Err(EncodeError::InsufficientSize(s)) => {
+                            outgoing.resize(sending + s.required_size, 0)
+                        }
+                        Err(e) => return Err(io::Error::other(e.to_string())),
+                    }
+                }
+                outgoing.truncate(sending);
+                Step::Again
+            }
+            ConnectionState::TransmitTlsData(t) => {
+                t.done();
+                Step::Transmit
+            }
+            ConnectionState::BlockedHandshake => Step::Read,
+            ConnectionState::ReadTraffic(mut r) => {
+                while let Some(record) = r.next_record() {
+                    let record = record.map_err(tls_error)?;
+                    discard += record.discard;
+                    early_plaintext.extend_from_slice(record.payload);
+                }
+                Step::Again
+            }
+            ConnectionState::WriteTraffic(_) => Step::Done,
+            ConnectionState::PeerClosed | ConnectionState::Closed => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed TLS during the handshake",
+                ))
+            }
+            other => {
+                return Err(io::Error::other(format!(
+                    "unexpected TLS state during the handshake: {other:?}"
+                )))
+            }
+        };
+        if discard > 0 {
+            incoming.copy_within(discard..used, 0);
+            used -= discard;
+        }
+        match step {
+            Step::Again => {}
+            Step::Transmit => {
+                tcp.write_all(&outgoing).await?;
+                (outgoing, sending) = (Vec::new(), 0);
+            }
+            Step::Read => {
+                if used == incoming.len() {
+                    incoming.resize(incoming.len() * 2, 0);
+                }
+                let n = tcp.read(&mut incoming[used..]).await?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection during the TLS handshake",
+                    ));
+                }
+                used += n;
+            }
+            Step::Done => break,
+        }
+    }
+    if !outgoing.is_empty() {
+        tcp.write_all(&outgoing).await?;
+    }
+    let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+    incoming.truncate(used);
+    Ok(Finished {
+        secrets,
+        kernel,
+        unread: incoming,
+        early_plaintext,
+    })
+}

@@ -1,0 +1,435 @@
+//! TLS towards upstream with the records handled in place.
+//!
+//! rustls' buffered connection copies every record's plaintext into a fresh allocation before
+//! the reader copies it out again (its unbuffered API too, as of 0.23); on a bulk transfer that
+//! copy was the largest user-space cost in the relay's profile (BENCHMARKS.md, "Where the
+//! relay's CPU goes"). So rustls runs the handshake (certificate checks, key schedule: all of
+//! TLS that is hard), then hands the traffic keys over, as it does for kernel TLS
+//! ([`rustls::kernel`]), and [`RecordStream`] does the rest: it reads the socket into a pooled
+//! buffer up to 64 KiB at a time, opens each record where it lies and copies the content once,
+//! into the reader's buffer; it seals writes into full 16 KiB records in one buffer and sends
+//! them with one call. What rustls does after a handshake is done here too: TLS 1.3 key updates
+//! in both directions (RFC 8446 §4.6.3), session tickets passed to rustls (§4.6.1), alerts
+//! (§6), close_notify on shutdown, a key update before the cipher suite's confidentiality
+//! limit; TLS 1.2 AES-GCM and ChaCha20-Poly1305 records. Idle connections hold no buffer.
+
+mod cipher;
+mod handshake;
+
+use self::cipher::{Keys, Version, ALERT, APPLICATION_DATA, HANDSHAKE, HEADER, MAX_FRAGMENT};
+use super::pool;
+use rustls::client::ClientConnectionData;
+use rustls::kernel::KernelConnection;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ProtocolVersion, SupportedCipherSuite};
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Handshake message types handled after the handshake (RFC 8446 §4).
+const HELLO_REQUEST: u8 = 0;
+const NEW_SESSION_TICKET: u8 = 4;
+const KEY_UPDATE: u8 = 24;
+/// Alert descriptions (RFC 8446 §6).
+const CLOSE_NOTIFY: u8 = 0;
+const USER_CANCELED: u8 = 90;
+/// Alert level "warning" (RFC 5246 §7.2).
+const WARNING: u8 = 1;
+
+/// A client TLS connection past its handshake. Its `Debug` shows no key material.
+pub struct RecordStream {
+    tcp: TcpStream,
+    version: Version,
+    rx: Keys,
+    tx: Keys,
+    kernel: KernelConnection<ClientConnectionData>,
+    /// Records sealed with one key at most, less a margin for the key update itself.
+    tx_limit: u64,
+    /// Received bytes: opened content not yet read at `plain`, unopened records at
+    /// `next..end`.
+    input: Option<Box<[u8]>>,
+    plain: Range<usize>,
+    next: usize,
+    end: usize,
+    /// A handshake message split over records (rare): its first part.
+    partial_handshake: Vec<u8>,
+    peer_closed: bool,
+    /// Sealed records not yet sent, at `sent..sealed`.
+    output: Option<Box<[u8]>>,
+    sent: usize,
+    sealed: usize,
+    close_sent: bool,
+    /// Key updates the server made (TLS 1.3).
+    key_updates: u32,
+}
+
+impl std::fmt::Debug for RecordStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordStream")
+            .field("version", &self.version)
+            .field("buffered_in", &(self.end - self.next + self.plain.len()))
+            .field("buffered_out", &(self.sealed - self.sent))
+            .field("key_updates", &self.key_updates)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the TLS handshake on `tcp` for `name`; the stream, and the application data the
+/// server sent with its last handshake flight (an IMAP greeting may come that early).
+pub async fn connect(
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    mut tcp: TcpStream,
+) -> io::Result<(RecordStream, Vec<u8>)> {
+    let done = handshake::connect(config, name, &mut tcp).await?;
+    let version = match done.kernel.protocol_version() {
+        ProtocolVersion::TLSv1_3 => Version::Tls13,
+        ProtocolVersion::TLSv1_2 => Version::Tls12,
+        other => {
+            return Err(io::Error::other(format!(
+                "unsupported TLS version {other:?}"
+            )))
+        }
+    };
+    let limit = match done.kernel.negotiated_cipher_suite() {
+        SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
+        SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
+    };
+    let (tx_seq, tx) = done.secrets.tx;
+    let (rx_seq, rx) = done.secrets.rx;
+    let mut stream = RecordStream {
+        tcp,
+        version,
+        rx: Keys::new(rx, rx_seq, version)?,
+        tx: Keys::new(tx, tx_seq, version)?,
+        kernel: done.kernel,
+        tx_limit: limit.saturating_sub(16),
+        input: None,
+        plain: 0..0,
+        next: 0,
+        end: 0,
+        partial_handshake: Vec::new(),
+        peer_closed: false,
+        output: None,
+        sent: 0,
+        sealed: 0,
+        close_sent: false,
+        key_updates: 0,
+    };
+    if !done.unread.is_empty() {
+        let mut buf = pool::take();
+        if done.unread.len() > buf.len() {
+            return Err(io::Error::other("too much data after the TLS handshake"));
+        }
+        buf[..done.unread.len()].copy_from_slice(&done.unread);
+        (stream.input, stream.end) = (Some(buf), done.unread.len());
+    }
+    Ok((stream, done.early_plaintext))
+}
+
+fn invalid(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+impl RecordStream {
+    /// The length of the complete record at `next`, if one is there.
+    fn complete_record(&self) -> io::Result<Option<usize>> {
+        let Some(input) = &self.input else {
+            return Ok(None);
+        };
+        let have = &input[self.next..self.end];
+        if have.len() < HEADER {
+            return Ok(None);
+        }
+        let len = usize::from(u16::from_be_bytes([have[3], have[4]]));
+        if len > MAX_FRAGMENT {
+            return Err(invalid("TLS record too large (record_overflow)"));
+        }
+        Ok((have.len() >= HEADER + len).then_some(HEADER + len))
+    }
+
+    /// Opens the complete record at `next`, if any: `true` if one was consumed.
+    fn open_next(&mut self) -> io::Result<bool> {
+        let Some(len) = self.complete_record()? else {
+            return Ok(false);
+        };
+        let at = self.next;
+        let input = self.input.as_mut().expect("a record is buffered");
+        let (typ, content) = self.rx.open(&mut input[at..at + len])?;
+        self.next += len;
+        let content = at + content.start..at + content.end;
+        match typ {
+            APPLICATION_DATA => self.plain = content,
+            ALERT => self.alert(content)?,
+            HANDSHAKE => {
+                let bytes = self.input.as_ref().expect("buffered")[content].to_vec();
+                self.handshake(&bytes)?;
+            }
+            other => return Err(invalid(format!("unexpected TLS record type {other}"))),
+        }
+        Ok(true)
+    }
+
+    fn alert(&mut self, content: Range<usize>) -> io::Result<()> {
+        let input = self.input.as_ref().expect("buffered");
+        let [level, description] = input[content] else {
+            return Err(invalid("malformed TLS alert"));
+        };
+        match description {
+            CLOSE_NOTIFY => {
+                self.peer_closed = true;
+                Ok(())
+            }
+            USER_CANCELED => Ok(()),
+            // TLS 1.2 warnings (such as no_renegotiation) may be ignored (RFC 5246 §7.2).
+            _ if level == WARNING && self.version == Version::Tls12 => Ok(()),
+            d => Err(invalid(format!(
+                "received fatal alert: {:?}",
+                rustls::AlertDescription::from(d)
+            ))),
+        }
+    }
+
+    /// Handshake messages after the handshake: session tickets, key updates (TLS 1.3) and a
+    /// TLS 1.2 server's request to renegotiate, which is ignored (RFC 5246 §7.4.1.1).
+    fn handshake(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.partial_handshake.extend_from_slice(bytes);
+        loop {
+            let m = &self.partial_handshake;
+            if m.len() < 4 {
+                return Ok(());
+            }
+            let len = u32::from_be_bytes([0, m[1], m[2], m[3]]) as usize;
+            if len > 64 * 1024 {
+                return Err(invalid("TLS handshake message too large"));
+            }
+            if m.len() < 4 + len {
+                return Ok(());
+            }
+            let message: Vec<u8> = self.partial_handshake.drain(..4 + len).collect();
+            let (typ, body) = (message[0], &message[4..]);
+            match (self.version, typ) {
+                (Version::Tls13, NEW_SESSION_TICKET) => self
+                    .kernel
+                    .handle_new_session_ticket(body)
+                    .map_err(handshake::tls_error)?,
+                (Version::Tls13, KEY_UPDATE) => self.key_update(body)?,
+                (Version::Tls12, HELLO_REQUEST) => {}
+                _ => return Err(invalid(format!("unexpected TLS handshake message {typ}"))),
+            }
+        }
+    }
+
+    /// The server's key update: new receive keys; if it asks, ours follows (sent under the old
+    /// keys, then they change).
+    fn key_update(&mut self, body: &[u8]) -> io::Result<()> {
+        let requested = match body {
+            [0] => false,
+            [1] => true,
+            _ => return Err(invalid("malformed TLS key_update")),
+        };
+        let (seq, secrets) = self
+            .kernel
+            .update_rx_secret()
+            .map_err(handshake::tls_error)?;
+        self.rx = Keys::new(secrets, seq, self.version)?;
+        self.key_updates += 1;
+        if requested {
+            self.send_key_update()?;
+        }
+        Ok(())
+    }
+
+    /// Queues a KeyUpdate (update_not_requested) and switches to the next sending keys.
+    fn send_key_update(&mut self) -> io::Result<()> {
+        self.seal(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0])?;
+        let (seq, secrets) = self
+            .kernel
+            .update_tx_secret()
+            .map_err(handshake::tls_error)?;
+        self.tx = Keys::new(secrets, seq, self.version)?;
+        Ok(())
+    }
+
+    /// Seals one record into the output buffer (data leaves room for two small records).
+    fn seal(&mut self, typ: u8, content: &[u8]) -> io::Result<()> {
+        if pool::BUFFER - self.sealed < content.len() + self.tx.overhead() {
+            return Err(io::Error::other(
+                "TLS output full: the server asked for key updates faster than it reads",
+            ));
+        }
+        let output = self.output.get_or_insert_with(pool::take);
+        let n = self.tx.seal(typ, content, &mut output[self.sealed..])?;
+        self.sealed += n;
+        Ok(())
+    }
+
+    /// Seals as much of `data` as fits into the output buffer, in records of up to 16 KiB; the
+    /// bytes taken (at least one when `data` is not empty).
+    fn seal_data(&mut self, data: &[u8]) -> io::Result<usize> {
+        let overhead = self.tx.overhead();
+        let mut taken = 0;
+        // Room stays for a key update and a close_notify.
+        let reserve = 2 * (overhead + 8);
+        while taken < data.len() {
+            if self.tx.seq >= self.tx_limit {
+                if self.version == Version::Tls12 {
+                    return Err(io::Error::other(
+                        "TLS 1.2 connection reached its key's limit",
+                    ));
+                }
+                self.send_key_update()?;
+            }
+            let room = pool::BUFFER - self.sealed;
+            if room < overhead + reserve + 1 {
+                break;
+            }
+            let n = (data.len() - taken)
+                .min(cipher::MAX_PLAINTEXT)
+                .min(room - overhead - reserve);
+            self.seal(APPLICATION_DATA, &data[taken..taken + n])?;
+            taken += n;
+        }
+        Ok(taken)
+    }
+
+    /// Sends the sealed records; gives the buffer back once they are out.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.sealed {
+            let output = self.output.as_ref().expect("sealed records are buffered");
+            let n =
+                ready!(Pin::new(&mut self.tcp).poll_write(cx, &output[self.sent..self.sealed]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        if let Some(buf) = self.output.take() {
+            pool::give_back(buf);
+        }
+        (self.sent, self.sealed) = (0, 0);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads more bytes from the socket after the unopened ones (moved to the front first).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let input = self.input.get_or_insert_with(pool::take);
+        if self.next > 0 {
+            input.copy_within(self.next..self.end, 0);
+            (self.end, self.next) = (self.end - self.next, 0);
+            self.plain = 0..0;
+        }
+        let mut read = ReadBuf::new(&mut input[self.end..]);
+        let result = Pin::new(&mut self.tcp).poll_read(cx, &mut read);
+        let n = read.filled().len();
+        if !matches!(result, Poll::Ready(Ok(()))) && self.end == 0 {
+            self.release_input();
+        }
+        ready!(result)?;
+        self.end += n;
+        Poll::Ready(Ok(n))
+    }
+
+    fn release_input(&mut self) {
+        if let Some(buf) = self.input.take() {
+            pool::give_back(buf);
+        }
+        (self.next, self.end, self.plain) = (0, 0, 0..0);
+    }
+}
+
+impl AsyncRead for RecordStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let start = out.filled().len();
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if !this.plain.is_empty() {
+                let input = this.input.as_ref().expect("content is buffered");
+                let n = out.remaining().min(this.plain.len());
+                out.put_slice(&input[this.plain.start..this.plain.start + n]);
+                this.plain.start += n;
+                if out.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            if this.open_next()? {
+                continue;
+            }
+            if out.filled().len() > start || this.peer_closed {
+                return Poll::Ready(Ok(()));
+            }
+            // A key update's reply, if one waits, goes out before we wait for more.
+            if this.sent < this.sealed {
+                let _ = this.poll_send(cx)?;
+            }
+            if ready!(this.poll_fill(cx))? == 0 {
+                let what = if this.end > this.next {
+                    "the server closed the connection in the middle of a TLS record"
+                } else {
+                    "peer closed connection without sending TLS close_notify"
+                };
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, what)));
+            }
+        }
+    }
+}
+
+impl AsyncWrite for RecordStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        ready!(this.poll_send(cx))?;
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = this.seal_data(data)?;
+        // Sent now if the socket takes it; otherwise by the next write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.close_sent {
+            ready!(this.poll_send(cx))?;
+            this.seal(ALERT, &[1, CLOSE_NOTIFY])?;
+            this.close_sent = true;
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+impl Drop for RecordStream {
+    fn drop(&mut self) {
+        self.release_input();
+        if let Some(buf) = self.output.take() {
+            pool::give_back(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
