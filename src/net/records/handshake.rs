@@ -44,52 +44,14 @@ pub async fn connect(
 ) -> io::Result<Finished> {
     let mut conn = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
     let (mut incoming, mut used) = (vec![0u8; 16 * 1024], 0usize);
-    let (mut outgoing, mut sending) = (Vec::new(), 0usize);
+    let mut outgoing = Vec::new();
     let mut early_plaintext = Vec::new();
     loop {
-        let UnbufferedStatus { mut discard, state } =
-            conn.process_tls_records(&mut incoming[..used]);
-        let step = match state.map_err(tls_error)? {
-            ConnectionState::EncodeTlsData(mut e) => {
-                outgoing.resize(sending + super::cipher::MAX_RECORD, 0);
-                loop {
-                    match e.encode(&mut outgoing[sending..]) {
-                        Ok(n) => break sending += n,
-                        Err(EncodeError::InsufficientSize(s)) => {
-                            outgoing.resize(sending + s.required_size, 0)
-                        }
-                        Err(e) => return Err(io::Error::other(e.to_string())),
-                    }
-                }
-                outgoing.truncate(sending);
-                Step::Again
-            }
-            ConnectionState::TransmitTlsData(t) => {
-                t.done();
-                Step::Transmit
-            }
-            ConnectionState::BlockedHandshake => Step::Read,
-            ConnectionState::ReadTraffic(mut r) => {
-                while let Some(record) = r.next_record() {
-                    let record = record.map_err(tls_error)?;
-                    discard += record.discard;
-                    early_plaintext.extend_from_slice(record.payload);
-                }
-                Step::Again
-            }
-            ConnectionState::WriteTraffic(_) => Step::Done,
-            ConnectionState::PeerClosed | ConnectionState::Closed => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the server closed TLS during the handshake",
-                ))
-            }
-            other => {
-                return Err(io::Error::other(format!(
-                    "unexpected TLS state during the handshake: {other:?}"
-                )))
-            }
-        };
+        let (discard, step) = handle(
+            conn.process_tls_records(&mut incoming[..used]),
+            &mut outgoing,
+            &mut early_plaintext,
+        )?;
         if discard > 0 {
             incoming.copy_within(discard..used, 0);
             used -= discard;
@@ -98,7 +60,7 @@ pub async fn connect(
             Step::Again => {}
             Step::Transmit => {
                 tcp.write_all(&outgoing).await?;
-                (outgoing, sending) = (Vec::new(), 0);
+                outgoing.clear();
             }
             Step::Read => {
                 if used == incoming.len() {
@@ -127,4 +89,57 @@ pub async fn connect(
         unread: incoming,
         early_plaintext,
     })
+}
+
+/// Handles one state: encodes what rustls has to send into `outgoing`, collects application
+/// data into `early`; the bytes to discard from the front of the input and what to do next.
+fn handle(
+    status: UnbufferedStatus<'_, '_, ClientConnectionData>,
+    outgoing: &mut Vec<u8>,
+    early: &mut Vec<u8>,
+) -> io::Result<(usize, Step)> {
+    let UnbufferedStatus { mut discard, state } = status;
+    let step = match state.map_err(tls_error)? {
+        ConnectionState::EncodeTlsData(mut e) => {
+            let sending = outgoing.len();
+            outgoing.resize(sending + super::cipher::MAX_RECORD, 0);
+            let n = loop {
+                match e.encode(&mut outgoing[sending..]) {
+                    Ok(n) => break n,
+                    Err(EncodeError::InsufficientSize(s)) => {
+                        outgoing.resize(sending + s.required_size, 0)
+                    }
+                    Err(e) => return Err(io::Error::other(e.to_string())),
+                }
+            };
+            outgoing.truncate(sending + n);
+            Step::Again
+        }
+        ConnectionState::TransmitTlsData(t) => {
+            t.done();
+            Step::Transmit
+        }
+        ConnectionState::BlockedHandshake => Step::Read,
+        ConnectionState::ReadTraffic(mut r) => {
+            while let Some(record) = r.next_record() {
+                let record = record.map_err(tls_error)?;
+                discard += record.discard;
+                early.extend_from_slice(record.payload);
+            }
+            Step::Again
+        }
+        ConnectionState::WriteTraffic(_) => Step::Done,
+        ConnectionState::PeerClosed | ConnectionState::Closed => {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed TLS during the handshake",
+            ))
+        }
+        other => {
+            return Err(io::Error::other(format!(
+                "unexpected TLS state during the handshake: {other:?}"
+            )))
+        }
+    };
+    Ok((discard, step))
 }
