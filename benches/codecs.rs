@@ -28,6 +28,15 @@ fn smtp_codecs(c: &mut Criterion) {
         offer_auth: true,
         offer_starttls: false,
     };
+    // A message streaming through after login: 64 KiB of 77-byte lines, as one read.
+    let line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tem\r\n";
+    let chunk: Vec<u8> = line.iter().copied().cycle().take(64 * 1024).collect();
+    c.bench_function("smtp DATA scan, 64 KiB of 77-byte lines", |b| {
+        b.iter(|| {
+            let mut s = authrelay::codec::smtp_data::DataScanner::default();
+            black_box(s.scan(black_box(&chunk)))
+        })
+    });
     c.bench_function("smtp rewrite_ehlo", |b| {
         b.iter(|| smtp::rewrite_ehlo(black_box(&reply), policy))
     });
