@@ -154,6 +154,17 @@ impl Conn {
         }
     }
 
+    /// Gives a large buffer back once a transfer is over, keeping what it holds: a session that
+    /// streamed a message through with [`Self::reserve`] does not keep that much memory while it
+    /// waits for its next command.
+    pub fn shrink(&mut self) {
+        if self.buf.capacity() > 4 * INITIAL_BUFFER && self.buf.len() <= INITIAL_BUFFER {
+            let mut small = BytesMut::with_capacity(INITIAL_BUFFER);
+            small.extend_from_slice(&self.buf);
+            self.buf = small;
+        }
+    }
+
     /// Reads more bytes into the buffer; `Ok(0)` is end of stream.
     pub async fn fill(&mut self) -> io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < 1024 {

@@ -16,8 +16,9 @@ use crate::config::{AccountAuth, AccountConfig};
 use crate::session::Outcome;
 
 /// Room made in the client's buffer before each read of a message: a message streams through in
-/// reads of up to this much (the buffer lives as long as the session, so it is not the pipe's).
-const DATA_CHUNK: usize = 64 * 1024;
+/// reads of up to this much (one socket call per 256 KiB, as the pipe's); the buffer shrinks
+/// back when the message has passed.
+const DATA_CHUNK: usize = crate::net::pool::BUFFER;
 
 const REPLY_NEED_MAIL: &[u8] = b"503 5.5.1 Error: need MAIL command\r\n";
 const REPLY_BAD_MAIL: &[u8] = b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n";
@@ -220,6 +221,7 @@ impl Session {
             }
             self.client.conn.consume(used);
             if done {
+                self.client.conn.shrink();
                 return self.final_reply(idle).await;
             }
         }
@@ -249,6 +251,7 @@ impl Session {
             left -= n as u64;
             self.moved.client_to_upstream += n as u64;
         }
+        self.client.conn.shrink();
         self.final_reply(idle).await
     }
 
