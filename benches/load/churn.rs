@@ -67,7 +67,12 @@ pub async fn measure(settings: &Settings, stack: &Stack) -> Result<Churn, String
         "churn: login latency, quiet and while {OTHERS} other accounts refresh at every login"
     );
     let target = password_target(free_addr(), imap);
-    let n = settings.latency_logins;
+    // A p99 needs samples: 1,000 logins (a second or two each way) in the full run.
+    let n = if settings.quick {
+        settings.latency_logins
+    } else {
+        settings.latency_logins.max(1000)
+    };
     measure::login_latency(&target, false, 3)
         .await
         .map_err(err("churn warm-up"))?;
