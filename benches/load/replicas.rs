@@ -48,7 +48,11 @@ pub async fn measure(
         eprintln!("replicas: redis-server is not installed; skipped");
         return Ok(None);
     };
-    let _redis = Proc(child);
+    let mut redis = Proc(child);
+    // Listening before any other port is picked: the port was free when chosen, and the next
+    // free_addr() could otherwise be handed the same one again.
+    let redis_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(redis_addr, "redis-server", &mut redis).await?;
     eprintln!("replicas: three authrelay processes sharing redis-server on port {port}");
     // The token the first replica fetches at start is inside its refresh margin (600 s) within
     // five seconds: the storm below finds it due.
