@@ -367,6 +367,11 @@ impl AsyncRead for RecordStream {
             if this.open_next()? {
                 continue;
             }
+            if this.next == this.end {
+                // Every byte read is consumed: the buffer goes back now, not at the next read,
+                // which may be long in coming (a login waiting for its token).
+                this.release_input();
+            }
             if out.filled().len() > start || this.peer_closed {
                 return Poll::Ready(Ok(()));
             }

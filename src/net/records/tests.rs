@@ -101,12 +101,19 @@ async fn exchange(suite: SupportedCipherSuite) {
     let name = ServerName::try_from("localhost").unwrap();
     let (mut stream, early) = connect(client_config(&pki.cert), name, tcp).await.unwrap();
     let mut greeting = early;
+    let mut read = false;
     while !greeting.ends_with(b"\r\n") {
         let mut b = [0u8; 64];
         let n = stream.read(&mut b).await.unwrap();
         greeting.extend_from_slice(&b[..n]);
+        read = true;
     }
     assert_eq!(greeting, b"* OK greeting\r\n");
+    // A read that consumed every byte received gave its buffer back.
+    assert!(
+        !read || stream.input.is_none(),
+        "nothing unread, yet a buffer held"
+    );
     let sent = pattern(BULK, 3);
     let (mut reader, mut writer) = tokio::io::split(stream);
     let upload = async {
