@@ -246,3 +246,32 @@ impl Conn {
 pub fn connector(config: Arc<rustls::ClientConfig>) -> TlsConnector {
     TlsConnector::from(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_buffer_grown_for_a_message_shrinks_back_and_keeps_what_is_unread() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut conn = Conn::new(listener.accept().await.unwrap().0);
+        conn.reserve(256 * 1024);
+        peer.write_all(b"message end\r\n.\r\nQUIT\r\n")
+            .await
+            .unwrap();
+        while !conn.buffered().ends_with(b"QUIT\r\n") {
+            conn.fill().await.unwrap();
+        }
+        conn.consume(b"message end\r\n.\r\n".len());
+        assert!(conn.buf.capacity() > 4 * INITIAL_BUFFER);
+        conn.shrink();
+        assert!(
+            conn.buf.capacity() <= 4 * INITIAL_BUFFER,
+            "the large buffer is given back"
+        );
+        assert_eq!(conn.buffered(), b"QUIT\r\n", "the next command is kept");
+    }
+}

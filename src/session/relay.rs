@@ -2,23 +2,19 @@
 //!
 //! After a successful login nothing is parsed, rewritten or logged: bytes are copied both ways
 //! with bounded buffers (back-pressure instead of growth) until one side closes, and the other
-//! side then sees its half closed. A direction holds a buffer only while data flows: it takes one
-//! from a shared pool when its reader has data and gives it back when the reader has none, so an
-//! idle session (an IMAP client in IDLE, a POP3 client between commands) holds no pipe buffer. An idle watchdog closes sessions with no traffic in either
-//! direction for the listener's idle timeout.
+//! side then sees its half closed. A direction holds a buffer (`net::pool`) only while data
+//! flows, so an idle session (an IMAP client in IDLE, a POP3 client between commands) holds
+//! none; it gathers what its reader has (several TLS records) before writing. An idle watchdog
+//! closes sessions with no bytes read in either direction for the listener's idle timeout.
 
 use crate::net::conn::Conn;
 use crate::net::pool;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-
-/// Buffer size of each direction of the pipe (pooled): four TLS records' plaintext.
-pub const PIPE_BUFFER: usize = pool::BUFFER;
 
 /// Bytes moved in each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,16 +40,9 @@ pub async fn pipe(client: Conn, upstream: Conn, idle: Duration) -> io::Result<Tr
     }
     drop((client_pending, upstream_pending));
 
-    let activity = Arc::new(AtomicU64::new(0));
-    let mut client = Counted {
-        inner: client,
-        activity: activity.clone(),
-    };
-    let mut upstream = Counted {
-        inner: upstream,
-        activity: activity.clone(),
-    };
-    let copy = copy_both_ways(&mut client, &mut upstream);
+    // Bytes read either way so far: the idle watchdog below looks for a change.
+    let activity = AtomicU64::new(0);
+    let copy = copy_both_ways(&mut client, &mut upstream, &activity);
     tokio::pin!(copy);
     let tick = (idle / 4).max(Duration::from_millis(50));
     let mut last_seen = activity.load(Ordering::Relaxed);
@@ -105,6 +94,7 @@ impl Direction {
         &mut self,
         cx: &mut Context<'_>,
         mut reader: Pin<&mut R>,
+        activity: &AtomicU64,
     ) -> io::Result<usize> {
         let buf = self.buf.get_or_insert_with(pool::take);
         let mut read = ReadBuf::new(buf);
@@ -120,14 +110,16 @@ impl Direction {
                 Poll::Pending => break,
             }
         }
-        Ok(read.filled().len())
+        let n = read.filled().len();
+        activity.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
-        mut reader: Pin<&mut R>,
-        mut writer: Pin<&mut W>,
+        (mut reader, mut writer): (Pin<&mut R>, Pin<&mut W>),
+        activity: &AtomicU64,
     ) -> Poll<io::Result<u64>>
     where
         R: AsyncRead + ?Sized,
@@ -135,7 +127,7 @@ impl Direction {
     {
         loop {
             if self.pos == self.cap && !self.read_done {
-                let n = self.gather(cx, reader.as_mut())?;
+                let n = self.gather(cx, reader.as_mut(), activity)?;
                 if n == 0 && !self.read_done {
                     if let Some(buf) = self.buf.take() {
                         pool::give_back(buf);
@@ -175,8 +167,8 @@ impl Direction {
 }
 
 /// Copies `a` ⇄ `b` until both directions have ended (each end shuts the other side's writing
-/// half down); the bytes moved each way.
-async fn copy_both_ways<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+/// half down); the bytes moved each way. Every byte read is added to `activity`.
+async fn copy_both_ways<A, B>(a: &mut A, b: &mut B, activity: &AtomicU64) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -184,13 +176,17 @@ where
     let (mut up, mut down) = (Direction::default(), Direction::default());
     let result = std::future::poll_fn(|cx| {
         if !up.done {
-            if let Poll::Ready(r) = up.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
+            if let Poll::Ready(r) =
+                up.poll_copy(cx, (Pin::new(&mut *a), Pin::new(&mut *b)), activity)
+            {
                 r?;
                 up.done = true;
             }
         }
         if !down.done {
-            if let Poll::Ready(r) = down.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a)) {
+            if let Poll::Ready(r) =
+                down.poll_copy(cx, (Pin::new(&mut *b), Pin::new(&mut *a)), activity)
+            {
                 r?;
                 down.done = true;
             }
@@ -206,46 +202,6 @@ where
         pool::give_back(buf);
     }
     result
-}
-
-/// Counts the reads of a stream into a shared activity counter for the idle watchdog.
-struct Counted<S> {
-    inner: S,
-    activity: Arc<AtomicU64>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.activity.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        result
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 /// Runs the pipe for an authenticated session until it ends or `close` is cancelled (shutdown),
@@ -289,7 +245,11 @@ mod tests {
     async fn bytes_pass_both_ways_and_each_end_is_passed_on() {
         let (mut device, mut near) = tokio::io::duplex(8 * 1024);
         let (mut far, mut server) = tokio::io::duplex(8 * 1024);
-        let pipe = tokio::spawn(async move { copy_both_ways(&mut near, &mut far).await });
+        let pipe = tokio::spawn(async move {
+            let activity = AtomicU64::new(0);
+            let moved = copy_both_ways(&mut near, &mut far, &activity).await;
+            (moved, activity.load(Ordering::Relaxed))
+        });
         device.write_all(b"a1 LOGOUT\r\n").await.unwrap();
         let mut got = [0u8; 11];
         server.read_exact(&mut got).await.unwrap();
@@ -310,7 +270,66 @@ mod tests {
         let mut rest = Vec::new();
         server.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
-        assert_eq!(pipe.await.unwrap().unwrap(), (11, 200_000));
+        let (moved, activity) = pipe.await.unwrap();
+        assert_eq!(moved.unwrap(), (11, 200_000));
+        assert_eq!(activity, 200_011, "every byte read counts as activity");
+    }
+
+    /// Yields its chunks one per read, then nothing yet.
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.0.pop_front() {
+                Some(chunk) => {
+                    buf.put_slice(&chunk);
+                    Poll::Ready(Ok(()))
+                }
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    /// Takes everything, noting the size of each write.
+    #[derive(Default)]
+    struct Writes(Vec<usize>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(buf.len());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn records_ready_together_leave_in_one_write() {
+        // Three TLS records' plaintext already decrypted: one write to the device, not three.
+        let mut reader = Chunks(vec![vec![1u8; 16384], vec![2; 16384], vec![3; 100]].into());
+        let mut writer = Writes::default();
+        let activity = AtomicU64::new(0);
+        let mut d = Direction::default();
+        let polled = std::future::poll_fn(|cx| {
+            let ends = (Pin::new(&mut reader), Pin::new(&mut writer));
+            Poll::Ready(d.poll_copy(cx, ends, &activity))
+        })
+        .await;
+        assert!(polled.is_pending());
+        assert_eq!(writer.0, vec![16384 + 16384 + 100]);
+        assert_eq!(activity.load(Ordering::Relaxed), 32868);
     }
 
     #[tokio::test]
@@ -319,7 +338,8 @@ mod tests {
         let (mut far, _server) = tokio::io::duplex(1024);
         let mut d = Direction::default();
         let polled = std::future::poll_fn(|cx| {
-            Poll::Ready(d.poll_copy(cx, Pin::new(&mut near), Pin::new(&mut far)))
+            let ends = (Pin::new(&mut near), Pin::new(&mut far));
+            Poll::Ready(d.poll_copy(cx, ends, &AtomicU64::new(0)))
         })
         .await;
         assert!(polled.is_pending());

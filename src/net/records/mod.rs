@@ -63,8 +63,9 @@ pub struct RecordStream {
     sent: usize,
     sealed: usize,
     close_sent: bool,
-    /// Key updates the server made (TLS 1.3).
+    /// Key updates the server made, and ours (TLS 1.3).
     key_updates: u32,
+    keys_sent: u32,
 }
 
 impl std::fmt::Debug for RecordStream {
@@ -74,6 +75,7 @@ impl std::fmt::Debug for RecordStream {
             .field("buffered_in", &(self.end - self.next + self.plain.len()))
             .field("buffered_out", &(self.sealed - self.sent))
             .field("key_updates", &self.key_updates)
+            .field("keys_sent", &self.keys_sent)
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +121,7 @@ pub async fn connect(
         sealed: 0,
         close_sent: false,
         key_updates: 0,
+        keys_sent: 0,
     };
     if !done.unread.is_empty() {
         let mut buf = pool::take();
@@ -252,6 +255,7 @@ impl RecordStream {
             .update_tx_secret()
             .map_err(handshake::tls_error)?;
         self.tx = Keys::new(secrets, seq, self.version)?;
+        self.keys_sent += 1;
         Ok(())
     }
 

@@ -144,6 +144,9 @@ async fn exchange(suite: SupportedCipherSuite) {
     let stream = reader.unsplit(writer);
     let tls13 = matches!(suite, SupportedCipherSuite::Tls13(_));
     assert_eq!(stream.key_updates, u32::from(tls13), "{suite:?}");
+    // rustls' server asks for ours in return (update_requested): sent, and the LOGOUT above was
+    // read under the new keys.
+    assert_eq!(stream.keys_sent, u32::from(tls13), "{suite:?}");
 }
 
 #[tokio::test]
