@@ -188,7 +188,15 @@ fn print_problems(problems: &[config::Problem]) {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(cfg) => {
-            let store = cfg.store.open();
+            let store = cfg.store.open_to_read();
+            if let Err(e) = &store {
+                eprintln!("error: store: {e}");
+                return ExitCode::FAILURE;
+            }
+            let sealed_by_password = cfg.store.key.is_none() && cfg.store.auto_key.is_none();
+            if sealed_by_password && cfg.listeners.iter().any(|l| l.spool) {
+                eprintln!("warning: store.seal: \"password\" with a spooling listener: after a restart, spooled mail waits until a device logs in again; leave seal out (a store key is made beside the store) or give key_file");
+            }
             if let Some(s) = store.as_ref().ok().filter(|s| s.is_shared()) {
                 // The shared store must answer now: a replica without it would run alone.
                 match s.probe().and_then(|()| s.refresh_view()) {

@@ -64,8 +64,10 @@ pub fn run(path: &Path, account: &str, device: bool, paste: bool) -> ExitCode {
                 client_credentials(&http, &ep, oauth).await
             }
             (_, _, true) => paste_flow(&cfg, &http, &ep, account).await,
-            (_, true, _) => device_flow(&http, &ep).await,
-            (_, false, false) if ep.device_url.is_some() => device_flow(&http, &ep).await,
+            (_, true, _) => device_flow(&http, &ep, &account.mailbox).await,
+            (_, false, false) if ep.device_url.is_some() => {
+                device_flow(&http, &ep, &account.mailbox).await
+            }
             _ => paste_flow(&cfg, &http, &ep, account).await,
         };
         let grant = match result {
@@ -142,10 +144,14 @@ fn read_line() -> std::io::Result<Secret> {
     Ok(value)
 }
 
-async fn device_flow(http: &reqwest::Client, ep: &config::Endpoints) -> Result<Grant, TokenError> {
+async fn device_flow(
+    http: &reqwest::Client,
+    ep: &config::Endpoints,
+    mailbox: &str,
+) -> Result<Grant, TokenError> {
     oauth::device_flow(http, ep, |p: &DevicePrompt| {
         println!(
-            "To sign in, open {} in any browser and enter the code {}\n(the code expires in {} min; waiting for the sign-in...)",
+            "Sign in as {mailbox}: the tokens are for that mailbox, and a sign-in as another user will not work.\nTo sign in, open {} in any browser and enter the code {}\n(the code expires in {} min; waiting for the sign-in...)",
             p.verification_uri,
             p.user_code,
             p.expires_in.as_secs() / 60

@@ -7,9 +7,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::interop::FullRelay;
 use support::interop::*;
@@ -47,13 +47,6 @@ fn assert_clean(what: &str, text: &str, canaries: &[String]) {
     }
 }
 
-fn microsoft_account(name: &str, mailbox: &str, client_id: &str, extra: &str) -> String {
-    let hash = hash_password(LOCAL_PASSWORD);
-    format!(
-        "[account.{name}]\nlogin = \"{name}@device.local\"\npassword_hash = \"{hash}\"\nmailbox = \"{mailbox}\"\nprovider = \"microsoft\"\nauthority = \"http://{IDP}\"\ntenant = \"contoso\"\nclient_id = \"{client_id}\"\n{extra}\n"
-    )
-}
-
 /// The CSRF token an account page's forms carry.
 fn csrf_of(page: &str) -> String {
     page.split("name=\"csrf\" value=\"")
@@ -61,10 +54,6 @@ fn csrf_of(page: &str) -> String {
         .and_then(|s| s.split('"').next())
         .expect("a form with a CSRF token")
         .to_owned()
-}
-
-fn register_client(json: &str) {
-    idp_post("/admin/client", json);
 }
 
 #[test]
@@ -282,44 +271,6 @@ fn the_account_pages_need_the_local_password_and_are_throttled() {
 }
 
 /// Reads the child's stdout until a line contains `needle`; returns the lines read.
-fn read_until(out: &mut BufReader<std::process::ChildStdout>, needle: &str) -> Vec<String> {
-    let mut lines = Vec::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "ended before {needle:?}: {lines:?}"
-        );
-        let done = line.contains(needle);
-        lines.push(line);
-        if done {
-            return lines;
-        }
-    }
-}
-
-fn finish(mut child: Child) -> (bool, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut out = String::new();
-            if let Some(mut s) = child.stdout.take() {
-                let _ = s.read_to_string(&mut out);
-            }
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            return (status.success(), out + &err);
-        }
-        assert!(Instant::now() < deadline, "authrelay login did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn device_code_login_while_the_relay_runs() {
     stack();
@@ -419,41 +370,7 @@ fn paste_the_redirect_address_then_send_mail() {
         "redirect_uri=http%3A%2F%2Flocalhost%3A{}%2Fregister_microsoft_graph_api%2F",
         r.admin
     )));
-    // The user signs in elsewhere; the browser ends at the redirect address (here: curl
-    // posts the consent form and reads where it redirects).
-    let page = http_get(&authorize_url);
-    let field = |name: &str| {
-        page.split(&format!("name=\"{name}\" value=\""))
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap_or_else(|| panic!("no {name} in {page}"))
-            .replace("&amp;", "&")
-    };
-    let form: Vec<String> = [
-        "client_id",
-        "redirect_uri",
-        "state",
-        "code_challenge",
-        "scope",
-    ]
-    .iter()
-    .flat_map(|n| ["--data-urlencode".to_owned(), format!("{n}={}", field(n))])
-    .collect();
-    let consent = run(Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{redirect_url}"])
-        .args(&form)
-        .args([
-            "--data-urlencode",
-            &format!("user={user}"),
-            "--data-urlencode",
-            "decision=accept",
-            &format!("http://{IDP}/contoso/oauth2/v2.0/authorize"),
-        ]));
-    let landed = text(&consent);
-    assert!(
-        landed.contains("/register_microsoft_graph_api/?code="),
-        "{landed}"
-    );
+    let landed = consent_at_idp(&authorize_url, &user);
     let _ = read_until(&mut out, "paste it here");
     writeln!(stdin, "{landed}").unwrap();
     drop(stdin);

@@ -139,8 +139,8 @@ pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
     let tenant: Option<String> = t.optional("tenant");
     let client_id: Option<String> = t.optional("client_id");
     let client_secret = t.secret("client_secret");
-    let certificate: Option<PathBuf> = t.optional("certificate");
-    let certificate_key: Option<PathBuf> = t.optional("certificate_key");
+    let certificate = t.path("certificate");
+    let certificate_key = t.path("certificate_key");
     let refresh_token = t.secret("refresh_token");
     let token_url: Option<String> = t.optional("token_url");
     let authorize_url: Option<String> = t.optional("authorize_url");

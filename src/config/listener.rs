@@ -12,8 +12,8 @@ pub(super) fn read_listener(
     let protocol: Option<Protocol> = t.required("protocol", "smtp, imap or pop3");
     let listen: Option<String> = t.required("listen", "an address such as 127.0.0.1:2525");
     let tls: LocalTls = t.optional("tls").unwrap_or(LocalTls::None);
-    let cert: Option<PathBuf> = t.optional("cert");
-    let key: Option<PathBuf> = t.optional("key");
+    let cert = t.path("cert");
+    let key = t.path("key");
     let upstream = upstream::read_spec(&mut t, &upstream::LISTENER_KEYS, false);
     let upstream_probe: bool = t.optional("upstream_probe").unwrap_or(true);
     let spool: Option<bool> = t.optional("spool");

@@ -11,7 +11,16 @@ pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
             message,
         }]
     })?;
-    from_value(root)
+    // Relative paths in the file are relative to the file, not to wherever the command runs
+    // (systemd starts services in `/`; `authrelay login` may be run from anywhere).
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let base = std::path::absolute(dir.unwrap_or(Path::new("."))).map_err(|e| {
+        vec![Problem {
+            path: path.display().to_string(),
+            message: format!("cannot tell its directory: {e}"),
+        }]
+    })?;
+    from_value_at(root, Some(base))
 }
 
 pub(super) fn read_sources(path: &Path) -> Result<Value, String> {
@@ -63,9 +72,14 @@ pub fn from_toml_str(toml: &str) -> Result<Config, Vec<Problem>> {
     from_value(value)
 }
 
-/// Validates an already merged configuration tree.
+/// Validates an already merged configuration tree (relative paths stay as given).
 pub fn from_value(root: Value) -> Result<Config, Vec<Problem>> {
-    let mut problems = Problems::default();
+    from_value_at(root, None)
+}
+
+/// Validates a configuration tree whose relative paths are relative to `base`.
+fn from_value_at(root: Value, base: Option<PathBuf>) -> Result<Config, Vec<Problem>> {
+    let mut problems = Problems(Vec::new(), base);
     let config = read_root(root, &mut problems);
     match config {
         Some(c) if problems.0.is_empty() => Ok(c),
@@ -156,7 +170,7 @@ pub(super) fn read_root(root: Value, problems: &mut Problems) -> Option<Config> 
 
 pub(super) fn read_spool(value: Option<Value>, problems: &mut Problems) -> Option<SpoolConfig> {
     let mut s = SpoolConfig {
-        path: PathBuf::from("state/spool"),
+        path: problems.resolve(PathBuf::from("state/spool")),
         max_age: Duration::from_secs(120 * 3600),
         // Exchange Online's message size limit for SMTP AUTH submission: 35 MB.
         max_message_bytes: 35 * 1024 * 1024,
@@ -169,7 +183,7 @@ pub(super) fn read_spool(value: Option<Value>, problems: &mut Problems) -> Optio
         return Some(s);
     };
     let mut t = Table::new("spool", v, problems)?;
-    if let Some(p) = t.optional::<PathBuf>("path") {
+    if let Some(p) = t.path("path") {
         s.path = p;
     }
     if let Some(h) = t.optional::<u64>("max_age_hours") {
@@ -196,16 +210,18 @@ pub(super) fn read_spool(value: Option<Value>, problems: &mut Problems) -> Optio
 
 pub(super) fn read_store(value: Option<Value>, problems: &mut Problems) -> Option<StoreConfig> {
     let mut s = StoreConfig {
-        path: PathBuf::from("state/tokens.json"),
+        path: problems.resolve(PathBuf::from("state/tokens.json")),
         key: None,
+        auto_key: None,
         keepalive: Duration::from_secs(7 * 86400),
         check_interval: Duration::from_secs(60),
         backend: StoreBackend::File,
     };
+    let mut seal = String::from("key");
     if let Some(v) = value {
         let mut t = Table::new("store", v, problems)?;
         s.backend = read_store_backend(&mut t);
-        if let Some(p) = t.optional::<PathBuf>("path") {
+        if let Some(p) = t.path("path") {
             s.path = p;
         }
         s.key = t.secret("key");
@@ -213,6 +229,30 @@ pub(super) fn read_store(value: Option<Value>, problems: &mut Problems) -> Optio
             if let Err(e) = crate::store::Key::from_key_file(k) {
                 t.problem("key", e);
             }
+        }
+        if let Some(v) = t.optional::<String>("seal") {
+            seal = v;
+        }
+        match seal.as_str() {
+            "key" => {}
+            "password" if s.key.is_some() => t.problem(
+                "seal",
+                "\"password\" seals with each account's local password: leave out key_file, or leave out seal",
+            ),
+            "password" => {}
+            other => t.problem(
+                "seal",
+                format!(
+                    "unknown value {:?}: valid values are \"key\" (the default: a key file, made beside the store if key_file is not given) and \"password\" (each account's local password; the relay can use the tokens only after a device logged in)",
+                    super::reader::clip(other)
+                ),
+            ),
+        }
+        if seal == "key" && s.key.is_none() && matches!(s.backend, StoreBackend::Redis(_)) {
+            t.problem(
+                "key_file",
+                "missing: every replica sharing the store needs the same key (make one with: head -c 32 /dev/urandom | base64 > store.key; chmod 600 store.key), or set seal = \"password\"",
+            );
         }
         if let Some(days) = t.optional::<u64>("keepalive_days") {
             if !(1..=60).contains(&days) {
@@ -228,6 +268,9 @@ pub(super) fn read_store(value: Option<Value>, problems: &mut Problems) -> Optio
         }
         t.finish();
     }
+    if seal == "key" && s.key.is_none() {
+        s.auto_key = Some(s.path.with_file_name("store.key"));
+    }
     Some(s)
 }
 
@@ -238,7 +281,7 @@ fn read_store_backend(t: &mut Table<'_>) -> StoreBackend {
     let username: Option<String> = t.optional("username");
     let password = t.secret("password");
     let prefix: String = t.optional("prefix").unwrap_or_else(|| "authrelay:".into());
-    let ca: Option<PathBuf> = t.optional("ca");
+    let ca = t.path("ca");
     match backend.as_str() {
         "file" => {
             for (key, given) in [

@@ -8,6 +8,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+/// `text` cut to 60 characters, for quoting a wrong value back in a message.
+pub fn clip(text: &str) -> String {
+    let mut out: String = text.chars().take(60).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
 /// One problem in the configuration, with the dotted key path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -23,11 +32,21 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Where problems are collected while a configuration is read.
+/// Where problems are collected while a configuration is read, and what relative paths in it
+/// are relative to.
 #[derive(Debug, Default)]
-pub struct Problems(pub Vec<Problem>);
+pub struct Problems(pub Vec<Problem>, pub Option<PathBuf>);
 
 impl Problems {
+    /// `path` made absolute against the configuration file's directory; a configuration read
+    /// from a string (tests) keeps its paths as given.
+    pub fn resolve(&self, path: PathBuf) -> PathBuf {
+        match &self.1 {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path,
+        }
+    }
+
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             path: path.into(),
@@ -107,12 +126,18 @@ impl<'p> Table<'p> {
         self.optional(key)
     }
 
+    /// An optional path, made absolute against the configuration file's directory.
+    pub fn path(&mut self, key: &str) -> Option<PathBuf> {
+        let p: PathBuf = self.optional(key)?;
+        Some(self.problems.resolve(p))
+    }
+
     /// A secret given inline as `key` or in a file as `key_file` (one or the other). The file's
     /// content is the secret, without a trailing newline.
     pub fn secret(&mut self, key: &str) -> Option<Secret> {
         let file_key = format!("{key}_file");
         let inline: Option<String> = self.optional(key);
-        let file: Option<PathBuf> = self.optional(&file_key);
+        let file = self.path(&file_key);
         match (inline, file) {
             (Some(_), Some(_)) => {
                 self.problem(key, format!("give either {key} or {file_key}, not both"));

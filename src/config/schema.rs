@@ -49,8 +49,12 @@ pub struct SpoolConfig {
 pub struct StoreConfig {
     /// The store file.
     pub path: PathBuf,
-    /// Content of the store key file: seal every account with it instead of its local password.
+    /// Content of the store key file (`key_file`): seal every account with it.
     pub key: Option<Secret>,
+    /// Where the key made on first start lives, when neither `key_file` nor
+    /// `seal = "password"` is given: `store.key` beside the store (see
+    /// [`crate::store::keyfile`]). `None` with password sealing or a given key.
+    pub auto_key: Option<PathBuf>,
     /// Refresh a refresh token that has not been used for this long, so it never ages out.
     pub keepalive: Duration,
     /// How often the background task looks for tokens to refresh.
@@ -68,9 +72,45 @@ impl StoreConfig {
         }
     }
 
-    /// Opens the store this describes (see [`crate::store::Store::open_with`]).
+    /// Opens the store this describes (see [`crate::store::Store::open_with`]), making its key
+    /// on first use when the configuration leaves that to the relay.
     pub fn open(&self) -> Result<std::sync::Arc<crate::store::Store>, crate::store::StoreError> {
-        crate::store::Store::open_with(&self.path, self.key.as_ref(), self.redis())
+        self.open_as(true)
+    }
+
+    /// [`Self::open`] for a look only (`authrelay check`): a key not made yet is not made.
+    pub fn open_to_read(
+        &self,
+    ) -> Result<std::sync::Arc<crate::store::Store>, crate::store::StoreError> {
+        self.open_as(false)
+    }
+
+    fn open_as(
+        &self,
+        create: bool,
+    ) -> Result<std::sync::Arc<crate::store::Store>, crate::store::StoreError> {
+        use crate::store::keyfile::{self, AutoKey};
+        let made;
+        let key = match (&self.key, &self.auto_key) {
+            (Some(k), _) => Some(k),
+            (None, Some(path)) => match keyfile::load(path, create)? {
+                AutoKey::Found(k) => {
+                    made = k;
+                    Some(&made)
+                }
+                AutoKey::Created(k) => {
+                    tracing::info!(
+                        "made the store key {} (mode 0600): back it up with the store, which cannot be read without it",
+                        path.display()
+                    );
+                    made = k;
+                    Some(&made)
+                }
+                AutoKey::Missing => None,
+            },
+            (None, None) => None,
+        };
+        crate::store::Store::open_with(&self.path, key, self.redis())
     }
 }
 

@@ -43,7 +43,7 @@ pub(super) fn read_spec(
     let tls_given = t.has(keys.tls);
     let tls: Option<UpstreamTls> = t.optional(keys.tls);
     let name: Option<String> = t.optional(keys.name);
-    let ca: Option<PathBuf> = t.optional(keys.ca);
+    let ca = t.path(keys.ca);
     let pin_texts: Vec<String> = match t.optional::<OneOrMany>(keys.pin) {
         None => Vec::new(),
         Some(OneOrMany::One(p)) => vec![p],

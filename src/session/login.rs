@@ -167,6 +167,14 @@ pub async fn log_in_locally<U: UpstreamLogin>(
         return Err(LoginOutcome::LocalRejected);
     }
     verdict.proved();
+    // With a store sealed by local passwords, the password just verified is what lets delivery
+    // open the account's tokens later: derive its key now, while it is at hand.
+    if matches!(account.auth, crate::config::AccountAuth::OAuth(_)) {
+        let store = ctx.shared.tokens.store();
+        if !store.has_store_key() {
+            let _ = store.unlock(&account.id, Some(&credentials.password)).await;
+        }
+    }
     // A grant known to be dead is checked once more (it may have been renewed meanwhile by
     // `authrelay login` or the account page): a device must hear now that its messages could
     // not go out, rather than have them queued. Transient trouble is left to the spool.

@@ -26,6 +26,7 @@ pub mod message;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -158,8 +159,22 @@ impl Spool {
             failed: path.join("failed"),
             state: path.join("state"),
         });
+        // Messages are scans, invoices and payslips: only the relay's user may read them. The
+        // mode is given at creation (the umask can only take bits away), and a spool that
+        // group or others can enter is refused rather than used.
         for d in [&dir.tmp, &dir.queue, &dir.failed, &dir.state] {
-            fs::create_dir_all(d).map_err(io_error(d))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .map_err(io_error(d))?;
+        }
+        let mode = fs::metadata(path).map_err(io_error(path))?.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(io_error(path)(io::Error::other(format!(
+                "the spool directory can be entered by group or others (mode {mode:o}): make it private with chmod 700 {}",
+                path.display()
+            ))));
         }
         if clean {
             for entry in fs::read_dir(&dir.tmp).map_err(io_error(&dir.tmp))? {
@@ -233,6 +248,7 @@ impl Spool {
                 let file = OpenOptions::new()
                     .write(true)
                     .create_new(true)
+                    .mode(0o600)
                     .open(&tmp)
                     .map_err(io_error(&tmp))?;
                 let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
@@ -348,7 +364,14 @@ impl Spool {
         let path = self.dir.state.join(checked_id(id)?);
         let tmp = self.dir.state.join(format!(".{id}.tmp"));
         let raw = serde_json::to_vec(state).expect("a delivery state serializes");
-        fs::write(&tmp, raw).map_err(io_error(&tmp))?;
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&raw))
+            .map_err(io_error(&tmp))?;
         fs::rename(&tmp, &path).map_err(io_error(&path))
     }
 

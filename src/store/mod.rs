@@ -24,6 +24,7 @@
 //! thread: a store held locked by another process stalls that write, not the runtime.
 
 mod crypto;
+pub mod keyfile;
 mod redis_store;
 mod shared;
 #[cfg(test)]
@@ -462,6 +463,9 @@ impl Store {
     /// and process; the derived key is then kept in memory.
     pub async fn unlock(&self, account: &str, password: Option<&Secret>) -> Option<Key> {
         if let Some(k) = &self.store_key {
+            if let Some(password) = password {
+                self.adopt_password_entry(account, password, k).await;
+            }
             return Some(k.clone());
         }
         let existing = self.entry(account).and_then(|e| e.seal);
@@ -484,6 +488,40 @@ impl Store {
             .ok()??;
         self.password_keys.insert(account.to_owned(), key.clone());
         Some(key)
+    }
+
+    /// An entry sealed with the account's local password (by an earlier version, or before a
+    /// store key was configured) is opened with the password a device just gave and sealed
+    /// again with the store key, so that from now on the relay can use it on its own. Happens
+    /// once per account; the write is small and synchronous.
+    async fn adopt_password_entry(&self, account: &str, password: &Secret, store_key: &Key) {
+        let Some(seal @ Seal::Password { .. }) = self.entry(account).and_then(|e| e.seal) else {
+            return;
+        };
+        let password = password.clone();
+        let Ok(Some(old)) =
+            tokio::task::spawn_blocking(move || Key::from_password(&password, seal)).await
+        else {
+            return;
+        };
+        let Ok(opened) = self.open_entry(account, &old) else {
+            return; // another password sealed it: leave it for a new sign-in
+        };
+        let change = Change {
+            refresh_token: opened.refresh_token,
+            access_token: opened.access_token,
+            client_secret: opened.client_secret,
+            ..Default::default()
+        };
+        match self.update(account, Some(store_key), change) {
+            Ok(_) => tracing::info!(
+                account = %account,
+                "the stored tokens, sealed with the local password until now, are sealed with the store key"
+            ),
+            Err(e) => {
+                tracing::warn!(account = %account, "cannot seal the stored tokens with the store key: {e}")
+            }
+        }
     }
 
     /// The key already known for `account` without a password (store key, or a password key

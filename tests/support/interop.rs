@@ -1,6 +1,6 @@
 //! The real-server interop stack (tests/harness) and the authrelay binary run against it.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -825,4 +825,100 @@ pub fn device_prompt(prompt: &str) -> (String, String) {
         .to_owned();
     let code = prompt.trim().rsplit(' ').next().unwrap().to_owned();
     (url, code)
+}
+
+/// An `[account.NAME]` table for the harness identity provider's Microsoft-style endpoints.
+pub fn microsoft_account(name: &str, mailbox: &str, client_id: &str, extra: &str) -> String {
+    let hash = hash_password(LOCAL_PASSWORD);
+    format!(
+        "[account.{name}]\nlogin = \"{name}@device.local\"\npassword_hash = \"{hash}\"\nmailbox = \"{mailbox}\"\nprovider = \"microsoft\"\nauthority = \"http://{IDP}\"\ntenant = \"contoso\"\nclient_id = \"{client_id}\"\n{extra}\n"
+    )
+}
+
+/// Registers an app at the harness identity provider (`client_id`, optional `secret`, ...).
+pub fn register_client(json: &str) {
+    idp_post("/admin/client", json);
+}
+
+/// Lines of `authrelay login`'s output up to the first that holds `needle`.
+pub fn read_until(out: &mut BufReader<std::process::ChildStdout>, needle: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "ended before {needle:?}: {lines:?}"
+        );
+        let done = line.contains(needle);
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
+/// Waits for `authrelay login` to end: whether it succeeded, and all it printed.
+pub fn finish(mut child: Child) -> (bool, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            if let Some(mut s) = child.stdout.take() {
+                let _ = s.read_to_string(&mut out);
+            }
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.success(), out + &err);
+        }
+        assert!(Instant::now() < deadline, "authrelay login did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The user signs in as `user` at the harness identity provider's authorization page and
+/// consents; returns the redirect address the browser lands on (curl posts the consent form and
+/// reads where it redirects).
+pub fn consent_at_idp(authorize_url: &str, user: &str) -> String {
+    let page = String::from_utf8_lossy(
+        &run(Command::new("curl").args(["-s", "--max-time", "10", authorize_url])).stdout,
+    )
+    .into_owned();
+    let field = |name: &str| {
+        page.split(&format!("name=\"{name}\" value=\""))
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_else(|| panic!("no {name} in {page}"))
+            .replace("&amp;", "&")
+    };
+    let form: Vec<String> = [
+        "client_id",
+        "redirect_uri",
+        "state",
+        "code_challenge",
+        "scope",
+    ]
+    .iter()
+    .flat_map(|n| ["--data-urlencode".to_owned(), format!("{n}={}", field(n))])
+    .collect();
+    let consent = run(Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{redirect_url}"])
+        .args(&form)
+        .args([
+            "--data-urlencode",
+            &format!("user={user}"),
+            "--data-urlencode",
+            "decision=accept",
+            &format!("http://{IDP}/contoso/oauth2/v2.0/authorize"),
+        ]));
+    let landed = text(&consent);
+    assert!(
+        landed.contains("/register_microsoft_graph_api/?code="),
+        "{landed}"
+    );
+    landed
 }

@@ -96,6 +96,9 @@ struct RefreshState {
     /// The newest refresh token known (store, rotation, or configuration).
     refresh: Option<Secret>,
     generation: u64,
+    /// The store holds a refresh token this process cannot open yet: it is sealed with the
+    /// account's local password and no device has given it since start.
+    locked: bool,
 }
 
 /// Why a token is being asked for.
@@ -411,9 +414,14 @@ impl TokenCache {
             tenant: stored.as_ref().and_then(|e| e.tenant.clone()),
             client_secret: None,
         };
+        // The entry counts as seen only once its secrets were read: an entry sealed with a key
+        // this process does not have yet (a local password no device has given since start)
+        // must be read again when one is given, or its refresh token would never be used.
+        let mut read = stored.as_ref().is_none_or(|e| e.seal.is_none());
         if let Some(k) = &key {
             match self.store.open_entry(id, k) {
                 Ok(opened) => {
+                    read = true;
                     overrides.client_secret = opened.client_secret;
                     if state.generation != generation {
                         if opened.refresh_token.is_some() {
@@ -443,8 +451,11 @@ impl TokenCache {
                 state.refresh = o.refresh_token.clone();
             }
         }
-        state.generation = generation;
-        entry.seen_generation.store(generation, Ordering::Release);
+        state.locked = !read && stored.as_ref().is_some_and(|e| e.has_refresh_token());
+        if read {
+            state.generation = generation;
+            entry.seen_generation.store(generation, Ordering::Release);
+        }
         (key, overrides)
     }
 
@@ -472,6 +483,13 @@ impl TokenCache {
         match oauth.flow {
             Flow::Delegated => {
                 let Some(rt) = state.refresh.as_ref() else {
+                    if state.locked {
+                        return Err(TokenError::new(
+                            ErrorClass::Temporary,
+                            "store_locked",
+                            "the stored refresh token is sealed with the account's local password and no device has logged in since the relay started; it is used at the next device login (a store key, the default, avoids this)",
+                        ));
+                    }
                     return Err(TokenError::new(
                         ErrorClass::Reauthorize,
                         "no_refresh_token",
