@@ -50,12 +50,16 @@ enum Command {
     },
     /// Read a password on standard input and print its Argon2id hash (for password_hash).
     HashPassword,
-    /// Ask a running relay's admin server whether it is alive (GET /healthz); exit 0 if it is.
-    /// For container HEALTHCHECKs, where there is no curl.
+    /// Ask a running relay whether it is ready (GET /readyz on its admin server): prints its
+    /// answer, exits 0 when ready (also when degraded: the answer names what needs attention),
+    /// 1 when not ready or not running. For container HEALTHCHECKs, where there is no curl.
     Health {
-        /// The admin server's address.
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        addr: std::net::SocketAddr,
+        /// The admin server's address; default: `[admin] listen` of the configuration
+        /// (AUTHRELAY__ADMIN__LISTEN overrides it), or 127.0.0.1:9090 without a configuration.
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Look at and manage the spool: messages waiting for delivery, and those that failed.
     #[command(after_help = QUEUE_HELP)]
@@ -147,7 +151,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Health { addr } => health(addr),
+        Command::Health { addr, config } => match health_address(addr, &config.config) {
+            Ok(addr) => health(addr),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Login {
             account,
             device,
@@ -193,7 +203,7 @@ fn check(path: &std::path::Path) -> ExitCode {
                 eprintln!("error: store: {e}");
                 return ExitCode::FAILURE;
             }
-            let sealed_by_password = cfg.store.key.is_none() && cfg.store.auto_key.is_none();
+            let sealed_by_password = cfg.store.key.is_none() && !cfg.store.auto_key;
             if sealed_by_password && cfg.listeners.iter().any(|l| l.spool) {
                 eprintln!("warning: store.seal: \"password\" with a spooling listener: after a restart, spooled mail waits until a device logs in again; leave seal out (a store key is made beside the store) or give key_file");
             }
@@ -264,30 +274,58 @@ fn hash_password() -> ExitCode {
     }
 }
 
+/// Where `authrelay health` asks: `--addr`, else the configuration's admin server; without a
+/// configuration file at the default place, the default admin address.
+fn health_address(
+    addr: Option<std::net::SocketAddr>,
+    path: &std::path::Path,
+) -> Result<std::net::SocketAddr, String> {
+    if let Some(a) = addr {
+        return Ok(a);
+    }
+    if !path.exists() && path == std::path::Path::new(config::DEFAULT_PATH) {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 9090)));
+    }
+    match config::admin_listen(path) {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(format!(
+            "{}: the admin server is disabled ([admin] enabled = false), so there is nothing to ask; give --addr",
+            path.display()
+        )),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 fn health(addr: std::net::SocketAddr) -> ExitCode {
     use std::io::Write;
     let timeout = std::time::Duration::from_secs(3);
     let answer = (|| -> std::io::Result<String> {
         let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
         s.set_read_timeout(Some(timeout))?;
-        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut head = [0u8; 64];
-        let n = s.read(&mut head)?;
-        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+        // Its own address as Host: the relay names accounts only to its own name.
+        let request = format!("GET /readyz HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes())?;
+        let mut answer = Vec::new();
+        s.take(64 * 1024).read_to_end(&mut answer)?;
+        Ok(String::from_utf8_lossy(&answer).into_owned())
     })();
-    match answer {
-        Ok(a) if a.starts_with("HTTP/1.0 200") || a.starts_with("HTTP/1.1 200") => {
-            println!("ok");
-            ExitCode::SUCCESS
-        }
-        Ok(a) => {
-            eprintln!("unhealthy: {}", a.lines().next().unwrap_or(""));
-            ExitCode::FAILURE
-        }
+    let answer = match answer {
+        Ok(a) => a,
         Err(e) => {
-            eprintln!("unhealthy: {addr}: {e}");
-            ExitCode::FAILURE
+            eprintln!("not ready: nothing answers at {addr} ({e}); is the relay running?");
+            return ExitCode::FAILURE;
         }
+    };
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.lines().next().unwrap_or("");
+    let ok = status.starts_with("HTTP/1.0 200") || status.starts_with("HTTP/1.1 200");
+    let body = body.trim_end();
+    if ok {
+        println!("{body}");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{}", if body.is_empty() { status } else { body });
+        ExitCode::FAILURE
     }
 }
 

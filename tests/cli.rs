@@ -60,7 +60,10 @@ fn check_lists_three_mistakes_with_their_key_paths() {
     assert!(
         errors
             .iter()
-            .any(|l| l.starts_with("error: listener.smtp.upstream_tls: ") && l.contains("startls")),
+            .any(|l| l.starts_with("error: listener.smtp.upstream_tls: ")
+                && l.contains(
+                    "\"startls\" is not a valid value; valid values are: starttls, implicit, none"
+                )),
         "{err}"
     );
     assert!(
@@ -372,4 +375,63 @@ fn run_raises_its_open_files_limit_and_warns_when_it_is_too_low() {
         "{seen}"
     );
     assert!(seen.contains("wanted=2064"), "{seen}");
+}
+
+#[test]
+fn check_refuses_a_password_hash_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::fs::read_to_string(format!("{}/{EXAMPLE}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let full = "$argon2id$v=19$m=19456,t=2,p=1$6aW2CDU7XzDGXu49Mzs85Q$Zd3pikVJGyoLWjoh9INFDcfST6poXIfexugiArv7y2Q";
+    assert!(example.contains(full));
+    let path = dir.path().join("cut.toml");
+    std::fs::write(
+        &path,
+        example.replace(full, "$argon2id$v=19$m=19456,t=2,p=1"),
+    )
+    .unwrap();
+    let out = authrelay(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("error: account.scanner.password_hash: incomplete"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn health_asks_the_admin_server_the_configuration_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = dir.path().join("a.toml");
+    std::fs::write(&path, format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    // Nothing runs there: not ready, and the address asked is the configuration's.
+    let out = authrelay(&["health", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("nothing answers at 127.0.0.1:{port}")),
+        "{}",
+        stderr(&out)
+    );
+    // The environment overrides the file, as for `run`.
+    let out = authrelay(
+        &["health", "--config", path.to_str().unwrap()],
+        &[("AUTHRELAY__ADMIN__LISTEN", "127.0.0.1:1")],
+    );
+    assert!(
+        stderr(&out).contains("nothing answers at 127.0.0.1:1 "),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(&path, "[admin]\nenabled = false\n").unwrap();
+    let out = authrelay(&["health", "--config", path.to_str().unwrap()], &[]);
+    assert!(
+        stderr(&out).contains("the admin server is disabled"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -326,9 +326,10 @@ fn device_code_with_a_wrong_local_password_changes_nothing() {
     stack();
     let client_id = format!("device-wrong-{}", free_port());
     register_client(&format!(r#"{{"client_id":"{client_id}"}}"#));
+    // A store sealed with the local passwords: `authrelay login` asks for one.
     let r = FullRelay::start(
         &microsoft_account("scanner", &unique_user("dw"), &client_id, ""),
-        "",
+        "[store]\nseal = \"password\"",
     );
     let mut child = r.login_command("scanner", &["--device"]);
     writeln!(child.stdin.take().unwrap(), "not the password").unwrap();
@@ -359,9 +360,9 @@ fn paste_the_redirect_address_then_send_mail() {
         ),
         "",
     );
+    // The store key is made beside the store: no local password is asked for.
     let mut child = r.login_command("scanner", &["--paste"]);
     let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{LOCAL_PASSWORD}").unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let lines = read_until(&mut out, "/authorize?");
     let authorize_url = lines.last().unwrap().trim().to_owned();

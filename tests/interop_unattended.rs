@@ -302,6 +302,33 @@ fn newcomer_flow(way: &str) {
     // 1. Before anyone signed in, the scanner's test message is held, not lost.
     let early = format!("early-{}", free_port());
     assert_eq!(r.send(&early), "OK", "{}", r.log_text());
+    // The held message and its delivery record, written under umask 000, are private.
+    let spool = r.state().join("spool");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(spool.join("state")).unwrap().count() == 0 {
+        assert!(Instant::now() < deadline, "no deferral: {}", r.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let held = modes(&spool);
+    for sub in ["queue", "state"] {
+        assert!(
+            held.iter()
+                .any(|(p, m)| p.parent() == Some(&spool.join(sub)) && *m == 0o600),
+            "{held:?}"
+        );
+    }
+    assert!(
+        held.iter().all(|(_, m)| *m == 0o600 || *m == 0o700),
+        "{held:?}"
+    );
+    // Readiness tells the truth: up, but this account cannot send yet.
+    let health = run(&mut r.command(Path::new("/"), &["health"]));
+    assert!(health.status.success(), "{}", text(&health));
+    assert!(
+        text(&health).starts_with("ready, degraded: account scanner: not authorized yet"),
+        "{}",
+        text(&health)
+    );
     // 2. A restart, then the sign-in with the relay running, from another directory.
     r.stop();
     r.start();
@@ -317,6 +344,12 @@ fn newcomer_flow(way: &str) {
         delivered(&r.user, &early, Duration::from_secs(60)).is_some(),
         "the held message was not delivered: {}",
         r.log_text()
+    );
+    let health = run(&mut r.command(Path::new("/"), &["health"]));
+    assert!(
+        health.status.success() && text(&health).starts_with("ready\n"),
+        "{}",
+        text(&health)
     );
     // 4. Live logins, and another message.
     assert_eq!(r.imap_count(), "COUNT 1", "{}", r.log_text());

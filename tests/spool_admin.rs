@@ -29,34 +29,90 @@ async fn admin_world() -> AdminWorld {
     }
 }
 
-#[tokio::test]
-async fn a_dead_grant_is_told_at_login_and_queued_messages_wait_for_it() {
-    let s = admin_world().await;
-    let (w, admin, spool) = (&s.w, s.admin, &s.spool);
-    w.tokens.set(TokenBehaviour::Error {
-        error: "invalid_grant",
-        description: "AADSTS700082: The refresh token has expired due to inactivity.",
-    });
-    // Accepted: nothing is known against the grant yet, and token trouble is the spool's.
-    let mut c = logged_in(w.relay.addr).await;
+/// A device's AUTH against an account whose grant the provider refuses.
+async fn refused_auth(addr: std::net::SocketAddr) -> String {
+    let mut d = Client::connect(addr).await;
+    d.reply().await;
+    d.ehlo().await;
+    d.send(&format!(
+        "AUTH PLAIN {}\r\n",
+        plain("user@example.com", PASSWORD)
+    ))
+    .await;
+    d.reply().await
+}
+
+/// One message through a logged-in spool session; the reply to its final dot.
+async fn spool_one(addr: std::net::SocketAddr, subject: &str) -> String {
+    let mut c = logged_in(addr).await;
     c.send("MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n")
         .await;
     c.reply().await;
     c.reply().await;
     c.reply().await;
-    c.send("Subject: held\r\n\r\nbody\r\n.\r\n").await;
-    let reply = c.reply().await;
+    c.send(&format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n"))
+        .await;
+    c.reply().await
+}
+
+/// Fail fast while setting up, hold once it worked: before the account's first delivery a
+/// refused grant is told at AUTH; after it, messages are accepted and held until the account is
+/// authorized again, and readiness names the held queue.
+#[tokio::test]
+async fn a_refused_grant_is_told_at_auth_until_the_first_delivery_then_mail_is_held() {
+    let s = admin_world().await;
+    let (w, admin, spool) = (&s.w, s.admin, &s.spool);
+    let dead = TokenBehaviour::Error {
+        error: "invalid_grant",
+        description: "AADSTS700082: The refresh token has expired due to inactivity.",
+    };
+    // Setting up: the scanner's test message is refused at AUTH, with what to do.
+    w.tokens.set(dead.clone());
+    let refused = refused_auth(w.relay.addr).await;
+    assert!(
+        refused.starts_with("535 5.7.8 Sign-in for mailbox@example.com failed (AADSTS700082)"),
+        "{refused}"
+    );
+    assert_eq!(queued(spool), 0);
+    // It works, and a message goes out. Tokens last a second: every delivery asks again.
+    w.tokens
+        .expires_in
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    w.tokens.set(TokenBehaviour::Issue);
+    assert!(spool_one(w.relay.addr, "first")
+        .await
+        .starts_with("250 2.0.0 Ok: queued as "));
+    wait_for("the first delivery", || {
+        w.upstream.log.lock().unwrap().messages.len() == 1
+    })
+    .await;
+    wait_for("the first delivery on record", || {
+        w.relay
+            .running
+            .shared
+            .tokens
+            .store()
+            .entry("user")
+            .is_some_and(|e| e.delivered_at.is_some())
+    })
+    .await;
+    // Then the grant is refused: devices are still accepted, and their mail is held.
+    w.tokens.set(dead);
+    let reply = spool_one(w.relay.addr, "held").await;
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
     let id = reply.trim_end().rsplit(' ').next().unwrap().to_owned();
-    // Delivery finds the grant dead; the message is held, not bounced.
     wait_for("the dead grant", || {
         w.relay.running.shared.tokens.dead_grant("user").is_some()
     })
     .await;
     assert_eq!(queued(spool), 1);
+    assert!(spool_one(w.relay.addr, "held too")
+        .await
+        .starts_with("250 "));
     // Readiness names the held queue; metrics count it and the deferral.
     let ready = http_get(admin, "/readyz").await;
-    assert!(ready.contains("spool: 1 queued, 0 failed"), "{ready}");
+    assert!(ready.contains("ready, degraded: account user: "), "{ready}");
+    assert!(ready.contains("spool: 2 queued, 0 failed"), "{ready}");
     assert!(
         ready.contains("spool held for account user: its grant was refused (AADSTS700082)"),
         "{ready}"
@@ -68,35 +124,20 @@ async fn a_dead_grant_is_told_at_login_and_queued_messages_wait_for_it() {
     assert!(page.contains("AADSTS700082"), "{page}");
     let metrics = http_get(admin, "/metrics").await;
     assert!(
-        metrics.contains("authrelay_spool_messages{account=\"user\",state=\"queued\"} 1"),
+        metrics.contains("authrelay_spool_messages{account=\"user\",state=\"queued\"} 2"),
         "{metrics}"
     );
     assert!(
         metrics.contains("authrelay_spool_deliveries_total{outcome=\"deferred\",code=\"error\"}"),
         "{metrics}"
     );
-    // The next device is told at once, with what to do.
-    let mut d = Client::connect(w.relay.addr).await;
-    d.reply().await;
-    d.ehlo().await;
-    d.send(&format!(
-        "AUTH PLAIN {}\r\n",
-        plain("user@example.com", PASSWORD)
-    ))
-    .await;
-    let refused = d.reply().await;
-    assert!(
-        refused.starts_with("535 5.7.8 Sign-in for mailbox@example.com failed (AADSTS700082)"),
-        "{refused}"
-    );
-    // Re-authorized: the held message goes out, and devices log in again.
+    // Re-authorized: the held messages go out.
     w.tokens.set(TokenBehaviour::Issue);
-    wait_for("the held delivery", || {
-        w.upstream.log.lock().unwrap().messages.len() == 1
+    wait_for("the held deliveries", || {
+        w.upstream.log.lock().unwrap().messages.len() == 3
     })
     .await;
     wait_for("the spool to empty", || queued(spool) == 0).await;
-    logged_in(w.relay.addr).await;
 }
 
 /// The account page's Retry and Delete: under the pages' CSRF token and the account's local

@@ -113,7 +113,10 @@ async fn the_rotated_refresh_token_is_stored_and_used_after_a_restart() {
         "none",
         &tokens.url(),
         "",
-        &format!("[store]\npath = \"{}\"", path.display()),
+        &format!(
+            "[store]\npath = \"{}\"\nseal = \"password\"",
+            path.display()
+        ),
     );
     let second = Relay::start(&toml).await;
     assert_eq!(
@@ -442,4 +445,45 @@ async fn every_log_line_of_these_tests_is_captured_and_scanned() {
         assert!(find_secret_in(&planted).is_some(), "{planted}");
     }
     assert!(find_secret_in("access token refreshed, sort-1 rt-initial").is_none());
+}
+
+/// Upgrading: a store sealed with the local password, opened by a relay that makes and uses a
+/// store key (the default now). The next device login moves the entry to the store key; from
+/// then on the tokens open without any password.
+#[tokio::test]
+async fn a_password_sealed_store_moves_to_the_store_key_at_the_next_login() {
+    let w = world("").await;
+    let path = w.relay.config.store.path.clone();
+    assert!(smtp_login(&w.relay, PASSWORD).await.starts_with("235 "));
+    assert_eq!(stored_refresh_token(&path).await.as_deref(), Some("rt-1"));
+    let World {
+        upstream,
+        tokens,
+        relay,
+    } = w;
+    relay.running.stop(Duration::from_millis(100)).await;
+    let toml = relay_toml(
+        upstream.addr,
+        "none",
+        &tokens.url(),
+        "",
+        &format!("[store]\npath = \"{}\"", path.display()),
+    );
+    let second = Relay::start(&toml).await;
+    assert!(smtp_login(&second, PASSWORD).await.starts_with("235 "));
+    let material = std::fs::read_to_string(path.with_file_name("store.key")).unwrap();
+    let store = Store::open(&path, Some(&Secret::new(material.trim()))).unwrap();
+    let key = store.known_key("user").unwrap();
+    let opened = store.open_entry("user", &key).unwrap();
+    assert_eq!(
+        opened
+            .refresh_token
+            .map(|s| s.expose().to_owned())
+            .as_deref(),
+        Some("rt-1")
+    );
+    // The password seals nothing any more.
+    let by_password = Store::open(&path, None).unwrap();
+    let derived = by_password.unlock("user", Some(&password())).await.unwrap();
+    assert!(by_password.open_entry("user", &derived).is_err());
 }

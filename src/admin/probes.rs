@@ -27,47 +27,34 @@ pub(super) async fn readyz(State(admin): AdminState, headers: HeaderMap) -> Resp
         )
             .into_response();
     }
-    let mut body = match degraded {
-        Some(e) => format!(
-            "ready, degraded: {e}; tokens in memory are used, {} change(s) wait to be written\n",
+    let (accounts, failing) = account_states(&admin);
+    let own = own_host(&admin, &headers);
+    let mut reasons = Vec::new();
+    if let Some(e) = degraded {
+        reasons.push(format!(
+            "{e}; tokens in memory are used, {} change(s) wait to be written",
             store.held_back()
-        ),
-        None => String::from("ready\n"),
-    };
-    if !own_host(&admin, &headers) {
+        ));
+    }
+    if !failing.is_empty() {
         // Account names, states and last errors only for this server's own name: a page that
         // rebinds a DNS name to this address must not read them.
+        reasons.push(if own {
+            failing.join("; ")
+        } else {
+            format!("{} account(s) cannot get tokens", failing.len())
+        });
+    }
+    let mut body = if reasons.is_empty() {
+        String::from("ready\n")
+    } else {
+        format!("ready, degraded: {}\n", reasons.join("; "))
+    };
+    if !own {
         return body.into_response();
     }
-    if let Some(handle) = admin.shared.spool.get() {
-        let queued = handle.spool.queued().unwrap_or_default();
-        let failed = handle.spool.failed().map_or(0, |f| f.len());
-        body.push_str(&format!(
-            "spool: {} queued, {failed} failed\n",
-            queued.len()
-        ));
-        let mut held: Vec<&str> = queued.iter().map(|e| e.account.as_str()).collect();
-        held.sort_unstable();
-        held.dedup();
-        for account in held {
-            if let Some(e) = admin.shared.tokens.dead_grant(account) {
-                body.push_str(&format!(
-                    "spool held for account {account}: its grant was refused ({}); authorize it again\n",
-                    e.code()
-                ));
-            }
-        }
-    }
-    for a in oauth_accounts(&admin.shared) {
-        let entry = store.entry(&a.id);
-        let (state, usable) = html::state(&a, entry.as_ref(), &admin.shared.tokens);
-        let plain = html::strip_tags(&state);
-        body.push_str(&format!(
-            "account {}: {} ({plain})\n",
-            a.id,
-            if usable { "usable" } else { "not usable" }
-        ));
-    }
+    body.push_str(&spool_state(&admin));
+    body.push_str(&accounts);
     body.into_response()
 }
 
@@ -157,4 +144,59 @@ fn render_spool(admin: &Admin, per_account: bool, out: &mut String) {
         let _ = writeln!(out, "authrelay_spool_messages{{{labels}}} {n}");
         let _ = writeln!(out, "authrelay_spool_oldest_seconds{{{labels}}} {oldest}");
     }
+}
+
+/// Each OAuth account's line for `/readyz`, and the failing ones, as delivery and logins
+/// experience them: an account that cannot get a token makes the relay degraded (still 200:
+/// other accounts work, and a restart would not help), named with its reason.
+fn account_states(admin: &Admin) -> (String, Vec<String>) {
+    let store = admin.shared.tokens.store();
+    let mut accounts = String::new();
+    let mut failing = Vec::new();
+    for a in oauth_accounts(&admin.shared) {
+        let entry = store.entry(&a.id);
+        let (state, mut usable) = html::state(&a, entry.as_ref(), &admin.shared.tokens);
+        let mut plain = html::strip_tags(&state);
+        if let Some(e) = admin.shared.tokens.dead_grant(&a.id) {
+            usable = false;
+            if !plain.contains(&e.code()) {
+                plain.push_str(&format!("; its grant was refused ({})", e.code()));
+            }
+        }
+        if !usable {
+            failing.push(format!("account {}: {plain}", a.id));
+        }
+        accounts.push_str(&format!(
+            "account {}: {} ({plain})\n",
+            a.id,
+            if usable { "usable" } else { "not usable" }
+        ));
+    }
+    (accounts, failing)
+}
+
+/// The spool's lines for `/readyz`: what waits, and which accounts' mail is held.
+fn spool_state(admin: &Admin) -> String {
+    let mut body = String::new();
+    let Some(handle) = admin.shared.spool.get() else {
+        return body;
+    };
+    let queued = handle.spool.queued().unwrap_or_default();
+    let failed = handle.spool.failed().map_or(0, |f| f.len());
+    body.push_str(&format!(
+        "spool: {} queued, {failed} failed\n",
+        queued.len()
+    ));
+    let mut held: Vec<&str> = queued.iter().map(|e| e.account.as_str()).collect();
+    held.sort_unstable();
+    held.dedup();
+    for account in held {
+        if let Some(e) = admin.shared.tokens.dead_grant(account) {
+            body.push_str(&format!(
+                "spool held for account {account}: its grant was refused ({}); authorize it again\n",
+                e.code()
+            ));
+        }
+    }
+    body
 }

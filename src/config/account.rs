@@ -135,7 +135,7 @@ fn read_sending(t: &mut Table<'_>, mode: &str) -> Sending {
 }
 
 pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
-    let provider: Option<Provider> = t.required("provider", "microsoft, google or custom");
+    let provider: Option<Provider> = t.required_choice("provider");
     let tenant: Option<String> = t.optional("tenant");
     let client_id: Option<String> = t.optional("client_id");
     let client_secret = t.secret("client_secret");

@@ -9,9 +9,9 @@ pub(super) fn read_listener(
     problems: &mut Problems,
 ) -> Option<ListenerConfig> {
     let mut t = Table::new(path, value, problems)?;
-    let protocol: Option<Protocol> = t.required("protocol", "smtp, imap or pop3");
+    let protocol: Option<Protocol> = t.required_choice("protocol");
     let listen: Option<String> = t.required("listen", "an address such as 127.0.0.1:2525");
-    let tls: LocalTls = t.optional("tls").unwrap_or(LocalTls::None);
+    let tls: LocalTls = t.choice("tls").unwrap_or(LocalTls::None);
     let cert = t.path("cert");
     let key = t.path("key");
     let upstream = upstream::read_spec(&mut t, &upstream::LISTENER_KEYS, false);

@@ -53,8 +53,39 @@ pub(super) fn without_source_excerpt(message: &str) -> String {
     if lines.len() < 3 || !lines.iter().any(|l| l.trim_start().starts_with('|')) {
         return message.to_owned();
     }
-    let last = lines[lines.len() - 1];
-    format!("{}: {last}", lines[0])
+    // The excerpt lines look like `  |` and `2 | text`; the parser's reason follows them, then
+    // the crate's own ` in FILE` (the caller names the file already).
+    let is_excerpt = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('|')
+            || t.split_once(" |")
+                .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+    };
+    let reason: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !is_excerpt(l) && !l.starts_with("in "))
+        .collect();
+    match reason.is_empty() {
+        true => lines[0].to_owned(),
+        false => format!("{}: {}", lines[0], reason.join(" ")),
+    }
+}
+
+/// The admin server's address in the configuration at `path` (with environment overrides),
+/// reading only `[admin]`: `authrelay health` needs no secret file. `None` when it is disabled.
+pub fn admin_listen(path: &Path) -> Result<Option<SocketAddr>, String> {
+    let root = read_sources(path)?;
+    let mut problems = Problems::default();
+    let admin = match root.kind {
+        config::ValueKind::Table(mut t) => read_admin(t.remove("admin"), &mut problems),
+        _ => None,
+    };
+    match (admin, problems.0.first()) {
+        (Some(a), None) => Ok(a.listen),
+        (_, Some(p)) => Err(p.to_string()),
+        (None, None) => Err("the file is not a table".into()),
+    }
 }
 
 /// Loads a configuration from TOML text, without environment overrides (tests, tools).
@@ -212,7 +243,7 @@ pub(super) fn read_store(value: Option<Value>, problems: &mut Problems) -> Optio
     let mut s = StoreConfig {
         path: problems.resolve(PathBuf::from("state/tokens.json")),
         key: None,
-        auto_key: None,
+        auto_key: false,
         keepalive: Duration::from_secs(7 * 86400),
         check_interval: Duration::from_secs(60),
         backend: StoreBackend::File,
@@ -268,9 +299,7 @@ pub(super) fn read_store(value: Option<Value>, problems: &mut Problems) -> Optio
         }
         t.finish();
     }
-    if seal == "key" && s.key.is_none() {
-        s.auto_key = Some(s.path.with_file_name("store.key"));
-    }
+    s.auto_key = seal == "key" && s.key.is_none();
     Some(s)
 }
 
@@ -407,7 +436,7 @@ pub(super) fn read_log(value: Option<Value>, problems: &mut Problems) -> Option<
         if let Some(level) = t.optional::<String>("level") {
             log.level = level;
         }
-        if let Some(format) = t.optional("format") {
+        if let Some(format) = t.choice("format") {
             log.format = format;
         }
         t.finish();

@@ -10,11 +10,13 @@
 //! each with its key path, so `authrelay check` can show them all at once.
 
 mod account;
+mod choices;
 mod delivery;
 mod listener;
 mod load;
 mod reader;
 mod schema;
+mod store;
 mod upstream;
 
 pub use reader::Problem;
@@ -34,7 +36,7 @@ use account::*;
 pub use delivery::*;
 use listener::*;
 pub use listener::{is_loopback_host, split_host_port};
-pub use load::{from_toml_str, from_value, load};
+pub use load::{admin_listen, from_toml_str, from_value, load};
 pub use schema::*;
 
 #[cfg(test)]

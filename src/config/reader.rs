@@ -32,6 +32,12 @@ impl fmt::Display for Problem {
     }
 }
 
+/// A configuration value out of a fixed set, with the set spelled as the file spells it.
+pub trait Choices: DeserializeOwned {
+    /// Every valid value.
+    const VALUES: &'static [&'static str];
+}
+
 /// Where problems are collected while a configuration is read, and what relative paths in it
 /// are relative to.
 #[derive(Debug, Default)]
@@ -115,6 +121,36 @@ impl<'p> Table<'p> {
                 None
             }
         }
+    }
+
+    /// An optional value out of a fixed set: a wrong one is a problem that lists the valid
+    /// values (the deserializer's own message names neither).
+    pub fn choice<T: Choices>(&mut self, key: &str) -> Option<T> {
+        let value = self.entries.remove(key)?;
+        let given = value.clone().into_string().unwrap_or_default();
+        match value.try_deserialize::<T>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!(
+                        "{:?} is not a valid value; valid values are: {}",
+                        clip(&given),
+                        T::VALUES.join(", ")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A required value out of a fixed set (see [`Table::choice`]).
+    pub fn required_choice<T: Choices>(&mut self, key: &str) -> Option<T> {
+        if !self.has(key) {
+            self.problem(key, format!("missing (one of: {})", T::VALUES.join(", ")));
+            return None;
+        }
+        self.choice(key)
     }
 
     /// A required value; a missing one is a problem with `hint` as its explanation.

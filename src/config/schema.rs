@@ -51,67 +51,15 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Content of the store key file (`key_file`): seal every account with it.
     pub key: Option<Secret>,
-    /// Where the key made on first start lives, when neither `key_file` nor
-    /// `seal = "password"` is given: `store.key` beside the store (see
-    /// [`crate::store::keyfile`]). `None` with password sealing or a given key.
-    pub auto_key: Option<PathBuf>,
+    /// Neither `key_file` nor `seal = "password"` is given: the key is the one made on first
+    /// use at [`StoreConfig::auto_key_path`] (see [`crate::store::keyfile`]).
+    pub auto_key: bool,
     /// Refresh a refresh token that has not been used for this long, so it never ages out.
     pub keepalive: Duration,
     /// How often the background task looks for tokens to refresh.
     pub check_interval: Duration,
     /// Where the sealed records live: the file at `path` (default), or Redis.
     pub backend: StoreBackend,
-}
-
-impl StoreConfig {
-    /// The Redis server, with `backend = "redis"`.
-    pub fn redis(&self) -> Option<&RedisConfig> {
-        match &self.backend {
-            StoreBackend::Redis(r) => Some(r),
-            StoreBackend::File => None,
-        }
-    }
-
-    /// Opens the store this describes (see [`crate::store::Store::open_with`]), making its key
-    /// on first use when the configuration leaves that to the relay.
-    pub fn open(&self) -> Result<std::sync::Arc<crate::store::Store>, crate::store::StoreError> {
-        self.open_as(true)
-    }
-
-    /// [`Self::open`] for a look only (`authrelay check`): a key not made yet is not made.
-    pub fn open_to_read(
-        &self,
-    ) -> Result<std::sync::Arc<crate::store::Store>, crate::store::StoreError> {
-        self.open_as(false)
-    }
-
-    fn open_as(
-        &self,
-        create: bool,
-    ) -> Result<std::sync::Arc<crate::store::Store>, crate::store::StoreError> {
-        use crate::store::keyfile::{self, AutoKey};
-        let made;
-        let key = match (&self.key, &self.auto_key) {
-            (Some(k), _) => Some(k),
-            (None, Some(path)) => match keyfile::load(path, create)? {
-                AutoKey::Found(k) => {
-                    made = k;
-                    Some(&made)
-                }
-                AutoKey::Created(k) => {
-                    tracing::info!(
-                        "made the store key {} (mode 0600): back it up with the store, which cannot be read without it",
-                        path.display()
-                    );
-                    made = k;
-                    Some(&made)
-                }
-                AutoKey::Missing => None,
-            },
-            (None, None) => None,
-        };
-        crate::store::Store::open_with(&self.path, key, self.redis())
-    }
 }
 
 /// Where the token store keeps its sealed records (`[store] backend`).

@@ -294,3 +294,22 @@ fn smtp_listeners_spool_by_default_and_graph_sending_has_microsofts_defaults() {
         "{err:?}"
     );
 }
+
+#[test]
+fn a_toml_syntax_error_keeps_its_reason_and_position_but_not_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[store]\npath = \"state/x\nkey = \"secret-canary\"\n",
+    )
+    .unwrap();
+    let problems = super::load(&path).unwrap_err();
+    let text = problems[0].to_string();
+    assert!(text.contains("line 2, column"), "{text}");
+    assert!(!text.contains("secret-canary"), "{text}");
+    assert!(
+        text.contains("line 2, column 16: invalid basic string"),
+        "{text}"
+    );
+}

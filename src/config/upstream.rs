@@ -41,7 +41,7 @@ pub(super) fn read_spec(
 ) -> Option<UpstreamSpec> {
     let address: Option<String> = t.required(keys.address, "host:port of the mail server");
     let tls_given = t.has(keys.tls);
-    let tls: Option<UpstreamTls> = t.optional(keys.tls);
+    let tls: Option<UpstreamTls> = t.choice(keys.tls);
     let name: Option<String> = t.optional(keys.name);
     let ca = t.path(keys.ca);
     let pin_texts: Vec<String> = match t.optional::<OneOrMany>(keys.pin) {

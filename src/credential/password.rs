@@ -24,6 +24,14 @@ pub fn check_hash(phc: &Secret) -> Result<(), String> {
             parsed.algorithm
         ));
     }
+    // A hash cut short when copied (`$argon2id$v=19$m=19456,t=2,p=1`) parses, but no password
+    // could ever match it.
+    if parsed.salt.is_none() || parsed.hash.is_none_or(|h| h.len() < 16) {
+        return Err("incomplete: an Argon2 PHC string ends with $SALT$HASH (was it cut short when copied? make one with `authrelay hash-password`)".into());
+    }
+    if argon2::Params::try_from(&parsed).is_err() {
+        return Err("its Argon2 parameters (m, t, p) are out of range; make a new one with `authrelay hash-password`".into());
+    }
     Ok(())
 }
 
@@ -41,6 +49,21 @@ pub fn verify(password: &Secret, phc: &Secret) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn incomplete_and_foreign_hashes_are_refused() {
+        let good = hash(&Secret::new("pw")).unwrap();
+        assert_eq!(check_hash(&Secret::new(good.clone())), Ok(()));
+        for bad in [
+            "$argon2id$v=19$m=19456,t=2,p=1",
+            "$argon2id$v=19$m=19456,t=2,p=1$6aW2CDU7XzDGXu49Mzs85Q",
+            "not a hash",
+        ] {
+            assert!(check_hash(&Secret::new(bad)).is_err(), "{bad}");
+        }
+        let cut = &good[..good.len() - 30];
+        assert!(check_hash(&Secret::new(cut)).is_err(), "{cut}");
+    }
 
     #[test]
     fn hash_then_verify() {

@@ -239,6 +239,14 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
             Attempt::PartlyDelivered(..) => d.spool.spool.show(&envelope.id).map(|(_, h)| h).ok(),
             _ => None,
         };
+        if matches!(attempt, Attempt::Delivered | Attempt::PartlyDelivered(..)) {
+            d.ctx
+                .shared
+                .tokens
+                .store()
+                .record_first_delivery(&envelope.account)
+                .await;
+        }
         match settle(&d.spool, &d.ctx.shared.metrics, &envelope, state, attempt) {
             Settled::Requeued(state) => d.spool.spool.retried(envelope.clone(), state),
             Settled::Failed(reason) => {

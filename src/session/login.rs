@@ -175,16 +175,27 @@ pub async fn log_in_locally<U: UpstreamLogin>(
             let _ = store.unlock(&account.id, Some(&credentials.password)).await;
         }
     }
-    // A grant known to be dead is checked once more (it may have been renewed meanwhile by
-    // `authrelay login` or the account page): a device must hear now that its messages could
-    // not go out, rather than have them queued. Transient trouble is left to the spool.
-    if ctx.shared.tokens.dead_grant(&account.id).is_some() {
-        let tokens = &ctx.shared.tokens;
+    // Fail fast while setting up, hold once it worked. An account that has never delivered
+    // asks for its token now: a refusal no retry can fix (wrong secret, tenant or authority; a
+    // refused grant) is told to the device at AUTH, with the advice the pipe gives, instead of a
+    // `250` for mail that could never go out. Once the account has delivered, a refused grant
+    // holds its mail (nothing lost; delivered once re-authorized) and the admin is told. Not yet
+    // authorized at all, or trouble that passes (the provider away), is the spool's to wait out.
+    let tokens = &ctx.shared.tokens;
+    let delivered_before = tokens
+        .store()
+        .entry(&account.id)
+        .is_some_and(|e| e.delivered_at.is_some());
+    if !delivered_before && matches!(account.auth, crate::config::AccountAuth::OAuth(_)) {
         if let Err(error) = tokens
             .access_token(&account, Some(&credentials.password), None)
             .await
         {
-            if error.class == ErrorClass::Reauthorize {
+            let permanent = matches!(
+                error.class,
+                ErrorClass::Reauthorize | ErrorClass::Configuration
+            );
+            if permanent && error.error != "no_refresh_token" {
                 return Err(LoginOutcome::TokenFailed { account, error });
             }
         }

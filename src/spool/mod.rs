@@ -26,7 +26,7 @@ pub mod message;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -160,21 +160,30 @@ impl Spool {
             state: path.join("state"),
         });
         // Messages are scans, invoices and payslips: only the relay's user may read them. The
-        // mode is given at creation (the umask can only take bits away), and a spool that
-        // group or others can enter is refused rather than used.
-        for d in [&dir.tmp, &dir.queue, &dir.failed, &dir.state] {
+        // mode is given at creation (the umask can only take bits away); an empty directory made
+        // beforehand (by an installer, a volume) is made private; a spool with messages in it
+        // that group or others can enter is refused rather than used.
+        let private = |d: &Path| {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(d)
-                .map_err(io_error(d))?;
-        }
+                .map_err(io_error(d))
+        };
+        private(path)?;
         let mode = fs::metadata(path).map_err(io_error(path))?.mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(io_error(path)(io::Error::other(format!(
-                "the spool directory can be entered by group or others (mode {mode:o}): make it private with chmod 700 {}",
-                path.display()
-            ))));
+            let empty = fs::read_dir(path).map_err(io_error(path))?.next().is_none();
+            if !empty {
+                return Err(io_error(path)(io::Error::other(format!(
+                    "the spool directory can be entered by group or others (mode {mode:o}): make it private with chmod 700 {}",
+                    path.display()
+                ))));
+            }
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io_error(path))?;
+        }
+        for d in [&dir.tmp, &dir.queue, &dir.failed, &dir.state] {
+            private(d)?;
         }
         if clean {
             for entry in fs::read_dir(&dir.tmp).map_err(io_error(&dir.tmp))? {

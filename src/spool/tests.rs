@@ -122,3 +122,24 @@ fn ids_sort_by_arrival_and_are_unique() {
     assert_eq!(sorted.len(), 1000);
     assert!(ids.iter().all(|id| checked_id(id).is_ok()));
 }
+
+#[test]
+fn the_spool_is_private_and_one_that_others_can_enter_is_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+    // An empty directory made beforehand with a loose mode is made private.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    drop(Spool::inspect(dir.path()).unwrap());
+    assert_eq!(mode(dir.path()), 0o700);
+    for sub in ["tmp", "queue", "failed", "state"] {
+        assert_eq!(mode(&dir.path().join(sub)), 0o700, "{sub}");
+    }
+    // One that holds a spool and that others can enter is refused, with the fix.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let e = Spool::inspect(dir.path()).err().unwrap().to_string();
+    assert!(
+        e.contains(&format!("chmod 700 {}", dir.path().display())),
+        "{e}"
+    );
+}

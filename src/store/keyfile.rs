@@ -53,7 +53,11 @@ pub fn load(path: &Path, create: bool) -> Result<AutoKey, StoreError> {
     };
     // Written under a temporary name and linked into place: a crash leaves no half a key, and
     // of two processes starting at once, one key wins and both use it.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = path.with_extension(format!(
+        "tmp{}-{}",
+        std::process::id(),
+        super::random_owner()
+    ));
     let written = (|| -> std::io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)

@@ -134,6 +134,11 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// When the last error happened (Unix seconds).
     pub last_error_at: Option<u64>,
+    /// When the spool first delivered a message for this account (Unix seconds): from then on a
+    /// refused grant holds its mail instead of refusing devices (see README, "What a device
+    /// may be told").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<u64>,
     /// App settings entered on the account page (the configuration's own values win).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,

@@ -146,6 +146,29 @@ impl Store {
         })
     }
 
+    /// Records the account's first delivery (once: later deliveries find it set and write
+    /// nothing).
+    pub async fn record_first_delivery(self: &Arc<Self>, account: &str) {
+        if self
+            .entry(account)
+            .is_some_and(|e| e.delivered_at.is_some())
+        {
+            return;
+        }
+        let (store, id) = (self.clone(), account.to_owned());
+        let written = tokio::task::spawn_blocking(move || {
+            store.modify(|file| {
+                let entry = file.accounts.entry(id.clone()).or_default();
+                entry.delivered_at.get_or_insert_with(unix_now);
+                Ok(())
+            })
+        })
+        .await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(account = %account, "cannot record the first delivery in the token store: {e}");
+        }
+    }
+
     /// Read, modify, write under the cross-process lock.
     pub(super) fn modify<T>(
         &self,
