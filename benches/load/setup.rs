@@ -134,7 +134,13 @@ pub(crate) fn relay_config_with(
         let key = dir.join("store.key");
         std::fs::write(&key, "bench-store-key-0123456789abcdefghijklmnop")
             .map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
         toml += &format!("key_file = \"{}\"\n", key.display());
+    } else {
+        // The "fresh" instance measures a store sealed with each account's password: without
+        // this the relay would make its own key beside the store.
+        toml += "seal = \"password\"\n";
     }
     toml += store_extra;
     toml += "\n[security]\nfailure_delay_ms = 200\n";
