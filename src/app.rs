@@ -177,8 +177,9 @@ impl Running {
 
 /// What sessions, the admin server and the upkeep share: the store, the token cache, the
 /// accounts, the throttle and the metrics.
-fn shared_state(config: &Config) -> Result<Shared, StartError> {
+fn shared_state(config: &Config, alerts: crate::alerts::Alerts) -> Result<Shared, StartError> {
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    let alerts = Arc::new(alerts);
     let store = config.store.open()?;
     let admin_url = config.admin.listen.map(|_| config.admin.public_url.clone());
     let tokens = TokenCache::new(
@@ -186,7 +187,7 @@ fn shared_state(config: &Config) -> Result<Shared, StartError> {
         config.security.refresh_margin,
         store,
         admin_url,
-        metrics.clone(),
+        (metrics.clone(), alerts.clone()),
     );
     let directory = Directory::new(&config.accounts, &config.security);
     let throttle = crate::auth::throttle::Throttle::new(
@@ -347,9 +348,32 @@ async fn upkeep(
     }
 }
 
+/// The alert sender (when `[alerts]` sends anywhere) and the watch for what no request sees.
+fn spawn_alerts(
+    tasks: &TaskTracker,
+    config: &Config,
+    shared: &Arc<Shared>,
+    inbox: Option<tokio::sync::mpsc::UnboundedReceiver<crate::alerts::Event>>,
+    shutdown: &CancellationToken,
+) {
+    if let Some(inbox) = inbox {
+        let (config, shared) = (config.alerts.clone(), shared.clone());
+        tasks.spawn(crate::alerting::send::run(
+            inbox,
+            config,
+            shared,
+            shutdown.clone(),
+        ));
+    }
+    let watch =
+        crate::alerting::watch::run(shared.clone(), config.alerts.clone(), shutdown.clone());
+    tasks.spawn(watch);
+}
+
 /// Binds every listener (all or nothing) and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let shared = Arc::new(shared_state(config)?);
+    let (alerts, alert_inbox) = crate::alerts::Alerts::new(&config.alerts);
+    let shared = Arc::new(shared_state(config, alerts)?);
     open_spool(config, &shared)?;
     let mut bound = Vec::new();
     for l in &config.listeners {
@@ -410,6 +434,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             shutdown.clone(),
         ));
     }
+    spawn_alerts(&tasks, config, &shared, alert_inbox, &shutdown);
     tasks.spawn(upkeep(
         shared.clone(),
         config.store.check_interval,

@@ -13,14 +13,20 @@
 //! - [`metrics`]: counters for `/metrics`;
 //! - [`logging`]: the text log's field format, which a client cannot forge;
 //! - [`secret`]: types that keep secrets out of logs;
+//! - [`alerts`]: events that need an administrator, told once, repeated with back-off, resolved;
+//! - [`alerting`]: the tasks that send alerts (webhook, e-mail) and watch the spool and expiry dates;
+//! - [`civil`]: UTC dates and times in RFC 5322 and RFC 3339 form;
 //! - [`shared`]: what sessions, the admin server and the upkeep share;
 //! - [`spool`]: the durable message spool (storage; delivery comes with spool mode).
 
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod alerting;
+pub mod alerts;
 pub mod app;
 pub mod auth;
+pub mod civil;
 pub mod codec;
 pub mod config;
 pub mod credential;

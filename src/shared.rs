@@ -21,6 +21,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Failed logins per address and per username (kept across reloads).
     pub throttle: crate::auth::throttle::Throttle,
+    /// Events that need an administrator (log only until the relay's start sets `[alerts]`).
+    pub alerts: Arc<crate::alerts::Alerts>,
     /// The spool, opened at start when a listener spools.
     pub spool: std::sync::OnceLock<Arc<crate::spool::SpoolHandle>>,
 }
@@ -34,6 +36,7 @@ impl Shared {
         metrics: Arc<crate::metrics::Metrics>,
         throttle: crate::auth::throttle::Throttle,
     ) -> Self {
+        let alerts = tokens.alerts().clone();
         Shared {
             throttle,
             directory: RwLock::new(Arc::new(directory)),
@@ -41,6 +44,7 @@ impl Shared {
             tokens,
             close_sessions: tokio_util::sync::CancellationToken::new(),
             metrics,
+            alerts,
             spool: std::sync::OnceLock::new(),
         }
     }

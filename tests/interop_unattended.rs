@@ -432,3 +432,223 @@ fn a_password_sealed_store_serves_the_spool_and_live_logins() {
     assert!(!r.log_text().contains("no_refresh_token"));
     assert!(!r.state().join("store.key").exists());
 }
+
+/// A webhook receiver on loopback: records each POST's path and body, answers 200.
+struct Hook {
+    port: u16,
+    posts: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Hook {
+    fn start() -> Hook {
+        use std::io::{BufRead, Read};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let posts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = posts.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut r = BufReader::new(conn);
+                let mut request = String::new();
+                let _ = r.read_line(&mut request);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = r.read_exact(&mut body);
+                let path = request.split(' ').nth(1).unwrap_or("").to_owned();
+                seen.lock()
+                    .unwrap()
+                    .push((path, String::from_utf8_lossy(&body).into_owned()));
+                let _ = r.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Hook { port, posts }
+    }
+
+    /// The bodies received, parsed.
+    fn events(&self) -> Vec<serde_json::Value> {
+        let posts = self.posts.lock().unwrap();
+        posts
+            .iter()
+            .map(|(_, b)| serde_json::from_str(b).unwrap())
+            .collect()
+    }
+
+    /// Waits for `event` with `status`; returns how long it took from `since`.
+    fn wait_for(&self, event: &str, status: &str, since: Instant, wait: Duration) -> Duration {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self
+                .events()
+                .iter()
+                .any(|e| e["event"] == event && e["status"] == status)
+            {
+                return since.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {event} {status} within {wait:?}: {:?}",
+                self.events()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// An account that delivered once loses its grant (revoked at the identity provider) while a
+/// message waits: the relay keeps the message, calls for help on the webhook and by mail
+/// through another account (a real Dovecot mailbox), says the spool is stuck, and once the
+/// admin signs in again delivers it and says each event is over, once. No secret in any alert.
+#[test]
+fn an_unattended_relay_calls_for_help_and_says_when_it_is_over() {
+    let mut r = Newcomer::new("alerts");
+    let hook = Hook::start();
+    let admin = unique_user("itadmin");
+    let sender_box = unique_user("alertbox");
+    let alerts_token = new_refresh_token(&sender_box);
+    let webhook_secret = format!("T0/B0/hook-canary-{}", free_port());
+    let client_id = r
+        .env
+        .iter()
+        .find(|(k, _)| k == "AUTHRELAY__ACCOUNT__SCANNER__CLIENT_ID")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    for (k, v) in [
+        (
+            "ALERTS__WEBHOOK_URL",
+            format!("http://127.0.0.1:{}/{webhook_secret}", hook.port),
+        ),
+        ("ALERTS__EMAIL_TO", admin.clone()),
+        ("ALERTS__EMAIL_ACCOUNT", "alerts".into()),
+        ("ALERTS__SPOOL_STUCK_MINUTES", "1".into()),
+        ("ACCOUNT__ALERTS__LOGIN", "alerts@contoso.com".into()),
+        (
+            "ACCOUNT__ALERTS__PASSWORD_HASH",
+            hash_password(LOCAL_PASSWORD),
+        ),
+        ("ACCOUNT__ALERTS__MAILBOX", sender_box.clone()),
+        ("ACCOUNT__ALERTS__PROVIDER", "microsoft".into()),
+        ("ACCOUNT__ALERTS__AUTHORITY", format!("http://{IDP}")),
+        ("ACCOUNT__ALERTS__TENANT", "contoso".into()),
+        ("ACCOUNT__ALERTS__CLIENT_ID", client_id),
+        ("ACCOUNT__ALERTS__REFRESH_TOKEN", alerts_token.clone()),
+    ] {
+        r.env.push((format!("AUTHRELAY__{k}"), v));
+    }
+    r.start();
+    r.sign_in("--device");
+    let first = format!("first-{}", free_port());
+    assert_eq!(r.send(&first), "OK");
+    assert!(
+        delivered(&r.user, &first, Duration::from_secs(60)).is_some(),
+        "{}",
+        r.log_text()
+    );
+    // The grant is revoked (a password reset, an admin's "revoke sessions").
+    idp_post("/admin/revoke", &format!(r#"{{"user":"{}"}}"#, r.user));
+    let held = format!("held-{}", free_port());
+    let t0 = Instant::now();
+    assert_eq!(
+        r.send(&held),
+        "OK",
+        "it delivered before: the message is held"
+    );
+    let grant = hook.wait_for("GrantRefused", "firing", t0, Duration::from_secs(60));
+    let mail = delivered(
+        &admin,
+        "FIRING: GrantRefused for account scanner",
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|| panic!("no alert mail: {}", r.log_text()));
+    let mail_latency = t0.elapsed();
+    let stuck = hook.wait_for("SpoolStuck", "firing", t0, Duration::from_secs(120));
+    // The admin signs in again; the held message goes out with the next try.
+    r.sign_in("--device");
+    let t1 = Instant::now();
+    let flush = run(&mut r.command(Path::new("/"), &["queue", "flush"]));
+    assert!(flush.status.success(), "{}", text(&flush));
+    assert!(
+        delivered(&r.user, &held, Duration::from_secs(90)).is_some(),
+        "{}",
+        r.log_text()
+    );
+    let grant_over = hook.wait_for("GrantRefused", "resolved", t1, Duration::from_secs(60));
+    let stuck_over = hook.wait_for("SpoolStuck", "resolved", t1, Duration::from_secs(60));
+    assert!(
+        delivered(
+            &admin,
+            "RESOLVED: GrantRefused for account scanner",
+            Duration::from_secs(60)
+        )
+        .is_some(),
+        "{}",
+        r.log_text()
+    );
+    // Each event once, and its resolution once.
+    std::thread::sleep(Duration::from_secs(2));
+    let events = hook.events();
+    for (event, status) in [
+        ("GrantRefused", "firing"),
+        ("GrantRefused", "resolved"),
+        ("SpoolStuck", "firing"),
+        ("SpoolStuck", "resolved"),
+    ] {
+        let n = events
+            .iter()
+            .filter(|e| e["event"] == event && e["status"] == status)
+            .count();
+        assert_eq!(n, 1, "{event} {status}: {events:?}");
+    }
+    let fired = &events
+        .iter()
+        .find(|e| e["event"] == "GrantRefused")
+        .unwrap();
+    assert_eq!(fired["account"], "scanner");
+    assert!(
+        fired["action"].as_str().unwrap().contains("sign in again"),
+        "{fired}"
+    );
+    // No secret in the alerts, the alert mail or the log.
+    let key = std::fs::read_to_string(r.state().join("store.key")).unwrap();
+    let canaries = [
+        webhook_secret.clone(),
+        LOCAL_PASSWORD.to_owned(),
+        alerts_token,
+        key.trim().to_owned(),
+    ];
+    let bodies: String = hook
+        .posts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    let mail = String::from_utf8_lossy(&mail).into_owned();
+    for (what, text) in [
+        ("webhook", &bodies),
+        ("mail", &mail),
+        ("log", &r.log_text()),
+    ] {
+        assert_eq!(find_secret(text, &canaries), None, "a secret in the {what}");
+    }
+    r.stop();
+    eprintln!(
+        "alert latencies: GrantRefused webhook {:.1} s and mail {:.1} s after the message; \
+         SpoolStuck {:.1} s (threshold 60 s); resolved {:.1} s / {:.1} s after the new sign-in",
+        grant.as_secs_f64(),
+        mail_latency.as_secs_f64(),
+        stuck.as_secs_f64(),
+        grant_over.as_secs_f64(),
+        stuck_over.as_secs_f64()
+    );
+}

@@ -204,6 +204,7 @@ pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
         authority: authority.unwrap_or_else(|| MICROSOFT_AUTHORITY.into()),
         client_id,
         client_secret,
+        client_secret_expires: read_expiry(t, "client_secret_expires"),
         certificate,
         refresh_token,
         token_url,
@@ -324,4 +325,12 @@ pub(super) fn check_endpoint_url(u: &str) -> Result<(), String> {
             "{u:?} must be an https URL (http only to a loopback host)"
         )),
     }
+}
+
+/// A `YYYY-MM-DD` date (UTC midnight), or a problem.
+fn read_expiry(t: &mut Table<'_>, key: &str) -> Option<std::time::SystemTime> {
+    let text = t.optional::<String>(key)?;
+    crate::civil::parse_date(&text)
+        .map_err(|e| t.problem(key, e))
+        .ok()
 }

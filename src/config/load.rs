@@ -129,6 +129,7 @@ pub(super) fn read_root(root: Value, problems: &mut Problems) -> Option<Config> 
     let spool = t.take_value("spool");
     let admin = t.take_value("admin");
     let client_tables = t.take_value("client");
+    let alerts = t.take_value("alerts");
     t.finish();
 
     let mut listeners = Vec::new();
@@ -156,8 +157,39 @@ pub(super) fn read_root(root: Value, problems: &mut Problems) -> Option<Config> 
             }
         }
     }
+    let clients = read_clients(client_tables, problems);
+    check_unique_logins(&accounts, problems);
+    check_unique_binds(&listeners, problems);
+
+    let log = read_log(log, problems);
+    let security = read_security(security, problems);
+    let service = read_service(service, problems);
+    let store = read_store(store, problems);
+    let spool = read_spool(spool, problems);
+    let admin = read_admin(admin, problems);
+    let alerts = super::alerts::read_alerts(alerts, problems);
+    if let Some(a) = &alerts {
+        let spools = listeners.iter().any(|l| l.spool);
+        super::alerts::check_alerts(a, &accounts, spools, problems);
+    }
+    Some(Config {
+        listeners,
+        accounts,
+        log: log?,
+        security: security?,
+        service: service?,
+        store: store?,
+        spool: spool?,
+        admin: admin?,
+        clients,
+        alerts: alerts?,
+    })
+}
+
+/// `[client.NAME]`: app registrations for `mailbox~client_id` logins.
+fn read_clients(value: Option<Value>, problems: &mut Problems) -> Vec<ClientConfig> {
     let mut clients = Vec::new();
-    if let Some(v) = client_tables {
+    if let Some(v) = value {
         if let Some(mut ct) = Table::new("client", v, problems) {
             for (name, value) in ct.take_all() {
                 let path = format!("client.{name}");
@@ -177,26 +209,7 @@ pub(super) fn read_root(root: Value, problems: &mut Problems) -> Option<Config> 
             }
         }
     }
-    check_unique_logins(&accounts, problems);
-    check_unique_binds(&listeners, problems);
-
-    let log = read_log(log, problems);
-    let security = read_security(security, problems);
-    let service = read_service(service, problems);
-    let store = read_store(store, problems);
-    let spool = read_spool(spool, problems);
-    let admin = read_admin(admin, problems);
-    Some(Config {
-        listeners,
-        accounts,
-        log: log?,
-        security: security?,
-        service: service?,
-        store: store?,
-        spool: spool?,
-        admin: admin?,
-        clients,
-    })
+    clients
 }
 
 pub(super) fn read_spool(value: Option<Value>, problems: &mut Problems) -> Option<SpoolConfig> {

@@ -10,6 +10,7 @@
 //! each with its key path, so `authrelay check` can show them all at once.
 
 mod account;
+mod alerts;
 mod choices;
 mod delivery;
 mod listener;
@@ -33,6 +34,7 @@ use std::time::Duration;
 pub const DEFAULT_PATH: &str = "config/authrelay.toml";
 
 use account::*;
+pub use alerts::AlertsConfig;
 pub use delivery::*;
 use listener::*;
 pub use listener::{is_loopback_host, split_host_port};

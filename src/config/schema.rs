@@ -23,6 +23,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// App registrations for the `mailbox~client_id` login convention.
     pub clients: Vec<ClientConfig>,
+    /// `[alerts]`.
+    pub alerts: super::AlertsConfig,
 }
 
 /// `[spool]`: where accepted messages wait for delivery (the spool module), and the
@@ -293,6 +295,9 @@ pub struct OAuthConfig {
     pub client_id: Option<String>,
     /// Its client secret, if it has one.
     pub client_secret: Option<Secret>,
+    /// When the client secret expires (`client_secret_expires = "YYYY-MM-DD"`, from the app
+    /// registration's "Certificates & secrets"): alerts warn ahead of it.
+    pub client_secret_expires: Option<std::time::SystemTime>,
     /// A certificate instead of a secret (client assertions, RFC 7523).
     pub certificate: Option<CertificateCredential>,
     /// A refresh token given in the configuration (the store's wins once it has one).

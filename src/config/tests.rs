@@ -313,3 +313,62 @@ fn a_toml_syntax_error_keeps_its_reason_and_position_but_not_the_line() {
         "{text}"
     );
 }
+
+#[test]
+fn alerts_are_checked_against_the_rest_of_the_configuration() {
+    let c = parse(&minimal()).unwrap();
+    assert!(!c.alerts.sends(), "no [alerts]: the log only");
+    let spooling = minimal().replace(
+        "upstream_tls = \"starttls\"\n",
+        "upstream_tls = \"starttls\"\nspool = true\n",
+    );
+    let ok = format!(
+        "{spooling}client_secret_expires = \"2027-03-01\"\n\n[alerts]\nwebhook_url = \"https://hooks.example.com/T0/B0/x\"\nemail_to = \"it-admin@contoso.com\"\nemail_account = \"scanner\"\nspool_stuck_minutes = 5\n"
+    );
+    let c = parse(&ok).unwrap();
+    assert_eq!(c.alerts.spool_stuck, Duration::from_secs(300));
+    assert!(
+        !format!("{:?}", c.alerts).contains("T0/B0"),
+        "the webhook URL is a secret"
+    );
+    let AccountAuth::OAuth(o) = &c.accounts[0].auth else {
+        panic!()
+    };
+    assert_eq!(
+        o.client_secret_expires
+            .map(crate::civil::rfc3339)
+            .as_deref(),
+        Some("2027-03-01T00:00:00Z")
+    );
+    let bad = |toml: String| -> String {
+        let problems = parse(&toml).unwrap_err();
+        problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let text = bad(format!(
+        "{}\n[alerts]\nwebhook_url = \"http://hooks.example.com/x\"\nemail_to = \"Admin <a@b.c>\"\nemail_account = \"nobody\"\n",
+        minimal().replace(
+            "upstream_tls = \"starttls\"\n",
+            "upstream_tls = \"starttls\"\nspool = false\n"
+        )
+    ));
+    for words in [
+        "alerts.webhook_url: must be an https:// URL",
+        "alerts.email_to: \"Admin <a@b.c>\" is not a plain address",
+        "alerts.email_account: no [account.nobody] (accounts: scanner)",
+        "alerts.email_to: alert mails are queued in the spool",
+    ] {
+        assert!(text.contains(words), "{words} in:\n{text}");
+    }
+    let text = bad(format!(
+        "{}client_secret_expires = \"2027-02-30\"\n",
+        minimal()
+    ));
+    assert!(
+        text.contains("is not a date in the form YYYY-MM-DD"),
+        "{text}"
+    );
+}

@@ -17,6 +17,7 @@ pub struct CertificateSigner {
     key: RsaKeyPair,
     x5t: String,
     x5t_s256: String,
+    not_after: SystemTime,
 }
 
 impl std::fmt::Debug for CertificateSigner {
@@ -45,13 +46,22 @@ impl CertificateSigner {
             }
         }
         .map_err(|e| format!("{}: not a usable RSA key ({e})", key.display()))?;
+        let not_after = not_after(&cert_der)
+            .map_err(|e| format!("{}: not an X.509 certificate ({e})", cert.display()))?;
         let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &cert_der);
         let sha256 = ring::digest::digest(&ring::digest::SHA256, &cert_der);
         Ok(CertificateSigner {
             key,
             x5t: B64URL.encode(sha1),
             x5t_s256: B64URL.encode(sha256),
+            not_after,
         })
+    }
+
+    /// When the certificate stops being valid (its `notAfter`, RFC 5280 §4.1.2.5): Entra ID
+    /// refuses assertions signed for it after that, so alerts warn ahead of it.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
     }
 
     /// A fresh assertion for `client_id` at `token_url`, valid for ten minutes.
@@ -89,4 +99,17 @@ impl CertificateSigner {
             B64URL.encode(signature)
         )))
     }
+}
+/// The `notAfter` of the PEM certificate at `path`.
+pub fn certificate_not_after(path: &Path) -> Result<SystemTime, String> {
+    let der = CertificateDer::from_pem_file(path)
+        .map_err(|e| format!("{}: no PEM certificate ({e})", path.display()))?;
+    not_after(&der).map_err(|e| format!("{}: not an X.509 certificate ({e})", path.display()))
+}
+
+/// A DER certificate's `notAfter`.
+fn not_after(der: &[u8]) -> Result<SystemTime, String> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).map_err(|e| e.to_string())?;
+    Ok(cert.tbs_certificate().validity().not_after.to_system_time())
 }

@@ -52,6 +52,20 @@ enum Attempt {
     Failed(String),
 }
 
+impl Attempt {
+    /// The upstream's answer or the error, for an attempt that did not deliver everything.
+    fn reply(&self) -> Option<&str> {
+        match self {
+            Attempt::Gone | Attempt::Delivered => None,
+            Attempt::PartlyDelivered(_, r)
+            | Attempt::Deferred(r)
+            | Attempt::Throttled(r, _)
+            | Attempt::Unsure(r)
+            | Attempt::Failed(r) => Some(r),
+        }
+    }
+}
+
 /// An account's limits in force.
 struct Limits {
     /// When the deliveries of the last minute started.
@@ -239,6 +253,7 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
             Attempt::PartlyDelivered(..) => d.spool.spool.show(&envelope.id).map(|(_, h)| h).ok(),
             _ => None,
         };
+        tell_alerts(&d.ctx.shared.alerts, &envelope.account, &attempt);
         if matches!(attempt, Attempt::Delivered | Attempt::PartlyDelivered(..)) {
             d.ctx
                 .shared
@@ -250,6 +265,10 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
         match settle(&d.spool, &d.ctx.shared.metrics, &envelope, state, attempt) {
             Settled::Requeued(state) => d.spool.spool.retried(envelope.clone(), state),
             Settled::Failed(reason) => {
+                d.ctx
+                    .shared
+                    .alerts
+                    .on_failed(&envelope.account, &envelope.id, &reason);
                 let headers = d.spool.spool.show(&envelope.id).map(|(_, h)| h).ok();
                 notify_sender(&d, &account, &envelope, &reason, headers).await;
             }
@@ -272,6 +291,20 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
         up.quit().await;
     }
     shared.release().await;
+}
+
+/// Delivered: the account's alerts about failures are over; refused with an answer only an
+/// administrator can fix: an alert.
+fn tell_alerts(alerts: &crate::alerts::Alerts, account: &str, attempt: &Attempt) {
+    match attempt.reply() {
+        None if matches!(attempt, Attempt::Delivered) => alerts.on_delivered(account),
+        Some(reply) => {
+            if let Some((code, action)) = crate::auth::advice::admin_action(reply) {
+                alerts.on_admin_needed(account, code, reply, action);
+            }
+        }
+        None => {}
+    }
 }
 
 /// Tells the sender of a message that failed for good (RFC 3464), through the same account:

@@ -9,6 +9,7 @@
 //! store the message.
 
 use super::Attempt;
+use crate::auth::upstream::UpstreamCredential;
 use crate::codec::line::sanitize_for_reply;
 use crate::config::AccountConfig;
 use crate::session::login::AuthResult;
@@ -49,12 +50,7 @@ pub(super) async fn deliver(
 
 /// A logged-in upstream session for `account`, or the attempt's outcome when there is none.
 async fn open(ctx: &ListenerContext, account: &AccountConfig) -> Result<SmtpUpstream, Attempt> {
-    let credential = crate::auth::upstream::credential(account, None, &ctx.shared.tokens, None)
-        .await
-        .map_err(|e| {
-            let why = sanitize_for_reply(&e.description, 200);
-            Attempt::Deferred(format!("token: {} ({why})", e.code()))
-        })?;
+    let credential = token(ctx, account, None).await?;
     let target = ctx
         .target(account)
         .map_err(|e| Attempt::Deferred(e.to_string()))?;
@@ -68,7 +64,16 @@ async fn open(ctx: &ListenerContext, account: &AccountConfig) -> Result<SmtpUpst
     if ehlo.code != 250 {
         return Err(classify(&ehlo));
     }
-    match up.login(&credential).await.map_err(failed)? {
+    let mut result = up.login(&credential).await.map_err(failed)?;
+    // A refused token (revoked, or cut short by a policy) is replaced once, on the same
+    // connection: a refresh tells whether the grant itself still holds.
+    if let (AuthResult::Rejected { .. }, UpstreamCredential::Bearer { token: old, .. }) =
+        (&result, &credential)
+    {
+        let fresh = token(ctx, account, Some(old)).await?;
+        result = up.login(&fresh).await.map_err(failed)?;
+    }
+    match result {
         AuthResult::Accepted(_) => Ok(up),
         // A refused login may heal (a token refreshed, an account re-authorized): defer.
         AuthResult::Rejected { reply, .. } => Err(Attempt::Deferred(format!(
@@ -76,6 +81,20 @@ async fn open(ctx: &ListenerContext, account: &AccountConfig) -> Result<SmtpUpst
             text(&reply)
         ))),
     }
+}
+
+/// The account's upstream credential (`rejected`: a token the server just refused).
+async fn token(
+    ctx: &ListenerContext,
+    account: &AccountConfig,
+    rejected: Option<&std::sync::Arc<crate::auth::tokens::AccessToken>>,
+) -> Result<UpstreamCredential, Attempt> {
+    crate::auth::upstream::credential(account, None, &ctx.shared.tokens, rejected)
+        .await
+        .map_err(|e| {
+            let why = sanitize_for_reply(&e.description, 200);
+            Attempt::Deferred(format!("token: {} ({why})", e.code()))
+        })
 }
 
 /// RSET, MAIL, RCPT, DATA on a logged-in session. `Err` for a connection problem (deferred).

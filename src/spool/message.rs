@@ -3,7 +3,7 @@
 //! sender can be checked and the fields a submission server adds can be added (RFC 6409 §8:
 //! `Message-ID`, `Date`), and the size counted against the limit.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// The longest header section accepted (it is held in memory until the blank line).
 pub const MAX_HEADER_SECTION: usize = 1024 * 1024;
@@ -187,36 +187,7 @@ fn header_end(bytes: &[u8]) -> Option<usize> {
     memchr::memmem::find(bytes, b"\r\n\r\n").map(|i| i + 4)
 }
 
-/// The civil date (year, month 1-12, day 1-31) of a day counted from 1970-01-01, proleptic
-/// Gregorian, without a time-zone database (Howard Hinnant's algorithm, public domain).
-pub fn civil_date(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
-/// A date in RFC 5322 §3.3 form, in UTC: `Mon, 30 Nov 2026 19:59:01 +0000`.
-pub fn rfc5322_date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let days = (secs / 86400) as i64;
-    let (h, m, s) = (secs % 86400 / 3600, secs % 3600 / 60, secs % 60);
-    let (year, month, day) = civil_date(days);
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {day:02} {} {year} {h:02}:{m:02}:{s:02} +0000",
-        DAYS[(days.rem_euclid(7)) as usize],
-        MONTHS[(month - 1) as usize]
-    )
-}
+pub use crate::civil::{civil_date, rfc5322_date};
 
 #[cfg(test)]
 mod tests {
@@ -297,12 +268,5 @@ mod tests {
         let (mut out, end) = data(&mut s, b"\r\n0123456789abcdef\r\n.\r\n");
         assert!(end);
         assert_eq!(s.finish(&mut out), Verdict::TooBig);
-    }
-
-    #[test]
-    fn dates_are_rfc_5322() {
-        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_796_068_741);
-        assert_eq!(rfc5322_date(t), "Mon, 30 Nov 2026 19:59:01 +0000");
-        assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 +0000");
     }
 }

@@ -11,6 +11,7 @@
 //! token is written to the store before the new access token is used.
 
 mod lease;
+mod report;
 mod upkeep;
 
 use crate::auth::oauth::{self, ErrorClass, TokenError};
@@ -121,6 +122,8 @@ pub struct TokenCache {
     /// Where an administrator re-authorizes an account (the admin server), for warnings.
     admin_url: Option<String>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Where a refused grant or registration is raised, and its end resolved.
+    alerts: Arc<crate::alerts::Alerts>,
     /// Accounts whose grant the identity provider refused for good at the last try, with why:
     /// a spool login then tells the device at once instead of queueing what cannot go out.
     dead_grants: DashMap<String, TokenError>,
@@ -138,7 +141,7 @@ impl TokenCache {
         margin: Duration,
         store: Arc<Store>,
         admin_url: Option<String>,
-        metrics: Arc<crate::metrics::Metrics>,
+        (metrics, alerts): (Arc<crate::metrics::Metrics>, Arc<crate::alerts::Alerts>),
     ) -> Self {
         TokenCache {
             http,
@@ -150,7 +153,13 @@ impl TokenCache {
             signers: DashMap::new(),
             admin_url,
             metrics,
+            alerts,
         }
+    }
+
+    /// Where the cache raises refused grants (the relay's alerts).
+    pub fn alerts(&self) -> &Arc<crate::alerts::Alerts> {
+        &self.alerts
     }
 
     /// The token store behind the cache.
@@ -344,7 +353,7 @@ impl TokenCache {
         *entry.current[audience.slot()]
             .write()
             .expect("token lock poisoned") = Some(token.clone());
-        self.dead_grants.remove(&account.id);
+        self.grant_renewed(&account.id);
         tracing::info!(
             account = %account.id,
             audience = ?audience,
@@ -425,6 +434,8 @@ impl TokenCache {
                     overrides.client_secret = opened.client_secret;
                     if state.generation != generation {
                         if opened.refresh_token.is_some() {
+                            // A new sign-in (the page, `authrelay login`, another replica).
+                            self.grant_renewed(id);
                             state.refresh = opened.refresh_token;
                         }
                         let stored_token = opened
@@ -523,26 +534,6 @@ impl TokenCache {
             .map_err(|e| TokenError::new(ErrorClass::Configuration, "certificate", e))?;
         self.signers.insert(account.id.clone(), signer.clone());
         Ok(Some(signer))
-    }
-
-    async fn report_failure(&self, account: &AccountConfig, e: &TokenError) {
-        // Not authorized or not configured yet: a state the page shows, not a failure.
-        if account.ephemeral || matches!(e.error.as_str(), "no_refresh_token" | "not_configured") {
-            return;
-        }
-        let text = format!("{}: {}", e.code(), e.description);
-        if let Err(err) = self.store.record_error_async(&account.id, &text).await {
-            tracing::warn!(account = %account.id, "cannot record the failure in the token store: {err}");
-        }
-        if e.class == ErrorClass::Reauthorize {
-            self.dead_grants.insert(account.id.clone(), e.clone());
-            tracing::warn!(
-                account = %account.id,
-                code = %e.code(),
-                "the refresh token no longer works; re-authorize {}",
-                self.reauthorize_hint(&account.id)
-            );
-        }
     }
 
     fn usable(
