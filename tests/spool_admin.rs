@@ -122,6 +122,9 @@ async fn a_refused_grant_is_told_at_auth_until_the_first_delivery_then_mail_is_h
     assert!(page.contains("<table id=\"spool\">"), "{page}");
     assert!(page.contains(&format!("<td>{id}</td>")), "{page}");
     assert!(page.contains("AADSTS700082"), "{page}");
+    // Its age is counted from its arrival (seconds, not "20000 days"), its next try as a wait.
+    assert!(page.contains(" s ago</td>"), "{page}");
+    assert!(!page.contains("days ago"), "{page}");
     let metrics = http_get(admin, "/metrics").await;
     assert!(
         metrics.contains("authrelay_spool_messages{account=\"user\",state=\"queued\"} 2"),

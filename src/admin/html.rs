@@ -74,13 +74,18 @@ pub fn format_time(secs: u64) -> String {
     )
 }
 
-fn ago(secs: u64) -> String {
-    let d = unix_now().saturating_sub(secs);
+/// How long ago the Unix time `at` was: `3 min ago`.
+fn ago(at: u64) -> String {
+    format!("{} ago", span(unix_now().saturating_sub(at)))
+}
+
+/// A length of time in seconds as a person reads it: `28 s`, `3 min`, `5 h`, `2 days`.
+fn span(d: u64) -> String {
     match d {
-        0..=119 => format!("{d} s ago"),
-        120..=7199 => format!("{} min ago", d / 60),
-        7200..=172_799 => format!("{} h ago", d / 3600),
-        _ => format!("{} days ago", d / 86400),
+        0..=119 => format!("{d} s"),
+        120..=7199 => format!("{} min", d / 60),
+        7200..=172_799 => format!("{} h", d / 3600),
+        _ => format!("{} days", d / 86400),
     }
 }
 
@@ -244,13 +249,13 @@ fn spool_table(v: &AccountView<'_>) -> String {
         let next = if *what == "failed" || state.next_try <= now {
             String::new()
         } else {
-            format_time(state.next_try)
+            format!("in {}", span(state.next_try - now))
         };
         let id = escape(&e.id);
         let _ = write!(
             s,
             "<tr><td>{id}</td><td>{}</td><td>{}</td><td>{what}</td><td>{}</td><td>{}</td><td>{next}</td><td><button type=\"submit\" name=\"retry\" value=\"{id}\">Retry</button> <button type=\"submit\" name=\"delete\" value=\"{id}\">Delete</button></td></tr>",
-            ago(now.saturating_sub(e.arrived)),
+            ago(e.arrived),
             escape(&e.recipients.join(", ")),
             state.attempts,
             escape(&state.last_reply),
@@ -307,6 +312,17 @@ pub fn account(v: &AccountView<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ages_and_waits_read_as_people_say_them() {
+        let now = unix_now();
+        // The queue's age is counted from the message's arrival, not from 1970.
+        assert_eq!(ago(now - 180), "3 min ago");
+        assert_eq!(ago(now + 5), "0 s ago");
+        assert_eq!(span(28), "28 s");
+        assert_eq!(span(7200), "2 h");
+        assert_eq!(span(3 * 86400), "3 days");
+    }
 
     #[test]
     fn formats_dates_and_escapes() {
