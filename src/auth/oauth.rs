@@ -72,6 +72,42 @@ impl TokenError {
     }
 }
 
+/// OAuth `error` values that name their own cause (RFC 6749 §5.2, RFC 8628 §3.5, OpenID
+/// Connect Core §3.1.2.6): an endpoint that sends one is the right endpoint.
+const OAUTH_ERRORS: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied",
+    "authorization_pending",
+    "slow_down",
+    "expired_token",
+    "temporarily_unavailable",
+    "server_error",
+    "interaction_required",
+    "consent_required",
+    "login_required",
+];
+
+impl TokenError {
+    /// Names the endpoint asked and the configuration keys that chose it, when the failure
+    /// does not come from a recognised OAuth answer (unreachable, an HTML 404, an unknown
+    /// `error`): those are what a wrong `authority`, `tenant` or `token_url` looks like.
+    fn at_endpoint(mut self, url: &str, keys: &str) -> TokenError {
+        if self.aadsts.is_some() || OAUTH_ERRORS.contains(&self.error.as_str()) {
+            return self;
+        }
+        // Only scheme, host and path: a query could carry something not meant for a log.
+        let url = url.split(['?', '#']).next().unwrap_or("");
+        let url = crate::codec::line::sanitize_for_reply(url, 120);
+        self.description = format!("{} at {url} (check {keys})", self.description);
+        self
+    }
+}
+
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.description, self.code())
@@ -185,6 +221,7 @@ pub async fn refresh(
         .await
         .map_err(classify)
         .and_then(|t| grant(&t))
+        .map_err(|e| e.at_endpoint(&ep.token_url, ep.token_url_from))
 }
 
 /// The client-credentials grant (app-only), with the client secret or a signed certificate
@@ -222,6 +259,7 @@ pub async fn client_credentials(
         .await
         .map_err(classify)
         .and_then(|t| grant(&t))
+        .map_err(|e| e.at_endpoint(&ep.token_url, ep.token_url_from))
 }
 
 /// A started authorization-code request: send the browser to `url`; keep `state` and
@@ -289,6 +327,7 @@ pub async fn exchange_code(
         .await
         .map_err(classify)
         .and_then(|t| grant(&t))
+        .map_err(|e| e.at_endpoint(&ep.token_url, ep.token_url_from))
 }
 
 /// The longest a device-code sign-in is waited for.
@@ -320,14 +359,14 @@ pub async fn device_flow(
             "this provider has no device-code flow for these scopes; use the account page or `authrelay login --paste`",
         )
     })?;
-    let device_url = DeviceAuthorizationUrl::new(device_url).map_err(|_| bad_url("device"))?;
-    let client = client(ep)?.set_device_authorization_url(device_url);
+    let device = DeviceAuthorizationUrl::new(device_url.clone()).map_err(|_| bad_url("device"))?;
+    let client = client(ep)?.set_device_authorization_url(device);
     let details: StandardDeviceAuthorizationResponse = client
         .exchange_device_code()
         .add_scopes(ep.scopes.iter().cloned().map(Scope::new))
         .request_async(http)
         .await
-        .map_err(classify)?;
+        .map_err(|e| classify(e).at_endpoint(&device_url, ep.device_url_from))?;
     prompt(&DevicePrompt {
         verification_uri: details.verification_uri().to_string(),
         user_code: details.user_code().secret().clone(),
@@ -345,6 +384,7 @@ pub async fn device_flow(
         .await
         .map_err(classify)
         .and_then(|t| grant(&t))
+        .map_err(|e| e.at_endpoint(&ep.token_url, ep.token_url_from))
 }
 
 type OAuthRequestError<T> =
@@ -362,15 +402,23 @@ fn classify<T: oauth2::ErrorResponseType + fmt::Display>(e: OAuthRequestError<T>
         RequestTokenError::Request(inner) => {
             let timeout = matches!(&inner, oauth2::HttpClientError::Reqwest(r) if r.is_timeout());
             if timeout {
-                TokenError::new(ErrorClass::Temporary, "timeout", "the identity provider did not answer in time")
+                TokenError::new(
+                    ErrorClass::Temporary,
+                    "timeout",
+                    "the identity provider did not answer in time",
+                )
             } else {
-                TokenError::new(ErrorClass::Temporary, "network", "the identity provider is unreachable")
+                TokenError::new(
+                    ErrorClass::Temporary,
+                    "network",
+                    "the identity provider is unreachable",
+                )
             }
         }
         RequestTokenError::Parse(_, _) => TokenError::new(
             ErrorClass::Temporary,
             "bad_response",
-            "the identity provider sent a response that is not an OAuth token response (HTTP error or invalid JSON)",
+            "the identity provider sent no OAuth token response (an HTTP error or not JSON)",
         ),
         RequestTokenError::Other(_) => TokenError::new(
             ErrorClass::Temporary,
@@ -483,5 +531,20 @@ mod tests {
         );
         let e = classify_server_error("invalid_grant", "Token has been expired or revoked.");
         assert_eq!((e.class, e.aadsts), (ErrorClass::Reauthorize, None));
+    }
+
+    #[test]
+    fn a_wrong_endpoint_is_named_with_the_keys_that_chose_it() {
+        let url = "https://login.example/wrong/contoso/oauth2/v2.0/token?x=1";
+        let e = classify_server_error("not_found", "").at_endpoint(url, "authority and tenant");
+        assert_eq!(
+            e.to_string(),
+            "not_found at https://login.example/wrong/contoso/oauth2/v2.0/token (check authority and tenant) (not_found)"
+        );
+        // An answer the endpoint understood names its own cause.
+        let e = classify_server_error("invalid_client", "AADSTS7000215: Invalid client secret.");
+        assert_eq!(e.clone().at_endpoint(url, "token_url"), e);
+        let e = classify_server_error("invalid_grant", "revoked");
+        assert_eq!(e.clone().at_endpoint(url, "token_url"), e);
     }
 }

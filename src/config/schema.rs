@@ -341,6 +341,10 @@ pub struct Endpoints {
     pub device_url: Option<String>,
     /// The scopes requested.
     pub scopes: Vec<String>,
+    /// The configuration keys that decide `token_url` (for errors that must name what to fix).
+    pub token_url_from: &'static str,
+    /// The same for `device_url`.
+    pub device_url_from: &'static str,
 }
 
 impl OAuthConfig {
@@ -385,6 +389,15 @@ impl OAuthConfig {
             Provider::Custom => (String::new(), String::new(), None),
         };
         let pick = |over: &Option<String>, preset: String| over.clone().unwrap_or(preset);
+        let token_url_from = match (&self.token_url, self.provider) {
+            (Some(_), _) | (None, Provider::Custom) => "token_url",
+            (None, Provider::Microsoft) => "authority and tenant",
+            (None, Provider::Google) => "provider",
+        };
+        let device_url_from = match self.device_url {
+            Some(_) => "device_url",
+            None => token_url_from,
+        };
         Ok(Endpoints {
             client_id,
             client_secret,
@@ -392,6 +405,8 @@ impl OAuthConfig {
             authorize_url: pick(&self.authorize_url, authorize_url),
             device_url: self.device_url.clone().or(device_url),
             scopes: self.scopes.clone(),
+            token_url_from,
+            device_url_from,
         })
     }
 }

@@ -470,7 +470,7 @@ pub fn explain_token_failure(
     let (temporary, text) = match e.class {
         ErrorClass::Temporary => (
             true,
-            format!("Temporary authentication failure ({}; {code})", sanitize_for_reply(&e.description, 200)),
+            format!("Temporary authentication failure ({}; {code})", sanitize_for_reply(&e.description, 240)),
         ),
         ErrorClass::Reauthorize => (
             false,
@@ -484,7 +484,7 @@ pub fn explain_token_failure(
             false,
             format!(
                 "The relay cannot get a token for {mailbox} ({code}: {}); contact the administrator",
-                sanitize_for_reply(&e.description, 160)
+                sanitize_for_reply(&e.description, 240)
             ),
         ),
     };
