@@ -159,6 +159,10 @@ impl Newcomer {
         }
     }
 
+    fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -258,6 +262,18 @@ impl Newcomer {
         } else {
             let lines = read_until(&mut out, "/authorize?");
             let landed = consent_at_idp(lines.last().unwrap().trim(), &self.user);
+            if self.running() {
+                // The browser lands on the running relay's page, which sends the user back to
+                // the terminal instead of calling the sign-in broken.
+                let page = run(Command::new("curl").args(["-s", "-w", "%{http_code}", &landed]));
+                let page = text(&page);
+                assert!(
+                    page.contains("Finish the sign-in in the terminal")
+                        && page.contains("paste it there")
+                        && page.ends_with("200"),
+                    "{page}"
+                );
+            }
             printed.extend(lines);
             printed.extend(read_until(&mut out, "paste it here"));
             writeln!(stdin, "{landed}").unwrap();

@@ -394,6 +394,24 @@ struct CallbackQuery {
     error_description: Option<String>,
 }
 
+/// The redirect of a sign-in this relay did not start. With a code and a state it is most likely
+/// `authrelay login NAME --paste`, whose redirect URI is this page: the command, not the page,
+/// finishes it.
+fn unknown_sign_in(looks_pasted: bool) -> Response {
+    if looks_pasted {
+        return html::page(
+            "Finish the sign-in in the terminal",
+            "<p>This relay did not start this sign-in, so it is not finished here. If <code>authrelay login NAME --paste</code> is waiting in a terminal, copy this page's whole address from the address bar and paste it there: the command stores the token and the running relay uses it.</p><p>Started on the account page instead? It must finish within 15 minutes, in the browser that started it: <a href=\"/\">start again</a>.</p>",
+        );
+    }
+    let mut r = html::page(
+        "Sign-in not recognized",
+        "<p class=\"error\">This sign-in is unknown or expired (it must finish within 15 minutes, in the browser that started it, on this relay). <a href=\"/\">Start again</a>.</p>",
+    );
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r
+}
+
 async fn callback(State(admin): AdminState, Query(q): Query<CallbackQuery>) -> Response {
     let pending = q
         .state
@@ -401,12 +419,7 @@ async fn callback(State(admin): AdminState, Query(q): Query<CallbackQuery>) -> R
         .and_then(|s| admin.pending.remove(s))
         .map(|(_, p)| p);
     let Some(pending) = pending.filter(|p| p.started.elapsed() < PENDING_TTL) else {
-        let mut r = html::page(
-            "Sign-in not recognized",
-            "<p class=\"error\">This sign-in is unknown or expired (it must finish within 15 minutes, in the browser that started it, on this relay). <a href=\"/\">Start again</a>.</p>",
-        );
-        *r.status_mut() = StatusCode::BAD_REQUEST;
-        return r;
+        return unknown_sign_in(q.code.is_some() && q.state.is_some());
     };
     let Some(account) = find_account(&admin, &pending.account) else {
         return not_found(&pending.account);
