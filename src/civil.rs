@@ -78,6 +78,31 @@ pub fn rfc3339(t: SystemTime) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
 }
 
+/// A length of time in seconds as a person reads it: `28 s`, `3 min`, `5 h`, `2 days`.
+pub fn span(d: u64) -> String {
+    match d {
+        0..=119 => format!("{d} s"),
+        120..=7199 => format!("{} min", d / 60),
+        7200..=172_799 => format!("{} h", d / 3600),
+        _ => format!("{} days", d / 86400),
+    }
+}
+
+/// How far Unix time `at` is from `now`, as a person reads it: `3 min ago`, `in 28 s`, `now`.
+pub fn relative(at: u64, now: u64) -> String {
+    match at.cmp(&now) {
+        std::cmp::Ordering::Less => format!("{} ago", span(now - at)),
+        std::cmp::Ordering::Equal => "now".to_owned(),
+        std::cmp::Ordering::Greater => format!("in {}", span(at - now)),
+    }
+}
+
+/// Unix seconds as a [`SystemTime`], at most 9999-12-31T23:59:59Z (what a four-digit year
+/// can print; a damaged state file must not overflow the clock).
+pub fn unix(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs.min(253_402_300_799))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +133,15 @@ mod tests {
         ] {
             assert!(parse_date(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn times_read_as_a_person_says_them() {
+        assert_eq!(relative(100, 280), "3 min ago");
+        assert_eq!(relative(128, 100), "in 28 s");
+        assert_eq!(relative(5, 5), "now");
+        assert_eq!(span(3 * 86400), "3 days");
+        assert_eq!(rfc3339(unix(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(unix(u64::MAX)), "9999-12-31T23:59:59Z");
     }
 }

@@ -102,6 +102,7 @@ enum Command {
 const QUEUE_HELP: &str = "\
 Examples:
   authrelay queue list                 # what waits, and why
+  authrelay queue list --json          # one JSON object per message, RFC 3339 times
   authrelay queue show 00066183f74deafa-5de53dfd3103
   authrelay queue retry 00066183f74deafa-5de53dfd3103
   authrelay queue flush                # try everything again now

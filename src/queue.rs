@@ -2,18 +2,28 @@
 //! whether or not the relay runs: it reads and changes the spool's files, which a running relay
 //! reads again every ten seconds.
 
-use authrelay::spool::{Envelope, Spool};
+use authrelay::civil::{relative, rfc3339, unix};
+use authrelay::spool::{DeliveryState, Envelope, Spool, SpoolError};
+use authrelay::store::unix_now;
 use std::process::ExitCode;
 
 /// What to do with the queue.
 #[derive(clap::Subcommand)]
 pub enum QueueCommand {
-    /// Every queued and failed message: ID, age, account, sender, recipients, attempts, last reply.
-    List,
+    /// Every queued and failed message: ID, age, account, sender, recipients, attempts, next
+    /// try, last reply.
+    List {
+        /// One JSON object per line, times in RFC 3339 (UTC), for scripts and monitoring.
+        #[arg(long)]
+        json: bool,
+    },
     /// One message: its envelope, delivery state and header section.
     Show {
         /// The queue ID (as in `250 … queued as ID`).
         id: String,
+        /// A JSON object (with the header section as `header`), times in RFC 3339 (UTC).
+        #[arg(long)]
+        json: bool,
     },
     /// Try a message again now (a failed one goes back into the queue).
     Retry {
@@ -39,8 +49,8 @@ pub fn run(config: &authrelay::config::Config, command: QueueCommand) -> ExitCod
         }
     };
     let result = match command {
-        QueueCommand::List => list(&spool),
-        QueueCommand::Show { id } => show(&spool, &id),
+        QueueCommand::List { json } => list(&spool, json),
+        QueueCommand::Show { id, json } => show(&spool, &id, json),
         QueueCommand::Retry { id } => retry(&spool, &id),
         QueueCommand::Delete { id } => spool.delete(&id).map(|()| println!("{id} deleted")),
         QueueCommand::Flush => flush(&spool),
@@ -54,30 +64,65 @@ pub fn run(config: &authrelay::config::Config, command: QueueCommand) -> ExitCod
     }
 }
 
-fn age(envelope: &Envelope) -> String {
-    let secs = authrelay::store::unix_now().saturating_sub(envelope.arrived);
-    match secs {
-        0..=119 => format!("{secs}s"),
-        120..=7199 => format!("{}m", secs / 60),
-        _ => format!("{}h", secs / 3600),
+/// A message as `--json` prints it: the envelope, where it is, and its delivery state.
+fn json(
+    e: &Envelope,
+    state: &DeliveryState,
+    what: &str,
+    header: Option<&str>,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": e.id,
+        "state": what,
+        "account": e.account,
+        "from": e.sender,
+        "to": e.recipients,
+        "client": e.client,
+        "arrived": rfc3339(unix(e.arrived)),
+        "attempts": state.attempts,
+        "next_try": rfc3339(unix(state.next_try)),
+        "last_reply": state.last_reply,
+        "outcome_unknown": state.unsure,
+        "notification": e.bounce,
+    });
+    if let Some(h) = header {
+        v["header"] = h.into();
+    }
+    v
+}
+
+/// When the next attempt comes, as a person reads it (`in 28 s`); failed messages get none.
+fn next_try(state: &DeliveryState, what: &str, now: u64) -> String {
+    match what {
+        "failed" => "never (failed)".to_owned(),
+        _ if state.next_try <= now => "now".to_owned(),
+        _ => relative(state.next_try, now),
     }
 }
 
-fn list(spool: &Spool) -> Result<(), authrelay::spool::SpoolError> {
+fn list(spool: &Spool, as_json: bool) -> Result<(), SpoolError> {
     let queued = spool.queued()?;
     let failed = spool.failed()?;
-    println!("{} queued, {} failed", queued.len(), failed.len());
+    if !as_json {
+        println!("{} queued, {} failed", queued.len(), failed.len());
+    }
+    let now = unix_now();
     for (what, envelopes) in [("queued", queued), ("failed", failed)] {
         for e in envelopes {
             let state = spool.state(&e.id)?;
+            if as_json {
+                println!("{}", json(&e, &state, what, None));
+                continue;
+            }
             println!(
-                "{} {what} age={} account={} from=<{}> to={} attempts={} last={:?}",
+                "{} {what} arrived {} account={} from=<{}> to={} attempts={} next try {} last={:?}",
                 e.id,
-                age(&e),
+                relative(e.arrived, now),
                 e.account,
                 e.sender,
                 e.recipients.len(),
                 state.attempts,
+                next_try(&state, what, now),
                 state.last_reply
             );
         }
@@ -85,31 +130,44 @@ fn list(spool: &Spool) -> Result<(), authrelay::spool::SpoolError> {
     Ok(())
 }
 
-fn show(spool: &Spool, id: &str) -> Result<(), authrelay::spool::SpoolError> {
+fn show(spool: &Spool, id: &str, as_json: bool) -> Result<(), SpoolError> {
     let (e, header) = spool.show(id)?;
     let state = spool.state(id)?;
-    println!("id: {}\naccount: {}\nfrom: <{}>", e.id, e.account, e.sender);
+    let what = match spool.failed()?.iter().any(|f| f.id == e.id) {
+        true => "failed",
+        false => "queued",
+    };
+    if as_json {
+        println!("{}", json(&e, &state, what, Some(&header)));
+        return Ok(());
+    }
+    let now = unix_now();
+    println!(
+        "id: {}\nstate: {what}\naccount: {}\nfrom: <{}>",
+        e.id, e.account, e.sender
+    );
     for r in &e.recipients {
         println!("to: <{r}>");
     }
     println!(
-        "client: {}\nage: {}\nattempts: {}\nnext try: {}\nlast reply: {}\n\n{header}",
+        "client: {}\narrived: {} ({})\nattempts: {}\nnext try: {}\nlast reply: {}\n\n{header}",
         e.client,
-        age(&e),
+        relative(e.arrived, now),
+        rfc3339(unix(e.arrived)),
         state.attempts,
-        state.next_try,
+        next_try(&state, what, now),
         state.last_reply
     );
     Ok(())
 }
 
-fn retry(spool: &Spool, id: &str) -> Result<(), authrelay::spool::SpoolError> {
+fn retry(spool: &Spool, id: &str) -> Result<(), SpoolError> {
     spool.retry_now(id)?;
     println!("{id} will be tried again now");
     Ok(())
 }
 
-fn flush(spool: &Spool) -> Result<(), authrelay::spool::SpoolError> {
+fn flush(spool: &Spool) -> Result<(), SpoolError> {
     let queued = spool.queued()?;
     for e in &queued {
         spool.retry_now(&e.id)?;

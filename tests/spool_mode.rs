@@ -373,10 +373,41 @@ fn the_queue_command_lists_shows_retries_and_deletes() {
     assert!(list.starts_with("1 queued, 1 failed\n"), "{list}");
     assert!(
         list.contains(&format!("{b} queued"))
-            && list.contains("attempts=2 last=\"451 4.3.0 try later\""),
+            && list.contains("attempts=2 next try in ")
+            && list.contains(" last=\"451 4.3.0 try later\""),
         "{list}"
     );
     assert!(list.contains(&format!("{a} failed")), "{list}");
+    // Times as a person reads them: the queued one waits, the failed one will not be tried.
+    let line = |id: &str| list.lines().find(|l| l.starts_with(id)).unwrap().to_owned();
+    assert!(line(&b).contains(" arrived "), "{list}");
+    assert!(line(&b).contains(" next try in "), "{list}");
+    assert!(line(&a).contains(" next try never (failed) "), "{list}");
+    // And for scripts: one JSON object per message, times in RFC 3339.
+    let json: Vec<serde_json::Value> = queue(&["list", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(json.len(), 2);
+    let rfc3339 = |v: &serde_json::Value| {
+        let t = v.as_str().unwrap().as_bytes().to_vec();
+        t.len() == 20 && t[4] == b'-' && t[10] == b'T' && t[19] == b'Z'
+    };
+    for m in &json {
+        assert!(rfc3339(&m["arrived"]) && rfc3339(&m["next_try"]), "{m}");
+    }
+    let queued = json.iter().find(|m| m["id"] == b.as_str()).unwrap();
+    assert_eq!(queued["state"], "queued");
+    assert_eq!(queued["attempts"], 2);
+    assert_eq!(queued["last_reply"], "451 4.3.0 try later");
+    let shown: serde_json::Value = serde_json::from_str(&queue(&["show", &b, "--json"])).unwrap();
+    assert!(
+        shown["header"]
+            .as_str()
+            .unwrap()
+            .contains("Subject: second"),
+        "{shown}"
+    );
     let shown = queue(&["show", &b]);
     assert!(
         shown.contains("from: <scanner@example.com>\nto: <r@example.com>"),

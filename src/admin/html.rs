@@ -1,6 +1,7 @@
 //! The admin pages' HTML. Every value from outside is escaped; no secret is ever an argument.
 
 use crate::auth::tokens::TokenCache;
+use crate::civil::span;
 use crate::config::{AccountAuth, AccountConfig, Flow, OAuthConfig, Provider};
 use crate::store::{unix_now, Entry};
 use axum::http::header;
@@ -77,16 +78,6 @@ pub fn format_time(secs: u64) -> String {
 /// How long ago the Unix time `at` was: `3 min ago`.
 fn ago(at: u64) -> String {
     format!("{} ago", span(unix_now().saturating_sub(at)))
-}
-
-/// A length of time in seconds as a person reads it: `28 s`, `3 min`, `5 h`, `2 days`.
-fn span(d: u64) -> String {
-    match d {
-        0..=119 => format!("{d} s"),
-        120..=7199 => format!("{} min", d / 60),
-        7200..=172_799 => format!("{} h", d / 3600),
-        _ => format!("{} days", d / 86400),
-    }
 }
 
 fn mode(account: &AccountConfig) -> &'static str {
