@@ -235,3 +235,93 @@ async fn the_account_page_retries_and_deletes_under_its_rules() {
     );
     assert!(!page.contains(&format!("<td>{}</td>", ids[1])), "{page}");
 }
+
+/// The account page as an admin sees it in a 900 px browser window (headless Chromium): a long
+/// provider error and long addresses wrap; nothing is cut and nothing needs a horizontal scroll
+/// bar. A screenshot is kept (AUTHRELAY_SHOTS=DIR keeps it there).
+#[tokio::test]
+async fn the_account_page_fits_a_900_px_window_and_wraps_long_errors() {
+    const MFA: &str = "AADSTS50076: Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access '00000003-0000-0ff1-ce00-000000000000'.";
+    const RCPT: &str = "accounts-payable-invoices-from-the-erp-system-of-the-subsidiary@finance.subsidiary.example.com";
+    let s = admin_world().await;
+    let (w, admin) = (&s.w, s.admin);
+    // Tokens last a second: the held deliveries ask again, and are refused.
+    w.tokens
+        .expires_in
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    w.tokens.set(TokenBehaviour::Issue);
+    assert!(spool_one(w.relay.addr, "first").await.starts_with("250 "));
+    wait_for("the first delivery on record", || {
+        w.relay
+            .running
+            .shared
+            .tokens
+            .store()
+            .entry("user")
+            .is_some_and(|e| e.delivered_at.is_some())
+    })
+    .await;
+    w.tokens.set(TokenBehaviour::Error {
+        error: "invalid_grant",
+        description: MFA,
+    });
+    for _ in 0..3 {
+        let mut c = logged_in(w.relay.addr).await;
+        c.send(&format!(
+            "MAIL FROM:<mailbox@example.com>\r\nRCPT TO:<{RCPT}>\r\nDATA\r\n"
+        ))
+        .await;
+        for _ in 0..3 {
+            c.reply().await;
+        }
+        c.send("Subject: held\r\n\r\nbody\r\n.\r\n").await;
+        assert!(c.reply().await.starts_with("250 "));
+    }
+    wait_for("the refused grant", || {
+        w.relay.running.shared.tokens.dead_grant("user").is_some()
+    })
+    .await;
+    let shots = std::env::var_os("AUTHRELAY_SHOTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| s._dir.path().to_owned());
+    std::fs::create_dir_all(&shots).unwrap();
+    let png = shots.join("account-900px.png");
+    let url = format!("http://{admin}/account/user");
+    let script = support::interop::root().join("tests/interop/page_layout.py");
+    let out = tokio::task::spawn_blocking({
+        let png = png.clone();
+        move || {
+            std::process::Command::new("/usr/bin/python3")
+                .arg(script)
+                .args([&url, "900"])
+                .arg(&png)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "browser: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let layout: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let viewport = layout["viewport"].as_u64().unwrap();
+    assert!((850..=900).contains(&viewport), "{layout}");
+    assert_eq!(
+        layout["scroll_width"].as_u64(),
+        Some(viewport),
+        "a horizontal scroll bar: {layout}"
+    );
+    assert_eq!(layout["overflowing"], serde_json::json!([]), "{layout}");
+    // The provider's whole sentence is there, and the addresses, with human ages.
+    let text = layout["text"].as_str().unwrap().replace('\n', " ");
+    assert!(
+        text.contains("'00000003-0000-0ff1-ce00-000000000000'"),
+        "{text}"
+    );
+    assert!(text.contains(RCPT), "{text}");
+    assert!(text.contains(" s ago"), "{text}");
+    assert!(std::fs::metadata(&png).unwrap().len() > 10_000);
+}

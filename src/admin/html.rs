@@ -29,7 +29,8 @@ table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;pad
 .ok{color:#176317}.warn{color:#8a5a00}.error{color:#a11;font-weight:600}.notice{color:#176317;font-weight:600}\
 form{margin:1rem 0;padding:1rem;border:1px solid #ddd;border-radius:6px}label{display:block;margin:.4rem 0}\
 input[type=text],input[type=password]{width:100%;max-width:30rem;padding:.3rem}button{padding:.5rem 1rem;font-size:1rem}\
-code{background:#f3f3f3;padding:0 .2rem}";
+code{background:#f3f3f3;padding:0 .2rem}\
+td,th,p,li,code{overflow-wrap:anywhere}#spool td:last-child{white-space:nowrap}";
 
 pub fn page(title: &str, body: &str) -> Response {
     let html = format!(
@@ -67,7 +68,7 @@ pub fn strip_tags(html: &str) -> String {
 /// `2026-11-22 10:04 UTC` from Unix seconds (proleptic Gregorian, no time-zone database).
 pub fn format_time(secs: u64) -> String {
     let rem = secs % 86400;
-    let (y, m, d) = crate::spool::message::civil_date((secs / 86400) as i64);
+    let (y, m, d) = crate::civil::civil_date((secs / 86400) as i64);
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
         rem / 3600,
@@ -240,7 +241,7 @@ fn spool_table(v: &AccountView<'_>) -> String {
         let next = if *what == "failed" || state.next_try <= now {
             String::new()
         } else {
-            format!("in {}", span(state.next_try - now))
+            crate::civil::relative(state.next_try, now)
         };
         let id = escape(&e.id);
         let _ = write!(

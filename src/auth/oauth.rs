@@ -481,8 +481,9 @@ pub fn aadsts_code(description: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// The first line of a description, without the `AADSTSNNN:` prefix, cut to 200 characters and
-/// free of control characters; the error code when there is no description.
+/// The first line of a description, without the `AADSTSNNN:` prefix, at most 400 bytes (ended
+/// at a word, never inside one) and free of control characters; the error code when there is
+/// no description. Replies shorten it further the same way; the account page shows it whole.
 fn first_sentence(description: &str, fallback: &str) -> String {
     let line = description.lines().next().unwrap_or("").trim();
     let line = match line.find(": ") {
@@ -490,7 +491,7 @@ fn first_sentence(description: &str, fallback: &str) -> String {
         _ => line,
     };
     let text = if line.is_empty() { fallback } else { line };
-    crate::codec::line::sanitize_for_reply(text, 200)
+    crate::codec::line::shorten(text, 400)
 }
 
 #[cfg(test)]

@@ -120,6 +120,18 @@ pub fn sanitize_for_reply(text: &str, max: usize) -> String {
     out
 }
 
+/// [`sanitize_for_reply`], but a text longer than `max` bytes ends at the last word that fits,
+/// followed by `...`: a cut never leaves half a word (or half a URL) for someone to look up.
+pub fn shorten(text: &str, max: usize) -> String {
+    let clean = sanitize_for_reply(text, usize::MAX);
+    if clean.len() <= max {
+        return clean;
+    }
+    let room = sanitize_for_reply(&clean, max.saturating_sub(3));
+    let end = room.rfind(' ').filter(|&i| i > 0).unwrap_or(room.len());
+    format!("{}...", room[..end].trim_end_matches([',', ';', ':']))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +180,9 @@ mod tests {
     fn sanitizes_echoed_text() {
         assert_eq!(sanitize_for_reply("a\r\nb\u{1}c", 100), "a??b?c");
         assert_eq!(sanitize_for_reply("ééé", 5), "éé");
+        assert_eq!(shorten("short", 10), "short");
+        assert_eq!(shorten("one two, three", 12), "one two...");
+        assert_eq!(shorten("unbreakable-word", 8), "unbre...");
         assert_eq!(
             sanitize_for_reply("a\u{2028}b\u{202E}c\u{200B}d\u{85}e", 100),
             "a?b?c?d?e"

@@ -8,7 +8,7 @@ use crate::auth::advice::aadsts_advice;
 use crate::auth::oauth::{ErrorClass, TokenError};
 use crate::auth::throttle::Attempt;
 use crate::auth::upstream::{credential, UpstreamCredential};
-use crate::codec::line::sanitize_for_reply;
+use crate::codec::line::{sanitize_for_reply, shorten};
 use crate::codec::sasl::Credentials;
 use crate::config::{AccountAuth, AccountConfig};
 use crate::secret::Secret;
@@ -470,7 +470,7 @@ pub fn explain_token_failure(
     let (temporary, text) = match e.class {
         ErrorClass::Temporary => (
             true,
-            format!("Temporary authentication failure ({}; {code})", sanitize_for_reply(&e.description, 240)),
+            format!("Temporary authentication failure ({}; {code})", shorten(&e.description, 240)),
         ),
         ErrorClass::Reauthorize => (
             false,
@@ -484,7 +484,7 @@ pub fn explain_token_failure(
             false,
             format!(
                 "The relay cannot get a token for {mailbox} ({code}: {}); contact the administrator",
-                sanitize_for_reply(&e.description, 240)
+                shorten(&e.description, 240)
             ),
         ),
     };
