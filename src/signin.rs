@@ -80,6 +80,9 @@ pub fn run(path: &Path, account: &str, device: bool, paste: bool) -> ExitCode {
         if oauth.flow == Flow::Delegated && grant.refresh_token.is_none() {
             eprintln!("warning: the identity provider returned no refresh token (is offline_access among the scopes?); the relay can use this access token only until it expires");
         }
+        if let Some(said) = authorize::wrong_user(account, &grant) {
+            eprintln!("warning: account {}: {said}.", account.id);
+        }
         match authorize::save_grant(&store, &account.id, &key, &grant) {
             Ok(_) => {
                 println!(

@@ -146,6 +146,14 @@ pub fn state(
             escape(err)
         );
     }
+    let who = entry.and_then(|e| e.signed_in_as.as_deref());
+    if let Some(said) = who.and_then(|w| crate::auth::id_token::mismatch(w, &account.mailbox)) {
+        let _ = write!(
+            s,
+            "<br><span class=\"warn\" id=\"signed-in-as\">{}</span>",
+            escape(&said)
+        );
+    }
     let usable = failing.is_none()
         && (expiry.is_some() || has_refresh || oauth.flow == Flow::ClientCredentials);
     (s, usable)

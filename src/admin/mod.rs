@@ -470,6 +470,9 @@ async fn callback(State(admin): AdminState, Query(q): Query<CallbackQuery>) -> R
     if grant.refresh_token.is_none() {
         tracing::warn!(account = %account.id, "the identity provider returned no refresh token");
     }
+    if let Some(said) = authorize::wrong_user(&account, &grant) {
+        tracing::warn!(account = %account.id, "{said}");
+    }
     match authorize::save_grant_async(store, &account.id, &pending.key, &grant).await {
         Ok(_) => {
             tracing::info!(account = %account.id, "account authorized on the account page");

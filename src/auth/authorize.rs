@@ -68,8 +68,15 @@ fn grant_change(grant: &Grant) -> Change {
             SystemTime::now() + grant.expires_in,
         )),
         authorized: true,
+        signed_in_as: grant.signed_in_as.clone(),
         ..Default::default()
     }
+}
+
+/// What to tell the admin about who signed in for `account`: `None` when the sign-in was as
+/// its mailbox, or its answer did not say.
+pub fn wrong_user(account: &AccountConfig, grant: &Grant) -> Option<String> {
+    crate::auth::id_token::mismatch(grant.signed_in_as.as_deref()?, &account.mailbox)
 }
 
 /// [`save_grant`] on a blocking thread, for async code (see [`Store::update_async`]).

@@ -6,6 +6,7 @@
 //! - [`oauth`]: token endpoint requests (refresh, authorization code with PKCE, device code,
 //!   client credentials) and error classification.
 //! - [`authorize`]: what the account page and `authrelay login` share.
+//! - [`id_token`]: who signed in, from a sign-in's OpenID Connect ID token.
 //! - [`throttle`]: failed logins counted per address and per username.
 //! - [`tokens`]: the access-token cache with one refresh at a time per account.
 //! - [`upstream`]: what the sessions need to log in upstream, whatever the account's mode.
@@ -13,6 +14,7 @@
 pub mod accounts;
 pub mod advice;
 pub mod authorize;
+pub mod id_token;
 pub mod oauth;
 pub mod throttle;
 pub mod tokens;

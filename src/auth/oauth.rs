@@ -1,12 +1,15 @@
 //! Token endpoint requests (RFC 6749 refresh-token grant, through the `oauth2` crate) and the
 //! classification of their failures (RFC 6749 §5.2; Microsoft Entra error codes, learn.microsoft.com/entra/identity-platform/reference-error-codes).
 
+use super::id_token::{self, OAuthResponse};
 use crate::config::Endpoints;
 use crate::credential::assertion::CertificateSigner;
 use crate::secret::Secret;
-use oauth2::basic::{BasicClient, BasicTokenResponse};
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+};
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    AuthType, AuthUrl, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
     DeviceAuthorizationUrl, EndpointNotSet, EndpointSet, PkceCodeChallenge, PkceCodeVerifier,
     RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardDeviceAuthorizationResponse,
     TokenResponse, TokenUrl,
@@ -23,6 +26,8 @@ pub struct Grant {
     pub expires_in: Duration,
     /// Present when the provider rotated the refresh token.
     pub refresh_token: Option<Secret>,
+    /// The user the answer's ID token names (a sign-in asks for one; see [`id_token`]).
+    pub signed_in_as: Option<String>,
 }
 
 /// What the relay can do about a failed token request.
@@ -134,21 +139,40 @@ fn bad_url(what: &str) -> TokenError {
     )
 }
 
+/// The `oauth2` crate's client as the relay uses it: RFC 6749 errors, token responses that may
+/// carry an ID token, and only the token endpoint set up front.
+type OAuthClient = Client<
+    BasicErrorResponse,
+    OAuthResponse,
+    BasicTokenIntrospectionResponse,
+    oauth2::StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
 /// The crate's client for `ep`, with the token endpoint and (if any) the client secret.
-fn client(
-    ep: &Endpoints,
-) -> Result<
-    BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>,
-    TokenError,
-> {
+fn client(ep: &Endpoints) -> Result<OAuthClient, TokenError> {
     let token_url = TokenUrl::new(ep.token_url.clone()).map_err(|_| bad_url("token"))?;
-    let mut client = BasicClient::new(ClientId::new(ep.client_id.clone()))
+    let mut client = Client::new(ClientId::new(ep.client_id.clone()))
         .set_auth_type(AuthType::RequestBody)
         .set_token_uri(token_url);
     if let Some(secret) = &ep.client_secret {
         client = client.set_client_secret(ClientSecret::new(secret.expose().to_owned()));
     }
     Ok(client)
+}
+
+/// A sign-in's scopes: the account's, and those that make the answer name the user.
+fn sign_in_scopes(ep: &Endpoints) -> impl Iterator<Item = Scope> + '_ {
+    let extra = id_token::sign_in_scopes(ep.provider)
+        .iter()
+        .filter(|s| !ep.scopes.iter().any(|have| have == *s))
+        .map(|s| (*s).to_owned());
+    ep.scopes.iter().cloned().chain(extra).map(Scope::new)
 }
 
 /// The longest access-token lifetime believed: Microsoft issues 60-90 minutes, Google one hour.
@@ -168,7 +192,7 @@ fn plausible_token(token: &str) -> bool {
 }
 
 /// The grant in a token response, or why the response is unusable.
-fn grant(token: &BasicTokenResponse) -> Result<Grant, TokenError> {
+fn grant(token: &OAuthResponse) -> Result<Grant, TokenError> {
     let bad = |what: &str| {
         TokenError::new(
             ErrorClass::Temporary,
@@ -192,12 +216,17 @@ fn grant(token: &BasicTokenResponse) -> Result<Grant, TokenError> {
             .unwrap_or(Duration::from_secs(3600))
             .min(MAX_TOKEN_LIFETIME),
         refresh_token: refresh.map(|r| Secret::new(r.clone())),
+        signed_in_as: token
+            .extra_fields()
+            .id_token
+            .as_deref()
+            .and_then(id_token::user_of),
     })
 }
 
 /// Reads a token endpoint's JSON answer as the relay does (for the fuzz target and tests).
 pub fn grant_from_json(body: &[u8]) -> Result<Grant, TokenError> {
-    let response: BasicTokenResponse = serde_json::from_slice(body).map_err(|_| {
+    let response: OAuthResponse = serde_json::from_slice(body).map_err(|_| {
         TokenError::new(
             ErrorClass::Temporary,
             "bad_response",
@@ -294,7 +323,7 @@ pub fn authorization_request(
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let mut request = client
         .authorize_url(CsrfToken::new_random)
-        .add_scopes(ep.scopes.iter().cloned().map(Scope::new))
+        .add_scopes(sign_in_scopes(ep))
         .set_pkce_challenge(challenge)
         // Google issues a refresh token only with offline access and a fresh consent.
         .add_extra_param("access_type", "offline")
@@ -363,7 +392,7 @@ pub async fn device_flow(
     let client = client(ep)?.set_device_authorization_url(device);
     let details: StandardDeviceAuthorizationResponse = client
         .exchange_device_code()
-        .add_scopes(ep.scopes.iter().cloned().map(Scope::new))
+        .add_scopes(sign_in_scopes(ep))
         .request_async(http)
         .await
         .map_err(|e| classify(e).at_endpoint(&device_url, ep.device_url_from))?;

@@ -345,6 +345,8 @@ pub struct Endpoints {
     pub token_url_from: &'static str,
     /// The same for `device_url`.
     pub device_url_from: &'static str,
+    /// The provider, which decides the OpenID Connect scopes a sign-in adds.
+    pub provider: Provider,
 }
 
 impl OAuthConfig {
@@ -407,6 +409,7 @@ impl OAuthConfig {
             scopes: self.scopes.clone(),
             token_url_from,
             device_url_from,
+            provider: self.provider,
         })
     }
 }

@@ -145,6 +145,9 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// A tenant entered on the account page.
     pub tenant: Option<String>,
+    /// Who the last sign-in was as, when its answer said (an ID token's user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_in_as: Option<String>,
 }
 
 const CHECK_VALUE: &str = "authrelay";
@@ -202,8 +205,11 @@ pub struct Change {
     pub client_id: Option<String>,
     /// A tenant to keep.
     pub tenant: Option<String>,
-    /// A fresh authorization (page, device code, paste): clears the last error.
+    /// A fresh authorization (page, device code, paste): clears the last error and records
+    /// `signed_in_as`.
     pub authorized: bool,
+    /// The user a fresh authorization signed in as, if its answer said.
+    pub signed_in_as: Option<String>,
     /// A successful refresh: records the time, clears the last error.
     pub refreshed: bool,
 }

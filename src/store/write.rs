@@ -86,6 +86,7 @@ impl Store {
             }
             if change.authorized {
                 entry.authorized_at = Some(now);
+                entry.signed_in_as = change.signed_in_as.clone();
             }
             if change.refreshed {
                 entry.last_refresh_at = Some(now);

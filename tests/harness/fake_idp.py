@@ -13,6 +13,10 @@ Microsoft-shaped endpoints under /{tenant}/oauth2/v2.0/ (and /token for older te
                       slow_down, expired_token) | client_credentials (client secret, or an RS256
                       client assertion checked against the registered certificate).
   Errors have Entra's shape: error, error_description "AADSTSnnn: ...", error_codes.
+  With the openid scope (asked at the authorize or devicecode step, remembered for the code or
+  device code like Entra does), the answer carries an ID token naming the user who signed in:
+  preferred_username with profile, email with email (learn.microsoft.com/entra/identity-platform/
+  id-token-claims-reference). Its signature is a placeholder: the relay reads, never trusts it.
   A known refresh token yields a new access token (which /introspect then accepts for the
   token's user) and a rotated refresh token; an unknown one yields invalid_grant (AADSTS70000).
 
@@ -124,6 +128,20 @@ def resources(scope):
     return out
 
 
+def id_token(user, form):
+    """An ID token for user, shaped like Entra's v2.0 tokens (header.claims.signature)."""
+    scopes = form.get("scope", "").split()
+    now = int(time.time())
+    claims = {"ver": "2.0", "iss": "https://login.example/contoso/v2.0", "aud": form.get("client_id", ""),
+              "sub": hashlib.sha256(user.encode()).hexdigest()[:22], "iat": now, "nbf": now, "exp": now + 3600}
+    if "profile" in scopes:
+        claims["preferred_username"] = user
+    if "email" in scopes:
+        claims["email"] = user
+    head = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "fake"}).encode())
+    return "%s.%s.%s" % (head, b64url(json.dumps(claims).encode()), b64url(b"not-a-signature"))
+
+
 def issue(user, form, with_refresh=True):
     """New tokens for user (call with LOCK held). Like Entra, the access token is for one
     resource (its audience): a Graph token is refused by the mail servers and the other way
@@ -132,6 +150,8 @@ def issue(user, form, with_refresh=True):
     ACCESS[at] = user
     AUDIENCE[at] = next(iter(resources(form.get("scope", ""))), "")
     out = {"token_type": "Bearer", "access_token": at, "expires_in": 3600, "scope": form.get("scope", "")}
+    if "openid" in form.get("scope", "").split():
+        out["id_token"] = id_token(user, form)
     if with_refresh:
         rt = "rt-" + secrets.token_hex(16)
         REFRESH[rt] = user
@@ -290,7 +310,8 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             SEEN.append(code)
             CODES[code] = {"user": form.get("user", ""), "client_id": form.get("client_id"),
-                           "redirect_uri": form.get("redirect_uri"), "challenge": form.get("code_challenge")}
+                           "redirect_uri": form.get("redirect_uri"), "challenge": form.get("code_challenge"),
+                           "scope": form.get("scope", "")}
         log("consent given for %s" % form.get("user"))
         return self.redirect(form["redirect_uri"] + "?" + urllib.parse.urlencode(
             {"code": code, "state": form.get("state", "")}))
@@ -304,7 +325,8 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             SEEN.append(dc)
             DEVICES[dc] = {"user_code": uc, "client_id": form["client_id"], "user": None,
-                           "expires": time.time() + 900, "slow_down": client.get("slow_down", 0)}
+                           "expires": time.time() + 900, "slow_down": client.get("slow_down", 0),
+                           "scope": form.get("scope", "")}
         uri = self.base() + "/devicelogin"
         return self.send_json(200, {
             "device_code": dc, "user_code": uc, "verification_uri": uri, "expires_in": 900, "interval": 1,
@@ -382,7 +404,7 @@ class Handler(BaseHTTPRequestHandler):
                                                    "Invalid client secret provided. Ensure the secret being sent in "
                                                    "the request is the client secret value, not the client secret ID."))
         with LOCK:
-            out = issue(c["user"], form)
+            out = issue(c["user"], dict(form, scope=c["scope"]))
         log("token: code exchanged for %s" % c["user"])
         return self.send_json(200, out)
 
@@ -398,7 +420,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(400, entra_error("authorization_pending", 70016,
                                                        "OAuth 2.0 device flow error. Authorization is pending."))
             del DEVICES[form["device_code"]]
-            out = issue(d["user"], form)
+            out = issue(d["user"], dict(form, scope=d["scope"]))
         log("token: device code redeemed for %s" % d["user"])
         return self.send_json(200, out)
 
