@@ -60,9 +60,7 @@ pub fn run(path: &Path, account: &str, device: bool, paste: bool) -> ExitCode {
         };
         let http = oauth::http_client(cfg.security.token_timeout);
         let result = match (oauth.flow, device, paste) {
-            (Flow::ClientCredentials, _, _) => {
-                client_credentials(&http, &ep, oauth).await
-            }
+            (Flow::ClientCredentials, _, _) => client_credentials(&http, &ep, oauth).await,
             (_, _, true) => paste_flow(&cfg, &http, &ep, account).await,
             (_, true, _) => device_flow(&http, &ep, &account.mailbox).await,
             (_, false, false) if ep.device_url.is_some() => {
@@ -73,29 +71,36 @@ pub fn run(path: &Path, account: &str, device: bool, paste: bool) -> ExitCode {
         let grant = match result {
             Ok(g) => g,
             Err(e) => {
-                let _ = store.record_error(&account.id, &format!("{}: {}", e.code(), e.description));
+                let _ =
+                    store.record_error(&account.id, &format!("{}: {}", e.code(), e.description));
                 return fail(format!("{} ({})", e.description, e.code()));
             }
         };
-        if oauth.flow == Flow::Delegated && grant.refresh_token.is_none() {
-            eprintln!("warning: the identity provider returned no refresh token (is offline_access among the scopes?); the relay can use this access token only until it expires");
-        }
-        if let Some(said) = authorize::wrong_user(account, &grant) {
-            eprintln!("warning: account {}: {said}.", account.id);
-        }
-        match authorize::save_grant(&store, &account.id, &key, &grant) {
-            Ok(_) => {
-                println!(
-                    "account {}: authorized; tokens stored in {} (access token valid for {} min). A running relay uses them at the next login.",
-                    account.id,
-                    store.path().display(),
-                    grant.expires_in.as_secs() / 60
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(format!("the tokens could not be stored: {e}")),
-        }
+        keep(&store, account, oauth.flow, &key, &grant)
     })
+}
+
+/// Stores a sign-in's tokens and says what happened, with a warning for a sign-in without a
+/// refresh token or as someone other than the mailbox.
+fn keep(store: &Store, account: &AccountConfig, flow: Flow, key: &Key, grant: &Grant) -> ExitCode {
+    if flow == Flow::Delegated && grant.refresh_token.is_none() {
+        eprintln!("warning: the identity provider returned no refresh token (is offline_access among the scopes?); the relay can use this access token only until it expires");
+    }
+    if let Some(said) = authorize::wrong_user(account, grant) {
+        eprintln!("warning: account {}: {said}.", account.id);
+    }
+    match authorize::save_grant(store, &account.id, key, grant) {
+        Ok(_) => {
+            println!(
+                "account {}: authorized; tokens stored in {} (access token valid for {} min). A running relay uses them at the next login.",
+                account.id,
+                store.path().display(),
+                grant.expires_in.as_secs() / 60
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("the tokens could not be stored: {e}")),
+    }
 }
 
 /// The account's store key: the key file's, or one derived from the local password, which is

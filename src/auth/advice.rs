@@ -17,6 +17,10 @@ pub fn aadsts_advice(code: u32) -> Option<&'static str> {
         50194 => "a single-tenant app cannot use /common: set tenant to the directory (tenant) ID",
         700016 => "the client id is not known in this tenant: check client_id and tenant",
         50126 => "invalid user name or password at the identity provider",
+        7000218 => "the app registration wants a client secret: set client_secret_file, or turn on Allow public client flows (Authentication) for the device code flow",
+        50011 => "the redirect URI is not registered: add the exact redirect URI the account page shows under Authentication, platform Web",
+        9002331 => "the app is for personal Microsoft accounts only: set tenant = \"consumers\"",
+        50020 => "this user is not in the tenant (a personal Microsoft account?): sign in as a user of the tenant, or use tenant = \"consumers\" for Outlook.com",
         _ => return None,
     })
 }
