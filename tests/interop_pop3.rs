@@ -354,19 +354,20 @@ fn refused_logins_get_their_exact_reply() {
     );
     r.assert_no_secrets();
     drop(r);
+    let down_url = format!("http://127.0.0.1:{}/token", free_port());
     let down = RelayProcess::start_protocol(
         "pop3",
         AccountSpec {
             mailbox: &user,
             refresh_token: Some("rt-unused"),
-            token_url: format!("http://127.0.0.1:{}/token", free_port()),
+            token_url: down_url.clone(),
         },
         POP3,
         "starttls",
     );
     assert_eq!(
         poplib(&down, "plain", "userpass", "scanner@example.com", LOCAL_PASSWORD, "stat"),
-        "ERR -ERR [SYS/TEMP] Temporary authentication failure (the identity provider is unreachable; network)"
+        format!("ERR -ERR [SYS/TEMP] Temporary authentication failure (the identity provider is unreachable at {down_url} (check token_url); network)")
     );
     down.assert_no_secrets();
 }

@@ -385,11 +385,12 @@ fn refused_logins_get_their_exact_reply_and_deliver_nothing() {
     drop(r);
 
     // The token endpoint is down.
+    let down_url = format!("http://127.0.0.1:{}/token", free_port());
     let down = RelayProcess::start(
         AccountSpec {
             mailbox: user,
             refresh_token: Some("rt-never-used"),
-            token_url: format!("http://127.0.0.1:{}/token", free_port()),
+            token_url: down_url.clone(),
         },
         SUBMISSION,
         "starttls",
@@ -404,7 +405,7 @@ fn refused_logins_get_their_exact_reply_and_deliver_nothing() {
         LOCAL_PASSWORD,
         &file,
     );
-    assert_eq!(text(&out).trim(), "ERR 454 4.7.0 Temporary authentication failure (the identity provider is unreachable; network)");
+    assert_eq!(text(&out).trim(), format!("ERR 454 4.7.0 Temporary authentication failure (the identity provider is unreachable at {down_url} (check token_url); network)"));
     down.assert_no_secrets();
 }
 

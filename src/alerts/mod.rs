@@ -40,6 +40,9 @@ pub enum Kind {
     GrantRefused,
     /// The app registration or endpoints were refused: the configuration must change.
     SetupRefused,
+    /// The account's sign-in must be renewed soon: a Conditional Access sign-in frequency, or
+    /// a refresh token unused for nearly Microsoft's 90 days.
+    GrantExpiring,
     /// The app's client secret expires soon (or has).
     SecretExpiring,
     /// The app's certificate expires soon (or has).

@@ -248,9 +248,8 @@ pub async fn refresh(
         .add_scopes(ep.scopes.iter().cloned().map(Scope::new))
         .request_async(http)
         .await
-        .map_err(classify)
+        .map_err(|e| classify(e).at_endpoint(&ep.token_url, ep.token_url_from))
         .and_then(|t| grant(&t))
-        .map_err(|e| e.at_endpoint(&ep.token_url, ep.token_url_from))
 }
 
 /// The client-credentials grant (app-only), with the client secret or a signed certificate
@@ -286,9 +285,8 @@ pub async fn client_credentials(
     request
         .request_async(http)
         .await
-        .map_err(classify)
+        .map_err(|e| classify(e).at_endpoint(&ep.token_url, ep.token_url_from))
         .and_then(|t| grant(&t))
-        .map_err(|e| e.at_endpoint(&ep.token_url, ep.token_url_from))
 }
 
 /// A started authorization-code request: send the browser to `url`; keep `state` and
@@ -354,9 +352,8 @@ pub async fn exchange_code(
         .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose().to_owned()))
         .request_async(http)
         .await
-        .map_err(classify)
+        .map_err(|e| classify(e).at_endpoint(&ep.token_url, ep.token_url_from))
         .and_then(|t| grant(&t))
-        .map_err(|e| e.at_endpoint(&ep.token_url, ep.token_url_from))
 }
 
 /// The longest a device-code sign-in is waited for.
@@ -411,9 +408,8 @@ pub async fn device_flow(
             Some(details.expires_in().min(DEVICE_CODE_MAX_WAIT)),
         )
         .await
-        .map_err(classify)
+        .map_err(|e| classify(e).at_endpoint(&ep.token_url, ep.token_url_from))
         .and_then(|t| grant(&t))
-        .map_err(|e| e.at_endpoint(&ep.token_url, ep.token_url_from))
 }
 
 type OAuthRequestError<T> =

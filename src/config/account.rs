@@ -205,6 +205,7 @@ pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
         client_id,
         client_secret,
         client_secret_expires: read_expiry(t, "client_secret_expires"),
+        sign_in_frequency: read_days(t, "sign_in_frequency_days"),
         certificate,
         refresh_token,
         token_url,
@@ -328,6 +329,16 @@ pub(super) fn check_endpoint_url(u: &str) -> Result<(), String> {
 }
 
 /// A `YYYY-MM-DD` date (UTC midnight), or a problem.
+/// A whole number of days, at least one.
+fn read_days(t: &mut Table<'_>, key: &str) -> Option<std::time::Duration> {
+    let days = t.optional::<u64>(key)?;
+    if !(1..=3650).contains(&days) {
+        t.problem(key, "must be a number of days from 1 to 3650");
+        return None;
+    }
+    Some(std::time::Duration::from_secs(days * 86400))
+}
+
 fn read_expiry(t: &mut Table<'_>, key: &str) -> Option<std::time::SystemTime> {
     let text = t.optional::<String>(key)?;
     crate::civil::parse_date(&text)
