@@ -19,6 +19,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::hook::Hook;
 use support::interop::*;
 
 /// A relay started from the example configuration, as a newcomer would.
@@ -447,78 +448,6 @@ fn a_password_sealed_store_serves_the_spool_and_live_logins() {
     assert_eq!(r.imap_count(), "COUNT 2", "{}", r.log_text());
     assert!(!r.log_text().contains("no_refresh_token"));
     assert!(!r.state().join("store.key").exists());
-}
-
-/// A webhook receiver on loopback: records each POST's path and body, answers 200.
-struct Hook {
-    port: u16,
-    posts: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
-}
-
-impl Hook {
-    fn start() -> Hook {
-        use std::io::{BufRead, Read};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let posts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = posts.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let mut r = BufReader::new(conn);
-                let mut request = String::new();
-                let _ = r.read_line(&mut request);
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length];
-                let _ = r.read_exact(&mut body);
-                let path = request.split(' ').nth(1).unwrap_or("").to_owned();
-                seen.lock()
-                    .unwrap()
-                    .push((path, String::from_utf8_lossy(&body).into_owned()));
-                let _ = r.get_mut().write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-            }
-        });
-        Hook { port, posts }
-    }
-
-    /// The bodies received, parsed.
-    fn events(&self) -> Vec<serde_json::Value> {
-        let posts = self.posts.lock().unwrap();
-        posts
-            .iter()
-            .map(|(_, b)| serde_json::from_str(b).unwrap())
-            .collect()
-    }
-
-    /// Waits for `event` with `status`; returns how long it took from `since`.
-    fn wait_for(&self, event: &str, status: &str, since: Instant, wait: Duration) -> Duration {
-        let deadline = Instant::now() + wait;
-        loop {
-            if self
-                .events()
-                .iter()
-                .any(|e| e["event"] == event && e["status"] == status)
-            {
-                return since.elapsed();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {event} {status} within {wait:?}: {:?}",
-                self.events()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
 }
 
 /// An account that delivered once loses its grant (revoked at the identity provider) while a

@@ -253,7 +253,10 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
             Attempt::PartlyDelivered(..) => d.spool.spool.show(&envelope.id).map(|(_, h)| h).ok(),
             _ => None,
         };
-        tell_alerts(&d.ctx.shared.alerts, &envelope.account, &attempt);
+        if !envelope.bounce {
+            // A notification or alert the relay made says nothing about devices' mail.
+            tell_alerts(&d.ctx.shared.alerts, &envelope.account, &attempt);
+        }
         if matches!(attempt, Attempt::Delivered | Attempt::PartlyDelivered(..)) {
             d.ctx
                 .shared

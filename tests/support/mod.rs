@@ -6,6 +6,7 @@
 
 pub mod fake_imap;
 pub mod fake_pop3;
+pub mod hook;
 pub mod redis;
 pub mod spool;
 
@@ -612,6 +613,14 @@ async fn serve_smtp(
                     w.write_all(format!("{line}\r\n").as_bytes()).await?;
                 }
             }
+        } else if upper.starts_with("RCPT TO:<SENDAS-DENIED") && authed {
+            // Exchange Online's answer when the mailbox may not send as the sender
+            // (learn.microsoft.com/exchange/mail-flow-best-practices/non-delivery-reports-in-exchange-online/fix-error-code-5-7-60-in-exchange-online);
+            // Exchange gives it for the sender, here a recipient picks it so a test can ask for it.
+            w.write_all(
+                b"550 5.7.60 SMTP; Client does not have permissions to send as this sender\r\n",
+            )
+            .await?;
         } else if upper.starts_with("RCPT TO:<NOBODY") && authed {
             // An unknown recipient, refused for good (RFC 3463 X.1.1).
             w.write_all(b"550 5.1.1 <nobody> User unknown\r\n").await?;
