@@ -134,6 +134,11 @@ async fn a_refused_grant_is_told_at_auth_until_the_first_delivery_then_mail_is_h
         metrics.contains("authrelay_spool_deliveries_total{outcome=\"deferred\",code=\"error\"}"),
         "{metrics}"
     );
+    // Metrics say what readiness says.
+    assert!(
+        metrics.contains("authrelay_account_usable{account=\"user\"} 0"),
+        "{metrics}"
+    );
     // Re-authorized: the held messages go out.
     w.tokens.set(TokenBehaviour::Issue);
     wait_for("the held deliveries", || {
@@ -141,6 +146,13 @@ async fn a_refused_grant_is_told_at_auth_until_the_first_delivery_then_mail_is_h
     })
     .await;
     wait_for("the spool to empty", || queued(spool) == 0).await;
+    let ready = http_get(admin, "/readyz").await;
+    assert!(ready.contains("\r\n\r\nready\n"), "{ready}");
+    let metrics = http_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains("authrelay_account_usable{account=\"user\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// The account page's Retry and Delete: under the pages' CSRF token and the account's local

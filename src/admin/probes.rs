@@ -95,6 +95,18 @@ pub(super) async fn metrics(State(admin): AdminState, headers: HeaderMap) -> Res
         })
         .collect();
     let mut text = admin.shared.metrics.render(&expiry);
+    if !accounts.is_empty() {
+        use std::fmt::Write;
+        text.push_str("# HELP authrelay_account_usable 1 while the account can get a token (what /readyz says), else 0.\n# TYPE authrelay_account_usable gauge\n");
+        for (id, usable, _) in account_usability(&admin) {
+            let _ = writeln!(
+                text,
+                "authrelay_account_usable{{account=\"{}\"}} {}",
+                crate::metrics::label(&id),
+                u8::from(usable)
+            );
+        }
+    }
     render_spool(&admin, !accounts.is_empty(), &mut text);
     (
         [(
@@ -146,13 +158,11 @@ fn render_spool(admin: &Admin, per_account: bool, out: &mut String) {
     }
 }
 
-/// Each OAuth account's line for `/readyz`, and the failing ones, as delivery and logins
-/// experience them: an account that cannot get a token makes the relay degraded (still 200:
-/// other accounts work, and a restart would not help), named with its reason.
-fn account_states(admin: &Admin) -> (String, Vec<String>) {
+/// Each OAuth account as delivery and logins experience it: usable or not, and its state in
+/// words. `/readyz` and `/metrics` both read it, so they never disagree.
+fn account_usability(admin: &Admin) -> Vec<(String, bool, String)> {
     let store = admin.shared.tokens.store();
-    let mut accounts = String::new();
-    let mut failing = Vec::new();
+    let mut out = Vec::new();
     for a in oauth_accounts(&admin.shared) {
         let entry = store.entry(&a.id);
         let (state, mut usable) = html::state(&a, entry.as_ref(), &admin.shared.tokens);
@@ -163,12 +173,23 @@ fn account_states(admin: &Admin) -> (String, Vec<String>) {
                 plain.push_str(&format!("; its grant was refused ({})", e.code()));
             }
         }
+        out.push((a.id.clone(), usable, plain));
+    }
+    out
+}
+
+/// Each OAuth account's line for `/readyz`, and the failing ones: an account that cannot get
+/// a token makes the relay degraded (still 200: other accounts work, and a restart would not
+/// help), named with its reason.
+fn account_states(admin: &Admin) -> (String, Vec<String>) {
+    let mut accounts = String::new();
+    let mut failing = Vec::new();
+    for (id, usable, plain) in account_usability(admin) {
         if !usable {
-            failing.push(format!("account {}: {plain}", a.id));
+            failing.push(format!("account {id}: {plain}"));
         }
         accounts.push_str(&format!(
-            "account {}: {} ({plain})\n",
-            a.id,
+            "account {id}: {} ({plain})\n",
             if usable { "usable" } else { "not usable" }
         ));
     }
