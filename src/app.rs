@@ -177,7 +177,10 @@ impl Running {
 
 /// What sessions, the admin server and the upkeep share: the store, the token cache, the
 /// accounts, the throttle and the metrics.
-fn shared_state(config: &Config, alerts: crate::alerts::Alerts) -> Result<Shared, StartError> {
+pub(crate) fn shared_state(
+    config: &Config,
+    alerts: crate::alerts::Alerts,
+) -> Result<Shared, StartError> {
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let alerts = Arc::new(alerts);
     let store = config.store.open()?;
@@ -221,7 +224,7 @@ async fn probe_with_head_start(tasks: &TaskTracker, bound: &[listener::Bound]) {
 /// How long the listeners wait at start for their upstream probes before accepting anyway.
 const PROBE_HEAD_START: std::time::Duration = std::time::Duration::from_secs(2);
 
-fn listener_context(
+pub(crate) fn listener_context(
     config: &ListenerConfig,
     shared: Arc<Shared>,
 ) -> Result<ListenerContext, StartError> {

@@ -16,6 +16,7 @@
 //! - [`alerts`]: events that need an administrator, told once, repeated with back-off, resolved;
 //! - [`alerting`]: the tasks that send alerts (webhook, e-mail) and watch the spool and expiry dates;
 //! - [`civil`]: UTC dates and times in RFC 5322 and RFC 3339 form;
+//! - [`live`]: `authrelay check --live`: each account's login through each listener, now;
 //! - [`shared`]: what sessions, the admin server and the upkeep share;
 //! - [`spool`]: the durable message spool (storage; delivery comes with spool mode).
 
@@ -31,6 +32,7 @@ pub mod codec;
 pub mod config;
 pub mod credential;
 pub mod deliver;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod net;

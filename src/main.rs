@@ -44,7 +44,14 @@ enum Command {
         log_level: Option<String>,
     },
     /// Validate the configuration: print every problem with its key path, exit 1 if any.
+    ///
+    /// With --live, also log in as every account through every listener, as a device's login
+    /// would (a token from the identity provider, then the upstream's AUTH), and exit 1 if any
+    /// fails. Safe while the relay runs; nothing is sent.
     Check {
+        /// Also try each account's token and upstream login now.
+        #[arg(long)]
+        live: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -136,7 +143,10 @@ fn main() -> ExitCode {
     return_large_allocations_to_the_system();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config.config),
+        Command::Check { config, live } => match check(&config.config) {
+            ExitCode::SUCCESS if live => live_check(&config.config),
+            code => code,
+        },
         Command::HashPassword => hash_password(),
         Command::Queue { command, config } => match config::load(&config.config) {
             Ok(cfg) => queue::run(&cfg, command),
@@ -247,6 +257,49 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `check --live`: every account through every listener, one line each.
+fn live_check(path: &std::path::Path) -> ExitCode {
+    let Ok(cfg) = config::load(path) else {
+        return ExitCode::FAILURE; // check has printed why
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = match runtime.block_on(authrelay::live::check(&cfg)) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = 0;
+    for f in &findings {
+        let (mark, text) = match &f.outcome {
+            Ok(t) => ("ok", t),
+            Err(t) => {
+                failed += 1;
+                ("FAILED", t)
+            }
+        };
+        println!(
+            "live: account {} via listener {} ({}): {mark}: {text}",
+            f.account, f.listener, f.upstream
+        );
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} login(s) failed", findings.len());
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 fn hash_password() -> ExitCode {

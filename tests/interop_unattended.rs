@@ -346,6 +346,15 @@ fn newcomer_flow(way: &str) {
         "{}",
         text(&health)
     );
+    // The live check meets what the device would: no token yet, said in the device's words.
+    let live = run(&mut r.command(Path::new("/"), &["check", "--live"]));
+    assert!(!live.status.success(), "{}", text(&live));
+    assert!(
+        text(&live).contains("live: account scanner via listener smtp (")
+            && text(&live).contains(": FAILED: Sign-in for"),
+        "{}",
+        text(&live)
+    );
     // 2. A restart, then the sign-in with the relay running, from another directory.
     r.stop();
     r.start();
@@ -368,6 +377,18 @@ fn newcomer_flow(way: &str) {
         "{}",
         text(&health)
     );
+    // The live check agrees: every listener's upstream takes the account's login.
+    let live = run(&mut r.command(Path::new("/"), &["check", "--live"]));
+    let said = text(&live);
+    eprintln!("{said}");
+    assert!(live.status.success(), "{said}");
+    for login in [
+        "SMTP AUTH accepted",
+        "IMAP AUTHENTICATE accepted",
+        "POP3 AUTH accepted",
+    ] {
+        assert!(said.contains(login), "{said}");
+    }
     // 4. Live logins, and another message.
     assert_eq!(r.imap_count(), "COUNT 1", "{}", r.log_text());
     assert!(r.pop3_stat().starts_with("STAT 1 "), "{}", r.log_text());
