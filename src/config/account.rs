@@ -189,14 +189,7 @@ pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
             t.problem("certificate", e);
         }
     }
-    let scopes = scopes.unwrap_or_else(|| {
-        let defaults: &[&str] = match (provider, flow) {
-            (_, Flow::ClientCredentials) => &[MICROSOFT_APP_SCOPE],
-            (Provider::Google, _) => &GOOGLE_SCOPES,
-            _ => &MICROSOFT_SCOPES,
-        };
-        defaults.iter().map(|s| s.to_string()).collect()
-    });
+    let scopes = scopes.unwrap_or_else(|| default_scopes(provider, flow));
     Some(OAuthConfig {
         provider,
         flow,
@@ -214,6 +207,16 @@ pub(super) fn read_oauth(t: &mut Table<'_>, flow: Flow) -> Option<OAuthConfig> {
         scopes,
         mechanism,
     })
+}
+
+/// The scopes an account asks for when the configuration names none.
+fn default_scopes(provider: Provider, flow: Flow) -> Vec<String> {
+    let defaults: &[&str] = match (provider, flow) {
+        (_, Flow::ClientCredentials) => &[MICROSOFT_APP_SCOPE],
+        (Provider::Google, _) => &GOOGLE_SCOPES,
+        _ => &MICROSOFT_SCOPES,
+    };
+    defaults.iter().map(|s| s.to_string()).collect()
 }
 
 /// `concurrency` and `messages_per_minute`: how the spool delivers for this mailbox

@@ -253,18 +253,7 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
             Attempt::PartlyDelivered(..) => d.spool.spool.show(&envelope.id).map(|(_, h)| h).ok(),
             _ => None,
         };
-        if !envelope.bounce {
-            // A notification or alert the relay made says nothing about devices' mail.
-            tell_alerts(&d.ctx.shared.alerts, &envelope.account, &attempt);
-        }
-        if matches!(attempt, Attempt::Delivered | Attempt::PartlyDelivered(..)) {
-            d.ctx
-                .shared
-                .tokens
-                .store()
-                .record_first_delivery(&envelope.account)
-                .await;
-        }
+        learn(&d, &envelope, &attempt).await;
         match settle(&d.spool, &d.ctx.shared.metrics, &envelope, state, attempt) {
             Settled::Requeued(state) => d.spool.spool.retried(envelope.clone(), state),
             Settled::Failed(reason) => {
@@ -294,6 +283,19 @@ async fn session(d: Arc<Deliverer>, account: Arc<AccountConfig>) {
         up.quit().await;
     }
     shared.release().await;
+}
+
+/// What an attempt tells the alerts and the store: a delivery is on record (the account has
+/// delivered before, so a later refused grant holds mail instead of refusing devices).
+async fn learn(d: &Deliverer, envelope: &Envelope, attempt: &Attempt) {
+    if !envelope.bounce {
+        // A notification or alert the relay made says nothing about devices' mail.
+        tell_alerts(&d.ctx.shared.alerts, &envelope.account, attempt);
+    }
+    if matches!(attempt, Attempt::Delivered | Attempt::PartlyDelivered(..)) {
+        let store = d.ctx.shared.tokens.store();
+        store.record_first_delivery(&envelope.account).await;
+    }
 }
 
 /// Delivered: the account's alerts about failures are over; refused with an answer only an
