@@ -927,6 +927,7 @@ pub fn plain(user: &str, pass: &str) -> String {
     b64(format!("\0{user}\0{pass}").as_bytes())
 }
 pub mod interop;
+pub mod newcomer;
 
 /// Held by every [`Relay`]: when the test is done with it, everything logged so far is scanned.
 pub struct LogScan;

@@ -1,0 +1,121 @@
+//! The newcomer's path (see support/newcomer.rs) for the ways a token enters the relay besides
+//! a sign-in: client credentials (the app's own secret, no user), a refresh token handed over in
+//! `refresh_token_file`, and a token store shared in Redis. Each against the harness (Dovecot
+//! checking every token at the identity provider): the running relay delivers spooled mail and
+//! serves live IMAP and POP3 logins, and does again after a restart with no device logging in.
+//! The device-code, paste and account-page sign-ins are in interop_unattended.rs.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+use support::interop::*;
+use support::newcomer::{modes, Newcomer};
+use support::redis::{RedisServer, REDIS_USER};
+
+/// Spooled delivery, live logins, a restart, and delivery again: what every way must give.
+fn serves_and_survives_a_restart(r: &mut Newcomer, tag: &str) {
+    let first = format!("{tag}-first-{}", free_port());
+    assert_eq!(r.send(&first), "OK", "{}", r.log_text());
+    assert!(
+        delivered(&r.user, &first, Duration::from_secs(60)).is_some(),
+        "{}",
+        r.log_text()
+    );
+    assert_eq!(r.imap_count(), "COUNT 1", "{}", r.log_text());
+    assert!(r.pop3_stat().starts_with("STAT 1 "), "{}", r.log_text());
+    let live = run(&mut r.command(Path::new("/"), &["check", "--live"]));
+    assert!(live.status.success(), "{}", text(&live));
+    r.stop();
+    r.start();
+    let second = format!("{tag}-second-{}", free_port());
+    assert_eq!(r.send(&second), "OK", "{}", r.log_text());
+    assert!(
+        delivered(&r.user, &second, Duration::from_secs(60)).is_some(),
+        "after the restart: {}",
+        r.log_text()
+    );
+    assert_eq!(r.imap_count(), "COUNT 2", "{}", r.log_text());
+    let log = r.log_text();
+    assert!(!log.contains("no_refresh_token"), "{log}");
+    assert!(!log.contains("invalid_grant"), "{log}");
+}
+
+#[test]
+fn newcomer_with_client_credentials() {
+    let mut r = Newcomer::new("newapp");
+    let secret = format!("app-secret-canary-{}", free_port());
+    // The app registration with its own secret, acting for the mailbox (what an Exchange
+    // service principal with mailbox access gives).
+    register_client(&format!(
+        r#"{{"client_id":"{}","secret":"{secret}","mailbox":"{}"}}"#,
+        r.client_id, r.user
+    ));
+    r.set("ACCOUNT__SCANNER__AUTH", "client_credentials");
+    r.set("ACCOUNT__SCANNER__CLIENT_SECRET", &secret);
+    r.start();
+    // `authrelay login` proves the registration, from another directory.
+    let login = run(&mut r.command(Path::new("/"), &["login", "scanner"]));
+    assert!(login.status.success(), "{}", text(&login));
+    serves_and_survives_a_restart(&mut r, "app");
+    for (what, t) in [("log", r.log_text()), ("login output", text(&login))] {
+        assert_eq!(
+            find_secret(&t, &[secret.clone()]),
+            None,
+            "secret in the {what}"
+        );
+    }
+}
+
+#[test]
+fn newcomer_with_a_refresh_token_file() {
+    let mut r = Newcomer::new("newrtfile");
+    // A refresh token from elsewhere (another tool's sign-in), in a private file beside the
+    // configuration. The identity provider rotates it at the first use and forgets the old
+    // one: after a restart only the store's rotated token works.
+    let token = new_refresh_token(&r.user);
+    let file = r.config.parent().unwrap().join("scanner.refresh_token");
+    std::fs::write(&file, &token).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    r.set(
+        "ACCOUNT__SCANNER__REFRESH_TOKEN_FILE",
+        &file.display().to_string(),
+    );
+    r.start();
+    serves_and_survives_a_restart(&mut r, "rtfile");
+    assert_eq!(find_secret(&r.log_text(), &[token]), None);
+    for (path, mode) in modes(&r.state()) {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{}", path.display());
+    }
+}
+
+#[test]
+fn newcomer_with_a_store_in_redis() {
+    let redis = RedisServer::start();
+    let mut r = Newcomer::new("newredis");
+    // Replicas share one key: it is given, not made.
+    let key = r.config.parent().unwrap().join("store.key");
+    std::fs::write(&key, "a-store-key-of-at-least-32-characters-canary").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    r.set("STORE__BACKEND", "redis");
+    r.set("STORE__URL", &redis.url());
+    r.set("STORE__USERNAME", REDIS_USER);
+    r.set(
+        "STORE__PASSWORD_FILE",
+        &redis.password_file.display().to_string(),
+    );
+    r.set("STORE__KEY_FILE", &key.display().to_string());
+    r.start();
+    let output = r.sign_in("--device");
+    assert!(output.contains("authorized"), "{output}");
+    serves_and_survives_a_restart(&mut r, "redis");
+    // Redis holds sealed entries only.
+    let dump = redis.dump();
+    assert!(dump.contains("scanner"), "{dump}");
+    assert_eq!(find_secret(&dump, &[LOCAL_PASSWORD.to_owned()]), None);
+    assert!(
+        !r.state().join("tokens.json").exists(),
+        "nothing in a local file"
+    );
+}
