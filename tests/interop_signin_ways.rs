@@ -60,7 +60,7 @@ fn newcomer_with_client_credentials() {
     serves_and_survives_a_restart(&mut r, "app");
     for (what, t) in [("log", r.log_text()), ("login output", text(&login))] {
         assert_eq!(
-            find_secret(&t, &[secret.clone()]),
+            find_secret(&t, std::slice::from_ref(&secret)),
             None,
             "secret in the {what}"
         );

@@ -78,16 +78,7 @@ async fn queue_mail(shared: &Shared, account: &str, to: &str, event: &Event) {
         );
         return;
     };
-    let envelope = Envelope {
-        id: crate::spool::new_id(),
-        account: account.to_owned(),
-        sender: from.clone(),
-        recipients: vec![to.to_owned()],
-        arrived: crate::store::unix_now(),
-        client: ALERT_CLIENT.to_owned(),
-        // Never bounced: a failing alert mail must not produce mail about itself.
-        bounce: true,
-    };
+    let envelope = Envelope::own(account, &from, to, ALERT_CLIENT);
     let message = match mail(event, &from, to, &envelope.id) {
         Ok(m) => m,
         Err(e) => {
@@ -95,12 +86,7 @@ async fn queue_mail(shared: &Shared, account: &str, to: &str, event: &Event) {
             return;
         }
     };
-    let stored = async {
-        let mut m = spool.spool.begin(&envelope).await?;
-        m.write(&message).await?;
-        m.commit().await
-    }
-    .await;
+    let stored = spool.spool.store(&envelope, &message).await;
     match stored {
         Ok(()) => {
             tracing::info!(queue_id = %envelope.id, alert = ?event.event, "alert mail queued")

@@ -332,21 +332,8 @@ async fn notify_sender(
         &d.ctx.config.ehlo_name,
         headers.as_bytes(),
     );
-    let envelope = Envelope {
-        id: crate::spool::new_id(),
-        account: account.id.clone(),
-        sender: account.mailbox.clone(),
-        recipients: vec![failed.sender.clone()],
-        arrived: crate::store::unix_now(),
-        client: "authrelay".into(),
-        bounce: true,
-    };
-    let stored = async {
-        let mut m = d.spool.spool.begin(&envelope).await?;
-        m.write(&body).await?;
-        m.commit().await
-    }
-    .await;
+    let envelope = Envelope::own(&account.id, &account.mailbox, &failed.sender, "authrelay");
+    let stored = d.spool.spool.store(&envelope, &body).await;
     match stored {
         Ok(()) => {
             tracing::info!(queue_id = %envelope.id, failed = %failed.id, "delivery-status notification queued for the sender")

@@ -22,6 +22,7 @@
 
 pub mod dsn;
 pub mod message;
+mod own;
 
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
