@@ -119,3 +119,47 @@ fn newcomer_with_a_store_in_redis() {
         "nothing in a local file"
     );
 }
+
+/// Setting up with a wrong client secret, tenant or authority on a spooling listener: the
+/// device's AUTH gets the same reply with advice as the live pipe gives (what the scanner's
+/// "test e-mail" button shows), instead of `250` and days of retries. Nothing is queued.
+#[test]
+fn a_wrong_secret_tenant_or_authority_is_told_at_auth_while_setting_up() {
+    for (key, value, told) in [
+        (
+            "CLIENT_SECRET",
+            "the-secret-id-not-its-value".to_owned(),
+            "(AADSTS7000215): wrong client secret: copy the secret's Value, not its Secret ID"
+                .to_owned(),
+        ),
+        (
+            "TENANT",
+            "fabrikam".to_owned(),
+            "(AADSTS90002): the tenant does not exist".to_owned(),
+        ),
+        (
+            "AUTHORITY",
+            format!("http://{IDP}/wrong"),
+            format!("not_found at http://{IDP}/wrong/contoso/oauth2/v2.0/token (check authority and tenant)"),
+        ),
+    ] {
+        let mut r = Newcomer::new("setup");
+        let secret = format!("setup-secret-{}", free_port());
+        register_client(&format!(
+            r#"{{"client_id":"{}","secret":"{secret}","mailbox":"{}"}}"#,
+            r.client_id, r.user
+        ));
+        r.set("ACCOUNT__SCANNER__AUTH", "client_credentials");
+        r.set("ACCOUNT__SCANNER__CLIENT_SECRET", &secret);
+        r.set(&format!("ACCOUNT__SCANNER__{key}"), &value);
+        r.start();
+        let reply = r.send(&format!("setup-{}", free_port()));
+        assert!(
+            reply.contains("535") && reply.contains(&told),
+            "{key}: {reply}\n{}",
+            r.log_text()
+        );
+        let queued = std::fs::read_dir(r.state().join("spool/queue")).map_or(0, |d| d.count());
+        assert_eq!(queued, 0, "{key}: nothing is queued");
+    }
+}

@@ -13,6 +13,9 @@ Microsoft-shaped endpoints under /{tenant}/oauth2/v2.0/ (and /token for older te
                       slow_down, expired_token) | client_credentials (client secret, or an RS256
                       client assertion checked against the registered certificate).
   Errors have Entra's shape: error, error_description "AADSTSnnn: ...", error_codes.
+  Known tenants: contoso, common, organizations, consumers; any other path tenant answers 400
+  invalid_request AADSTS90002 "Tenant ... not found" at each endpoint, as Entra does
+  (learn.microsoft.com/entra/identity-platform/reference-error-codes, 90002).
   With the openid scope (asked at the authorize or devicecode step, remembered for the code or
   device code like Entra does), the answer carries an ID token naming the user who signed in:
   preferred_username with profile, email with email (learn.microsoft.com/entra/identity-platform/
@@ -52,6 +55,7 @@ SEEN = []      # every code, state, PKCE verifier, device code and client assert
                # the tests scan the relay's logs and pages for them
 STATS = {"token_requests": 0, "introspections": 0, "active": 0, "inactive": 0,
          "grants": {}, "assertions_verified": 0}
+KNOWN_TENANTS = ("contoso", "common", "organizations", "consumers")
 TENANT_PATH = re.compile(r"^/([A-Za-z0-9._-]+)/oauth2/v2\.0/(authorize|token|devicecode)$")
 LOG = None
 
@@ -66,6 +70,12 @@ def entra_error(error, code, text):
     return {"error": error,
             "error_description": "AADSTS%d: %s\r\nTrace ID: 00000000\r\nCorrelation ID: 11111111" % (code, text),
             "error_codes": [code]}
+
+
+def unknown_tenant(tenant):
+    return entra_error("invalid_request", 90002,
+                       "Tenant '%s' not found. Check to make sure you have the correct tenant ID and are "
+                       "signing into the correct cloud." % tenant)
 
 
 def b64url(data):
@@ -207,6 +217,9 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 return self.send_json(200, dict(STATS, access=len(ACCESS), refresh=len(REFRESH)))
         m = TENANT_PATH.match(parts.path)
+        if m and m.group(1) not in KNOWN_TENANTS:
+            return self.send_html(400, "<p id=error>%s</p>" % html.escape(
+                unknown_tenant(m.group(1))["error_description"].splitlines()[0]))
         if m and m.group(2) == "authorize":
             return self.authorize_page(m.group(1), q)
         if parts.path == "/devicelogin":
@@ -249,6 +262,8 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/admin/"):
             return self.admin(path, json.loads(raw or b"{}"))
         form = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode(errors="replace")).items()}
+        if m and m.group(1) not in KNOWN_TENANTS:
+            return self.send_json(400, unknown_tenant(m.group(1)))
         if m and m.group(2) == "authorize":
             return self.consent(form)
         if m and m.group(2) == "devicecode":
