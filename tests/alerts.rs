@@ -51,13 +51,16 @@ async fn setup_refusals_failed_messages_and_admin_answers_are_told_once_and_reso
         plain("user@example.com", PASSWORD)
     ))
     .await;
+    let t = std::time::Instant::now();
     let refused = d.reply().await;
     assert!(refused.contains("AADSTS7000215"), "{refused}");
     wait_for("SetupRefused", || hook.count("SetupRefused", "firing") == 1).await;
+    let mut latencies = vec![("SetupRefused firing, from AUTH", t.elapsed())];
 
     // Fixed: the next login gets a token, which is the end of SetupRefused.
     w.tokens.set(TokenBehaviour::Issue);
     // A message to an unknown recipient is given up: MessagesFailed.
+    let t = std::time::Instant::now();
     assert!(send_to(w.relay.addr, "nobody@example.com")
         .await
         .starts_with("250 "));
@@ -65,10 +68,12 @@ async fn setup_refusals_failed_messages_and_admin_answers_are_told_once_and_reso
         hook.count("SetupRefused", "resolved") == 1
     })
     .await;
+    latencies.push(("SetupRefused resolved, from the next login", t.elapsed()));
     wait_for("MessagesFailed", || {
         hook.count("MessagesFailed", "firing") == 1
     })
     .await;
+    latencies.push(("MessagesFailed firing, from the message", t.elapsed()));
     // The sender's delivery-status notification goes out through the same account; a message
     // the relay made proves nothing about the devices' mail and resolves nothing.
     wait_for("the notification", || {
@@ -77,6 +82,7 @@ async fn setup_refusals_failed_messages_and_admin_answers_are_told_once_and_reso
     .await;
     // Exchange's send-as refusal: only an admin can fix it. The message fails too, but
     // MessagesFailed is already firing and is not told again.
+    let t = std::time::Instant::now();
     assert!(send_to(w.relay.addr, "sendas-denied@example.com")
         .await
         .starts_with("250 "));
@@ -84,7 +90,9 @@ async fn setup_refusals_failed_messages_and_admin_answers_are_told_once_and_reso
         hook.count("AdminActionNeeded", "firing") == 1
     })
     .await;
+    latencies.push(("AdminActionNeeded firing, from the message", t.elapsed()));
     // A delivery that works ends both.
+    let t = std::time::Instant::now();
     assert!(send_to(w.relay.addr, "r@example.com")
         .await
         .starts_with("250 "));
@@ -93,6 +101,7 @@ async fn setup_refusals_failed_messages_and_admin_answers_are_told_once_and_reso
             && hook.count("AdminActionNeeded", "resolved") == 1
     })
     .await;
+    latencies.push(("both resolved, from a delivered message", t.elapsed()));
     // The watcher (every 10 s) sees the sign-in's refresh token lapsing within the window.
     let started = std::time::Instant::now();
     while hook.count("GrantExpiring", "firing") == 0 {
@@ -102,6 +111,10 @@ async fn setup_refusals_failed_messages_and_admin_answers_are_told_once_and_reso
             hook.events()
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    latencies.push(("GrantExpiring firing, from here", started.elapsed()));
+    for (what, took) in &latencies {
+        eprintln!("alert latency: {what}: {:.2} s", took.as_secs_f64());
     }
     assert_eq!(queued(&spool), 0);
 
@@ -178,4 +191,79 @@ async fn setup_refusals_failed_messages_and_admin_answers_are_told_once_and_reso
     for c in canaries {
         assert!(!bodies.contains(c), "a secret in the alerts: {c}");
     }
+}
+
+/// A client secret and a certificate close to their expiry are told ahead of it, each once,
+/// with the date; the relay still works meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_and_a_certificate_near_expiry_are_told_ahead() {
+    let hook = Hook::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("app.pem"), dir.path().join("app.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "5",
+        ])
+        .args(["-subj", "/CN=authrelay-test-app", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let in_ten_days = std::time::SystemTime::now() + std::time::Duration::from_secs(10 * 86400);
+    let date = authrelay::civil::rfc3339(in_ten_days)[..10].to_owned();
+    let extra = format!(
+        "client_secret_expires = \"{date}\"\n\n[account.app]\nlogin = \"app@example.com\"\npassword_hash = \"{HASH_OF_PASSWORD}\"\nprovider = \"custom\"\nauth = \"client_credentials\"\nclient_id = \"app\"\ntoken_url = \"http://127.0.0.1:9/token\"\nscopes = [\"https://mail.example/.default\"]\ncertificate = \"{}\"\ncertificate_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let tail = format!(
+        "first_retry_secs = 1\n\n[alerts]\nwebhook_url = \"http://127.0.0.1:{}/hook\"\n",
+        hook.port
+    );
+    let started = std::time::Instant::now();
+    let SpoolWorld { w, _dir, .. } = spool_world_with(&extra, &tail).await;
+    while hook.count("SecretExpiring", "firing") == 0
+        || hook.count("CertificateExpiring", "firing") == 0
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            hook.events()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "expiry alerts {:.1} s after start",
+        started.elapsed().as_secs_f64()
+    );
+    // The watcher looks again every 10 s: still once each.
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    let events = hook.events();
+    let one = |event: &str| {
+        let found: Vec<_> = events.iter().filter(|e| e["event"] == event).collect();
+        assert_eq!(found.len(), 1, "{event}: {events:?}");
+        found[0].clone()
+    };
+    let secret = one("SecretExpiring");
+    assert_eq!(secret["account"], "user");
+    let summary = secret["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&date) && summary.contains("in 9 days"),
+        "{summary}"
+    );
+    let certificate = one("CertificateExpiring");
+    assert_eq!(certificate["account"], "app");
+    assert!(
+        certificate["summary"]
+            .as_str()
+            .unwrap()
+            .contains("in 4 days"),
+        "{certificate}"
+    );
+    // The relay still serves the account.
+    assert!(send_to(w.relay.addr, "r@example.com")
+        .await
+        .starts_with("250 "));
 }
