@@ -321,55 +321,6 @@ fn device_code_login_while_the_relay_runs() {
     assert_clean("relay log", &r.log_text(), &[LOCAL_PASSWORD.to_owned()]);
 }
 
-/// A sign-in as someone other than the mailbox (the admin's own account, the usual slip) is
-/// told at once, in the terminal and on the page, from the ID token of the answer; the mailbox
-/// server then refuses the token, and a sign-in as the mailbox puts it right.
-#[test]
-fn a_device_code_sign_in_as_another_user_is_told() {
-    stack();
-    let user = unique_user("rightuser");
-    let other = unique_user("wronguser");
-    let client_id = format!("wronguser-client-{}", free_port());
-    register_client(&format!(r#"{{"client_id":"{client_id}"}}"#));
-    let r = FullRelay::start(&microsoft_account("scanner", &user, &client_id, ""), "");
-    let sign_in = |who: &str| {
-        let mut child = r.login_command("scanner", &["--device"]);
-        writeln!(child.stdin.take().unwrap(), "{LOCAL_PASSWORD}").unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let lines = read_until(&mut out, "enter the code");
-        let (url, code) = device_prompt(lines.last().unwrap());
-        run(Command::new("curl").args(["-s", "-d", &format!("user_code={code}&user={who}"), &url]));
-        child.stdout = Some(out.into_inner());
-        let (ok, output) = finish(child);
-        assert!(ok, "{output}");
-        output
-    };
-    let output = sign_in(&other);
-    assert!(
-        output.contains(&format!(
-            "warning: account scanner: signed in as {other}, not as the account's mailbox {user}"
-        )),
-        "{output}"
-    );
-    let page = http_get_page(&format!("{}/account/scanner", r.admin_url()));
-    assert!(page.contains("id=\"signed-in-as\""), "{page}");
-    // Dovecot checks the token's user against the login's: refused.
-    let refused = r.imap_count("scanner@device.local", LOCAL_PASSWORD);
-    assert!(refused.starts_with("ERR"), "{refused}");
-    // Signed in as the mailbox: no warning, and the login works.
-    let output = sign_in(&user);
-    assert!(!output.contains("warning"), "{output}");
-    assert!(!http_get_page(&format!("{}/account/scanner", r.admin_url())).contains("signed-in-as"));
-    assert_eq!(
-        r.imap_count("scanner@device.local", LOCAL_PASSWORD),
-        "COUNT 0"
-    );
-}
-
-fn http_get_page(url: &str) -> String {
-    text(&run(Command::new("curl").args(["-s", url])))
-}
-
 #[test]
 fn device_code_with_a_wrong_local_password_changes_nothing() {
     stack();
