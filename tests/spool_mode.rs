@@ -65,6 +65,35 @@ async fn a_message_is_queued_then_delivered_with_message_id_and_date_added() {
     assert_eq!(after - before, 1, "one upstream connection: the delivery's");
 }
 
+/// Firmware that writes envelope addresses without brackets, with a space after the colon and
+/// in lower case (Postfix accepts all of it with strict_rfc821_envelopes = no): queued, and
+/// delivered with the addresses as RFC 5321 writes them.
+#[tokio::test]
+async fn envelope_addresses_without_brackets_are_taken_and_delivered_bracketed() {
+    let s = spool_world("").await;
+    let mut c = logged_in(s.w.relay.addr).await;
+    c.send("mail from: mailbox@example.com\r\nrcpt to:rcpt@example.com\r\ndata\r\n")
+        .await;
+    assert_eq!(c.reply().await, "250 2.1.0 Sender OK\r\n");
+    assert_eq!(c.reply().await, "250 2.1.5 Recipient OK\r\n");
+    assert_eq!(c.reply().await, "354 End data with <CR><LF>.<CR><LF>\r\n");
+    c.send("From: mailbox@example.com\r\nSubject: scan\r\n\r\npage\r\n.\r\n")
+        .await;
+    assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as "));
+    wait_for("delivery", || {
+        !s.w.upstream.log.lock().unwrap().messages.is_empty()
+    })
+    .await;
+    let log = s.w.upstream.log.lock().unwrap();
+    assert!(
+        log.commands
+            .iter()
+            .any(|c| c == "RCPT TO:<rcpt@example.com>"),
+        "{:?}",
+        log.commands
+    );
+}
+
 #[tokio::test]
 async fn the_sender_policy_holds_for_every_transaction_and_the_header_from() {
     let s = spool_world("").await;

@@ -115,14 +115,19 @@ pub fn parse_mail_command(line: &[u8]) -> MailCommand<'_> {
 }
 
 /// The address of `RCPT TO:<address> [params]` (RFC 5321 §4.1.1.3; a source route is dropped),
-/// or `None` when the line is not a well-formed RCPT command.
+/// or `None` when the line is not a well-formed RCPT command. Like `MAIL FROM`, a space after
+/// the colon and a missing pair of brackets are tolerated, as Postfix does by default
+/// (`strict_rfc821_envelopes = no`, postfix.org/postconf.5.html): old firmware sends
+/// `RCPT TO:user@example.com`.
 pub fn rcpt_to(line: &[u8]) -> Option<&[u8]> {
     let rest = line
         .get(8..)
         .filter(|_| line[..8].eq_ignore_ascii_case(b"RCPT TO:"))?;
-    let rest = rest.trim_ascii_start().strip_prefix(b"<")?;
-    let end = memchr::memchr(b'>', rest)?;
-    let path = &rest[..end];
+    let rest = rest.trim_ascii_start();
+    let path = match rest.strip_prefix(b"<") {
+        Some(inner) => &inner[..memchr::memchr(b'>', inner)?],
+        None => rest.split(|&b| b == b' ').next()?,
+    };
     let address = match path.first() {
         Some(b'@') => &path[memchr::memchr(b':', path)? + 1..],
         _ => path,

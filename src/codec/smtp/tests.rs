@@ -223,9 +223,14 @@ fn rcpt_to_and_mail_size() {
         rcpt_to(b"RCPT TO:<@relay.example:a@b.example>"),
         Some(&b"a@b.example"[..])
     );
+    // Firmware without brackets (Postfix's strict_rfc821_envelopes = no accepts it too).
+    assert_eq!(rcpt_to(b"RCPT TO:a@b"), Some(&b"a@b"[..]));
+    assert_eq!(rcpt_to(b"RCPT TO: a@b NOTIFY=NEVER"), Some(&b"a@b"[..]));
     for bad in [
         &b"RCPT TO:<>"[..],
-        b"RCPT TO:a@b",
+        b"RCPT TO:",
+        b"RCPT TO:<a@b",
+        b"RCPT TO:no-at",
         b"RCPT TO:<no-at>",
         b"RCPT FROM:<a@b>",
         b"RCPT TO:<a b@c>",
