@@ -42,6 +42,21 @@ async fn refused_auth(addr: std::net::SocketAddr) -> String {
     d.reply().await
 }
 
+/// Waits until the account's first delivery is in the store (from then on a refused grant
+/// holds mail instead of refusing devices).
+async fn on_record(w: &World) {
+    wait_for("the first delivery on record", || {
+        w.relay
+            .running
+            .shared
+            .tokens
+            .store()
+            .entry("user")
+            .is_some_and(|e| e.delivered_at.is_some())
+    })
+    .await;
+}
+
 /// One message through a logged-in spool session; the reply to its final dot.
 async fn spool_one(addr: std::net::SocketAddr, subject: &str) -> String {
     let mut c = logged_in(addr).await;
@@ -86,16 +101,7 @@ async fn a_refused_grant_is_told_at_auth_until_the_first_delivery_then_mail_is_h
         w.upstream.log.lock().unwrap().messages.len() == 1
     })
     .await;
-    wait_for("the first delivery on record", || {
-        w.relay
-            .running
-            .shared
-            .tokens
-            .store()
-            .entry("user")
-            .is_some_and(|e| e.delivered_at.is_some())
-    })
-    .await;
+    on_record(w).await;
     // Then the grant is refused: devices are still accepted, and their mail is held.
     w.tokens.set(dead);
     let reply = spool_one(w.relay.addr, "held").await;
@@ -263,16 +269,7 @@ async fn the_account_page_fits_a_900_px_window_and_wraps_long_errors() {
         .store(1, std::sync::atomic::Ordering::SeqCst);
     w.tokens.set(TokenBehaviour::Issue);
     assert!(spool_one(w.relay.addr, "first").await.starts_with("250 "));
-    wait_for("the first delivery on record", || {
-        w.relay
-            .running
-            .shared
-            .tokens
-            .store()
-            .entry("user")
-            .is_some_and(|e| e.delivered_at.is_some())
-    })
-    .await;
+    on_record(w).await;
     w.tokens.set(TokenBehaviour::Error {
         error: "invalid_grant",
         description: MFA,

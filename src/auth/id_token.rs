@@ -15,11 +15,22 @@ use oauth2::{ExtraTokenFields, StandardTokenResponse};
 use serde::{Deserialize, Serialize};
 
 /// The token response fields beyond RFC 6749's that the relay reads.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct IdTokenField {
     /// The ID token (a JWT), present when `openid` was among the scopes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+}
+
+/// An ID token is an identity assertion: a Debug print of a token response must not show it,
+/// as the `oauth2` crate keeps its access and refresh tokens out of Debug.
+impl std::fmt::Debug for IdTokenField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.id_token {
+            Some(_) => "IdTokenField([REDACTED])",
+            None => "IdTokenField(None)",
+        })
+    }
 }
 
 impl ExtraTokenFields for IdTokenField {}

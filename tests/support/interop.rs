@@ -729,17 +729,7 @@ public_url = "http://localhost:{admin}"
             store,
             dir,
         };
-        for port in [imap, smtp, pop3, admin] {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "no listener on {port}: {}",
-                    r.log_text()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        wait_for_listeners(&[imap, smtp, pop3, admin], || r.log_text());
         r
     }
 
@@ -883,6 +873,21 @@ pub fn finish(mut child: Child) -> (bool, String) {
 /// The user signs in as `user` at the harness identity provider's authorization page and
 /// consents; returns the redirect address the browser lands on (curl posts the consent form and
 /// reads where it redirects).
+/// Waits up to 20 s until each of `ports` on 127.0.0.1 accepts; `log` says why not.
+pub fn wait_for_listeners(ports: &[u16], log: impl Fn() -> String) {
+    for &port in ports {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "no listener on {port}: {}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 pub fn consent_at_idp(authorize_url: &str, user: &str) -> String {
     let page = String::from_utf8_lossy(
         &run(Command::new("curl").args(["-s", "--max-time", "10", authorize_url])).stdout,

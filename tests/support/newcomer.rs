@@ -8,7 +8,6 @@ use std::io::{BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A relay started from the example configuration, as a newcomer would.
 pub struct Newcomer {
@@ -134,17 +133,7 @@ impl Newcomer {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        for port in [self.smtp, self.imap, self.pop3] {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "no listener on {port}: {}",
-                    self.log_text()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        wait_for_listeners(&[self.smtp, self.imap, self.pop3], || self.log_text());
     }
 
     pub fn stop(&mut self) {
