@@ -228,6 +228,9 @@ fn check(path: &std::path::Path) -> ExitCode {
                     }
                 }
             }
+            for w in config::warnings(&cfg) {
+                eprintln!("warning: {w}");
+            }
             for a in &cfg.accounts {
                 if let config::AccountAuth::OAuth(o) = &a.auth {
                     let stored = store

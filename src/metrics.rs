@@ -71,6 +71,8 @@ pub struct Metrics {
     deliveries: DashMap<(String, String), AtomicU64>,
     local_failures: AtomicU64,
     login_latency: Histogram,
+    /// Account → messages accepted without a login (trusted networks).
+    no_login: DashMap<String, AtomicU64>,
 }
 
 impl Metrics {
@@ -101,6 +103,14 @@ impl Metrics {
     pub fn upstream_auth(&self, p: Protocol, code: &str) {
         self.upstream_auth
             .entry((protocol_index(p), code.to_owned()))
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message from a trusted network was accepted without a login, as `account`.
+    pub fn no_login(&self, account: &str) {
+        self.no_login
+            .entry(account.to_owned())
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -224,6 +234,20 @@ impl Metrics {
                 label(&code)
             );
         }
+        s.push_str("# HELP authrelay_no_login_messages_total Messages accepted without a login from trusted networks, by account.\n# TYPE authrelay_no_login_messages_total counter\n");
+        let mut no_login: Vec<_> = self
+            .no_login
+            .iter()
+            .map(|e| (e.key().clone(), load(e.value())))
+            .collect();
+        no_login.sort();
+        for (account, n) in no_login {
+            let _ = writeln!(
+                s,
+                "authrelay_no_login_messages_total{{account=\"{}\"}} {n}",
+                label(&account)
+            );
+        }
         s.push_str("# HELP authrelay_token_refresh_total Token requests, by outcome (ok or the error code).\n# TYPE authrelay_token_refresh_total counter\n");
         let mut refreshes: Vec<_> = self
             .refreshes
@@ -300,6 +324,8 @@ mod tests {
         m.relayed(Protocol::Pop3, 10, 2000);
         m.refresh("ok");
         m.refresh("AADSTS700082");
+        m.no_login("scanner");
+        m.no_login("scanner");
         m.login_latency(Duration::from_millis(30));
         let text = m.render(&[("scanner".into(), Some(3599.0)), ("x\"y".into(), None)]);
         for line in [
@@ -313,6 +339,7 @@ mod tests {
             "authrelay_login_duration_seconds_bucket{le=\"0.025\"} 0",
             "authrelay_login_duration_seconds_bucket{le=\"0.05\"} 1",
             "authrelay_login_duration_seconds_count 1",
+            "authrelay_no_login_messages_total{account=\"scanner\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
         }

@@ -21,6 +21,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Failed logins per address and per username (kept across reloads).
     pub throttle: crate::auth::throttle::Throttle,
+    /// Recipients per account of mail sent without a login, for `max_recipients_per_hour`.
+    pub quota: crate::auth::quota::Quota,
     /// Events that need an administrator (log only until the relay's start sets `[alerts]`).
     pub alerts: Arc<crate::alerts::Alerts>,
     /// The spool, opened at start when a listener spools.
@@ -45,6 +47,7 @@ impl Shared {
             close_sessions: tokio_util::sync::CancellationToken::new(),
             metrics,
             alerts,
+            quota: Default::default(),
             spool: std::sync::OnceLock::new(),
         }
     }

@@ -16,6 +16,7 @@ pub mod advice;
 pub mod authorize;
 pub mod id_token;
 pub mod oauth;
+pub mod quota;
 pub mod throttle;
 pub mod tokens;
 pub mod upstream;

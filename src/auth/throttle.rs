@@ -215,6 +215,40 @@ impl Throttle {
         self.settled.notify_waiters();
     }
 
+    /// True when the failures from `address` reach the per-address limit: mail without a
+    /// login is refused from it as logins are.
+    pub fn address_over(&self, address: IpAddr) -> bool {
+        let Limits {
+            per_address,
+            window,
+            ..
+        } = self.limits();
+        per_address > 0
+            && self
+                .by_address
+                .get(&address)
+                .is_some_and(|w| w.since.elapsed() < window && w.failures >= per_address)
+    }
+
+    /// Counts a refusal of what `address` sent without a login (a sender no account may use)
+    /// as a failed attempt of that address.
+    pub fn refused_without_login(&self, address: IpAddr) {
+        if self.limits().per_address == 0 {
+            return;
+        }
+        self.by_address
+            .entry(address)
+            .or_insert_with(new_window)
+            .in_flight += 1;
+        self.settle(
+            Attempt {
+                address: Some(address),
+                user: None,
+            },
+            true,
+        );
+    }
+
     /// A failed attempt: a wrong password, or a pass-through password or `~` refresh token
     /// that upstream refused.
     pub fn failed(&self, attempt: Attempt) {

@@ -2,6 +2,18 @@
 
 use super::*;
 
+/// A login and a mailbox must be usable as SASL usernames.
+fn check_names(t: &mut Table<'_>, login: &Option<String>, mailbox: &Option<String>) {
+    for (key, name) in [("login", login), ("mailbox", mailbox)] {
+        if name
+            .as_ref()
+            .is_some_and(|n| crate::codec::sasl::parse_username(n.as_bytes()).is_err())
+        {
+            t.problem(key, "must be 1 to 320 bytes without control characters");
+        }
+    }
+}
+
 pub(super) fn read_account(
     name: &str,
     path: String,
@@ -17,15 +29,10 @@ pub(super) fn read_account(
     let upstreams = super::upstream::read_account_upstreams(&mut t);
     let send = read_sending(&mut t, &mode);
     let (concurrency, messages_per_minute) = read_delivery_limits(&mut t, &send);
+    let (networks, rewrite_sender, max_recipients_per_hour) =
+        super::devices::read_account_devices(&mut t);
 
-    for (key, name) in [("login", &login), ("mailbox", &mailbox)] {
-        if name
-            .as_ref()
-            .is_some_and(|n| crate::codec::sasl::parse_username(n.as_bytes()).is_err())
-        {
-            t.problem(key, "must be 1 to 320 bytes without control characters");
-        }
-    }
+    check_names(&mut t, &login, &mailbox);
     let auth = match mode.as_str() {
         "oauth" => read_oauth(&mut t, Flow::Delegated).map(|o| AccountAuth::OAuth(Box::new(o))),
         "client_credentials" => {
@@ -76,6 +83,9 @@ pub(super) fn read_account(
         concurrency,
         messages_per_minute,
         send,
+        networks,
+        rewrite_sender,
+        max_recipients_per_hour,
     })
 }
 

@@ -18,3 +18,6 @@ impl Choices for Provider {
 impl Choices for LogFormat {
     const VALUES: &'static [&'static str] = &["text", "json"];
 }
+impl Choices for TlsVersion {
+    const VALUES: &'static [&'static str] = &["1.0", "1.1", "1.2"];
+}

@@ -41,6 +41,8 @@ pub(super) fn read_listener(
         check_spool(&mut t, protocol, tilde_login);
     }
     let allow = read_cidrs(&mut t, "allow");
+    let (trusted_networks, tls_min_version) =
+        super::devices::read_listener_devices(&mut t, spool, tls);
     if proxy_protocol && proxy_trusted.is_empty() {
         t.problem(
             "proxy_trusted",
@@ -76,6 +78,8 @@ pub(super) fn read_listener(
         proxy_protocol,
         proxy_trusted,
         allow,
+        trusted_networks,
+        tls_min_version,
     })
 }
 

@@ -160,6 +160,7 @@ pub(super) fn read_root(root: Value, problems: &mut Problems) -> Option<Config> 
     let clients = read_clients(client_tables, problems);
     check_unique_logins(&accounts, problems);
     check_unique_binds(&listeners, problems);
+    super::devices::check_rewrites(&accounts, problems);
 
     let log = read_log(log, problems);
     let security = read_security(security, problems);

@@ -246,6 +246,32 @@ pub struct ListenerConfig {
     pub proxy_trusted: Vec<crate::net::cidr::Cidr>,
     /// Client addresses allowed to connect; empty: any.
     pub allow: Vec<crate::net::cidr::Cidr>,
+    /// Clients here may send without a login (spool listeners only; README: Devices that
+    /// cannot log in).
+    pub trusted_networks: Vec<crate::net::cidr::Cidr>,
+    /// The oldest TLS version a device may use (`tls_min_version`); 1.0 and 1.1 need OpenSSL.
+    pub tls_min_version: TlsVersion,
+}
+
+/// A TLS protocol version a device-side listener accepts at the least.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.0 (RFC 2246), for devices from before about 2016.
+    #[serde(rename = "1.0")]
+    V1_0,
+    /// TLS 1.1 (RFC 4346).
+    #[serde(rename = "1.1")]
+    V1_1,
+    /// TLS 1.2 (RFC 5246), the default: what rustls speaks.
+    #[serde(rename = "1.2")]
+    V1_2,
+}
+
+impl TlsVersion {
+    /// True for the versions only the legacy (OpenSSL) listener speaks.
+    pub fn is_legacy(self) -> bool {
+        self < TlsVersion::V1_2
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -355,6 +381,13 @@ pub struct AccountConfig {
     pub messages_per_minute: u32,
     /// How the spool sends this account's messages: SMTP (default) or Microsoft Graph.
     pub send: Sending,
+    /// Clients of a listener's `trusted_networks` in these ranges may send as this account
+    /// without a login.
+    pub networks: Vec<crate::net::cidr::Cidr>,
+    /// No-login mail from `networks` is sent as the mailbox whatever its sender.
+    pub rewrite_sender: bool,
+    /// Recipients per hour of no-login mail (none: no cap).
+    pub max_recipients_per_hour: Option<u32>,
 }
 
 impl AccountConfig {

@@ -1,4 +1,5 @@
-//! Address ranges for the listeners' `allow` and `proxy_trusted` lists.
+//! Address ranges for the listeners' `allow`, `proxy_trusted` and `trusted_networks` lists and
+//! the accounts' `networks`.
 
 use std::net::IpAddr;
 
@@ -35,7 +36,59 @@ impl std::str::FromStr for Cidr {
     }
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
 impl Cidr {
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// True for `0.0.0.0/0` and `::/0`: every address.
+    pub fn is_everything(&self) -> bool {
+        self.prefix == 0
+    }
+
+    /// Wider than a /16 (IPv4) or a /48 (IPv6): more than one site's network.
+    pub fn is_wide(&self) -> bool {
+        match self.network {
+            IpAddr::V4(_) => self.prefix < 16,
+            IpAddr::V6(_) => self.prefix < 48,
+        }
+    }
+
+    /// True unless the whole range is loopback, private (RFC 1918, RFC 4193), shared
+    /// (RFC 6598) or link-local: a range that reaches addresses on the Internet.
+    pub fn is_public(&self) -> bool {
+        let inside = |outer: &str| outer.parse::<Cidr>().is_ok_and(|o| o.covers(self));
+        let local: &[&str] = match self.network {
+            IpAddr::V4(_) => &[
+                "127.0.0.0/8",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "100.64.0.0/10",
+                "169.254.0.0/16",
+            ],
+            IpAddr::V6(_) => &["::1/128", "fc00::/7", "fe80::/10"],
+        };
+        !local.iter().any(|r| inside(r))
+    }
+
+    /// True when every address of `other` is in this range.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        other.prefix >= self.prefix && self.contains(other.network)
+    }
+
+    /// True when the two ranges share an address.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.covers(other) || other.covers(self)
+    }
+
     /// True when `ip` is in the range (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match (self.network, ip) {
@@ -80,5 +133,24 @@ mod tests {
         assert!(!v6.contains("10.0.0.1".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("example.com".parse::<Cidr>().is_err());
+        assert!(all.is_everything() && all.is_wide() && all.is_public());
+    }
+
+    #[test]
+    fn wide_public_and_overlapping_ranges() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        assert!(!c("192.168.10.0/24").is_wide());
+        assert!(!c("192.168.10.0/24").is_public());
+        assert!(c("10.0.0.0/8").is_wide());
+        assert!(!c("10.0.0.0/8").is_public());
+        assert!(c("203.0.113.7/32").is_public());
+        assert!(c("172.0.0.0/8").is_public(), "only part of it is private");
+        assert!(!c("fd12:3456::/48").is_wide());
+        assert!(c("fd12::/32").is_wide());
+        assert!(c("2001:db8::/64").is_public());
+        assert!(c("192.168.0.0/16").overlaps(&c("192.168.10.0/24")));
+        assert!(c("192.168.10.0/24").overlaps(&c("192.168.0.0/16")));
+        assert!(!c("192.168.10.0/24").overlaps(&c("192.168.11.0/24")));
+        assert_eq!(c("10.1.2.3").to_string(), "10.1.2.3/32");
     }
 }

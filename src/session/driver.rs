@@ -74,6 +74,9 @@ pub enum Action {
     },
     /// Log in with these credentials.
     Login(Credentials),
+    /// Spool mode: a client of the listener's trusted networks goes on without a login; the
+    /// command (MAIL) is the first of the session after the dialogue.
+    WithoutLogin(Vec<u8>),
     /// The credentials cannot be used at all: a failed login.
     Unusable,
 }
@@ -156,14 +159,14 @@ pub trait Protocol: Dial + Send + Sync + Sized + 'static {
     fn accepted_locally(&self) -> Option<Vec<u8>> {
         None
     }
-    /// Runs the session after a local login (spool mode) until it ends.
+    /// Runs the session after a local login or none (spool mode) until it ends.
     fn after_local_login(
         self,
         ctx: Arc<ListenerContext>,
         client: ClientSide,
-        account: Arc<AccountConfig>,
+        sender: LocalSender,
     ) -> impl Future<Output = Outcome> + Send {
-        let _ = (ctx, client, account);
+        let _ = (ctx, client, sender);
         async { Outcome::Refused }
     }
     /// Runs the session after login until it ends.
@@ -176,6 +179,18 @@ pub trait Protocol: Dial + Send + Sync + Sized + 'static {
     ) -> impl Future<Output = Outcome> + Send;
 }
 
+/// Who sends in a spool session once the pre-login dialogue is over.
+pub enum LocalSender {
+    /// A device logged in as this account.
+    Account(Arc<AccountConfig>),
+    /// A client of the listener's `trusted_networks`, without a login: each transaction's
+    /// account is chosen by its sender. `first` is the command that ended the dialogue.
+    Trusted {
+        /// The command (MAIL) the session begins with.
+        first: Vec<u8>,
+    },
+}
+
 /// How the pre-login dialogue ended.
 enum End<U> {
     Authenticated {
@@ -184,10 +199,8 @@ enum End<U> {
         /// Held until the session ends (see [`crate::session::slot`]).
         slot: Option<crate::session::slot::SessionSlot>,
     },
-    /// Logged in locally (spool mode): no upstream.
-    Local {
-        account: Arc<AccountConfig>,
-    },
+    /// Logged in locally, or trusted without a login (spool mode): no upstream.
+    Local(LocalSender),
     Close(Outcome),
 }
 
@@ -253,14 +266,14 @@ pub async fn run<P: Protocol>(
             drop(slot);
             outcome
         }
-        End::Local { account } => {
+        End::Local(sender) => {
             let Driver {
                 ctx,
                 client,
                 protocol,
                 ..
             } = driver;
-            protocol.after_local_login(ctx, client, account).await
+            protocol.after_local_login(ctx, client, sender).await
         }
         End::Close(outcome) => {
             driver.client.conn.shutdown().await;
@@ -337,6 +350,7 @@ impl<P: Protocol> Driver<P> {
                 initial_response,
             } => self.authenticate(mechanism, initial_response).await,
             Action::Login(credentials) => self.login(credentials).await,
+            Action::WithoutLogin(first) => Next::Done(End::Local(LocalSender::Trusted { first })),
             Action::Unusable => {
                 tracing::info!("login failed: unusable username or password");
                 self.fail(Say::BadCredentials).await
@@ -428,7 +442,7 @@ impl<P: Protocol> Driver<P> {
         if let Some(reply) = self.protocol.accepted_locally() {
             return match login::log_in_locally(&ctx, self.peer.ip(), &credentials).await {
                 Ok(account) => match self.client.conn.send(&reply).await {
-                    Ok(()) => Next::Done(End::Local { account }),
+                    Ok(()) => Next::Done(End::Local(LocalSender::Account(account))),
                     Err(_) => Next::Done(End::Close(Outcome::ClientLeft)),
                 },
                 Err(refused) => self.answer(refused).await,

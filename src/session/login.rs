@@ -431,6 +431,9 @@ fn tilde_account(shared: &Shared, username: &str, password: &Secret) -> Option<A
         concurrency: 3,
         messages_per_minute: 30,
         send: Default::default(),
+        networks: Vec::new(),
+        rewrite_sender: false,
+        max_recipients_per_hour: None,
     }))
 }
 

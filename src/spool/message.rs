@@ -1,7 +1,8 @@
 //! A message as it arrives in spool mode, without I/O: DATA's lines un-stuffed and ended with
 //! CRLF (RFC 5321 §4.5.2, §2.3.8), the header section held back until it is complete so the
 //! sender can be checked and the fields a submission server adds can be added (RFC 6409 §8:
-//! `Message-ID`, `Date`), and the size counted against the limit.
+//! `Message-ID`, `Date`, and `From:` from the account's mailbox), the author rewritten for
+//! no-login mail with `rewrite_sender`, and the size counted against the limit.
 
 use std::time::SystemTime;
 
@@ -37,6 +38,18 @@ pub struct MessageSink {
     /// Addresses of `From:` and `Sender:`, once the header section was read.
     authors: Vec<String>,
     header_too_big: bool,
+    authorship: Authorship,
+}
+
+/// Who the message is from, as far as the sink is concerned.
+#[derive(Debug, Clone, Default)]
+pub struct Authorship {
+    /// The account's mailbox: `From:` for a message without one (RFC 5322 §3.6 requires it).
+    pub mailbox: String,
+    /// No-login mail with `rewrite_sender`: `From:` and `Sender:` are replaced by the mailbox
+    /// (the display name kept), the original author goes to `Reply-To:` when there is none,
+    /// and this text is the value of an `X-Authrelay-Rewritten` trace field.
+    pub rewrite: Option<String>,
 }
 
 impl MessageSink {
@@ -53,7 +66,14 @@ impl MessageSink {
             domain: domain.to_owned(),
             authors: Vec::new(),
             header_too_big: false,
+            authorship: Authorship::default(),
         }
+    }
+
+    /// The sink with `authorship` (by default no `From:` is added and nothing rewritten).
+    pub fn with_authorship(mut self, authorship: Authorship) -> Self {
+        self.authorship = authorship;
+        self
     }
 
     /// The bytes of the message so far.
@@ -143,6 +163,18 @@ impl MessageSink {
             let field = format!("Date: {}\r\n", rfc5322_date(SystemTime::now()));
             out.extend_from_slice(field.as_bytes());
         }
+        let mailbox = self.authorship.mailbox.clone();
+        match (&self.authorship.rewrite, &parsed) {
+            (Some(trace), Some(m)) => {
+                let header = rewrite_authors(&self.header, m, &mailbox, trace);
+                self.header = header;
+                self.authors.clear();
+            }
+            _ if !has("From") && !mailbox.is_empty() => {
+                write_address_field(out, "From", None, &mailbox);
+            }
+            _ => {}
+        }
         out.append(&mut self.header);
     }
 
@@ -162,6 +194,48 @@ impl MessageSink {
             authors: std::mem::take(&mut self.authors),
         }
     }
+}
+
+/// The header section with `From:` and `Sender:` replaced by `mailbox` under the first
+/// author's display name, the original authors in `Reply-To:` unless there is one, and the
+/// trace field in front.
+fn rewrite_authors(
+    header: &[u8],
+    m: &mail_parser::Message<'_>,
+    mailbox: &str,
+    trace: &str,
+) -> Vec<u8> {
+    use mail_parser::HeaderName;
+    let mut out = Vec::with_capacity(header.len() + 256);
+    let trace = crate::codec::line::sanitize_for_reply(trace, 900);
+    out.extend_from_slice(format!("X-Authrelay-Rewritten: {trace}\r\n").as_bytes());
+    let first = m.from().and_then(|l| l.first());
+    let name = first.and_then(|a| a.name()).map(str::to_owned);
+    write_address_field(&mut out, "From", name.as_deref(), mailbox);
+    if m.reply_to().is_none() {
+        if let Some(original) = first.and_then(|a| a.address()) {
+            write_address_field(&mut out, "Reply-To", name.as_deref(), original);
+        }
+    }
+    let mut at = 0;
+    for h in m.headers() {
+        if matches!(h.name, HeaderName::From | HeaderName::Sender) {
+            let (start, end) = (h.offset_field as usize, h.offset_end as usize);
+            out.extend_from_slice(&header[at..start.max(at)]);
+            at = end.max(at);
+        }
+    }
+    out.extend_from_slice(&header[at..]);
+    out
+}
+
+/// `Name: "Display" <address>` with the name encoded as RFC 2047 needs (mail-builder).
+fn write_address_field(out: &mut Vec<u8>, field: &str, name: Option<&str>, address: &str) {
+    use mail_builder::headers::Header;
+    out.extend_from_slice(field.as_bytes());
+    out.extend_from_slice(b": ");
+    mail_builder::headers::address::Address::new_address(name, address)
+        .write_header(out, field.len() + 2);
 }
 
 /// Every mailbox of an address header, groups included.
@@ -260,6 +334,49 @@ mod tests {
         );
         let (_, end) = s.feed_data(b".\r\n", false, &mut out);
         assert!(end);
+    }
+
+    #[test]
+    fn a_missing_from_is_the_mailbox_and_a_rewrite_keeps_the_name() {
+        let fill = Authorship {
+            mailbox: "scanner@contoso.com".into(),
+            rewrite: None,
+        };
+        let mut s = MessageSink::new(1 << 20, "id", "d").with_authorship(fill.clone());
+        let (mut out, _) = data(&mut s, b"Subject: x\r\n\r\nbody\r\n.\r\n");
+        s.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("\r\nFrom: <scanner@contoso.com>\r\nSubject: x\r\n"),
+            "{text}"
+        );
+
+        let rewrite = Authorship {
+            rewrite: Some("sender <copier@local> for client 10.0.0.9".into()),
+            ..fill
+        };
+        let mut s = MessageSink::new(1 << 20, "id", "d").with_authorship(rewrite);
+        let wire = b"Subject: x\r\nFrom: =?utf-8?q?K=C3=BCche?= <copier@local>\r\nSender: copier@local\r\nTo: a@b\r\n\r\nbody\r\n.\r\n";
+        let (mut out, _) = data(&mut s, wire);
+        assert_eq!(s.finish(&mut out), Verdict::Ready { authors: vec![] });
+        let text = String::from_utf8(out).unwrap();
+        let parsed = mail_parser::MessageParser::default()
+            .parse(text.as_bytes())
+            .unwrap();
+        let from = parsed.from().unwrap().first().unwrap();
+        assert_eq!(from.address(), Some("scanner@contoso.com"), "{text}");
+        assert_eq!(from.name(), Some("Küche"), "{text}");
+        let reply_to = parsed.reply_to().unwrap().first().unwrap();
+        assert_eq!(reply_to.address(), Some("copier@local"), "{text}");
+        assert!(parsed.sender().is_none(), "{text}");
+        assert!(
+            text.contains("X-Authrelay-Rewritten: sender <copier@local>"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Subject: x\r\nTo: a@b\r\n\r\nbody\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

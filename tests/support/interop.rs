@@ -131,6 +131,26 @@ impl RelayProcess {
         )
     }
 
+    /// Spool listeners with `listener_extra` in each of their tables (trusted networks, PROXY
+    /// v2, ...).
+    pub fn start_spool_with(
+        account: AccountSpec<'_>,
+        upstream: &str,
+        upstream_tls: &str,
+        listener_extra: &str,
+        account_extra: &str,
+    ) -> Self {
+        let listener_extra = format!("spool = true\n{listener_extra}");
+        Self::start_with(
+            "smtp",
+            account,
+            upstream,
+            upstream_tls,
+            &listener_extra,
+            account_extra,
+        )
+    }
+
     /// Spool listeners whose token store is the shared one `store_table` describes (a whole
     /// `[store]` table: replicas).
     pub fn start_spool_shared(

@@ -31,6 +31,7 @@ use upstream::{OwnedReply, SmtpUpstream};
 
 mod sender;
 pub mod spool;
+mod trusted;
 
 const REPLY_TIMEOUT: &[u8] = b"421 4.4.2 Timeout before authentication, closing connection\r\n";
 const REPLY_TOO_MUCH: &[u8] =

@@ -3,20 +3,23 @@
 //! with the relay's own EHLO keywords; the login is the local check alone; after it, each
 //! transaction is received into the spool and answered `250 … queued as ID` only once the
 //! message is durably there ([`crate::spool::Incoming::commit`]). No upstream connection belongs
-//! to the device's session: the delivery workers send the message later.
+//! to the device's session: the delivery workers send the message later. A client of the
+//! listener's `trusted_networks` may skip the login: its MAIL begins the session, and each
+//! transaction's account is chosen by its sender ([`trusted`]).
 
-use super::{Smtp, REPLY_INVALID_CREDENTIALS};
+use super::trusted;
+use super::{Smtp, REPLY_HELO_FIRST, REPLY_INVALID_CREDENTIALS};
 use crate::codec::line::next_line;
 use crate::codec::smtp::{self, parse_mail_command, MailCommand, MAX_COMMAND_LINE};
 use crate::codec::smtp_data::parse_bdat;
 use crate::config::AccountConfig;
 use crate::net::conn::Conn;
 use crate::session::client::{Challenge, ClientSide};
-use crate::session::driver::{self, Action, Framing, Protocol, Refusal, Say, View};
+use crate::session::driver::{self, Action, Framing, LocalSender, Protocol, Refusal, Say, View};
 use crate::session::login::{AuthResult, Dial, UpstreamLogin};
 use crate::session::upstream::{Target, UpstreamError};
 use crate::session::{ListenerContext, Outcome};
-use crate::spool::message::{MessageSink, Verdict};
+use crate::spool::message::{Authorship, MessageSink, Verdict};
 use crate::spool::{Envelope, Incoming};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,13 +45,20 @@ const REPLY_LINE_TOO_LONG: &[u8] = b"500 5.5.2 Line too long, closing connection
 const REPLY_IDLE: &[u8] = b"421 4.4.2 Idle timeout, closing connection\r\n";
 const REPLY_SHUTTING_DOWN: &[u8] = b"421 4.3.2 Service shutting down, closing connection\r\n";
 const REPLY_ACCEPTED: &[u8] = b"235 2.7.0 Authentication successful\r\n";
+const REPLY_AUTH_FIRST: &[u8] = b"503 5.5.1 Error: AUTH comes before the first MAIL\r\n";
 
 /// Runs one SMTP session of a spool listener to its end.
 pub async fn run(ctx: Arc<ListenerContext>, conn: Conn, peer: SocketAddr) -> Outcome {
+    let trusted = ctx
+        .config
+        .trusted_networks
+        .iter()
+        .any(|n| n.contains(peer.ip()));
     let protocol = SpoolSmtp {
         inner: Smtp::new(&ctx.config.ehlo_name),
         keywords: keywords(ctx.spool_limits().map_or(0, |l| l.max_message_bytes)),
         peer,
+        trusted,
     };
     driver::run(ctx, conn, peer, protocol).await
 }
@@ -73,6 +83,8 @@ pub struct SpoolSmtp {
     inner: Smtp,
     keywords: Vec<Vec<u8>>,
     peer: SocketAddr,
+    /// The client is in the listener's `trusted_networks`: MAIL without a login is taken.
+    trusted: bool,
 }
 
 /// A spool session has no upstream; this type only completes the driver's contract.
@@ -118,7 +130,13 @@ impl Protocol for SpoolSmtp {
         self.inner.frame(buffered)
     }
     fn command(&mut self, command: &[u8], view: &View, _caps: &[Vec<u8>]) -> Action {
-        self.inner.command(command, view, &self.keywords)
+        let verb = command.split(|&b| b == b' ').next().unwrap_or_default();
+        let mail = verb.eq_ignore_ascii_case(b"MAIL");
+        match (self.trusted && mail, &self.inner.helo) {
+            (true, None) => Action::Reply(REPLY_HELO_FIRST.to_vec()),
+            (true, Some(_)) => Action::WithoutLogin(command.to_vec()),
+            (false, _) => self.inner.command(command, view, &self.keywords),
+        }
     }
     fn tls_started(&mut self) {
         self.inner.tls_started();
@@ -145,19 +163,31 @@ impl Protocol for SpoolSmtp {
         self,
         ctx: Arc<ListenerContext>,
         client: ClientSide,
-        account: Arc<AccountConfig>,
+        sender: LocalSender,
     ) -> Outcome {
+        let (login, first) = match sender {
+            LocalSender::Account(account) => (Some(account), None),
+            LocalSender::Trusted { first } => (None, Some(first)),
+        };
         let mut session = Receiving {
             ctx,
             conn: client.conn,
-            account,
+            login,
+            account: None,
+            rewrite: false,
             peer: self.peer,
             keywords: self.keywords,
             name: self.inner.name.clone(),
             mail: None,
             recipients: Vec::new(),
         };
-        let outcome = session.transactions().await;
+        let outcome = match first {
+            Some(first) => match session.command(&first).await {
+                Ok(()) => session.transactions().await,
+                Err(end) => end,
+            },
+            None => session.transactions().await,
+        };
         session.conn.shutdown().await;
         outcome
     }
@@ -176,7 +206,12 @@ impl Protocol for SpoolSmtp {
 struct Receiving {
     ctx: Arc<ListenerContext>,
     conn: Conn,
-    account: Arc<AccountConfig>,
+    /// The account logged in as; none for a trusted client without a login.
+    login: Option<Arc<AccountConfig>>,
+    /// The transaction's account, once MAIL was accepted.
+    account: Option<Arc<AccountConfig>>,
+    /// The transaction goes out as the account's mailbox (`rewrite_sender`).
+    rewrite: bool,
     peer: SocketAddr,
     keywords: Vec<Vec<u8>>,
     name: String,
@@ -234,6 +269,7 @@ impl Receiving {
                 let reply = smtp::format_reply_bytes(250, &lines);
                 self.send(&reply).await
             }
+            b"AUTH" | b"STARTTLS" if self.login.is_none() => self.send(REPLY_AUTH_FIRST).await,
             b"AUTH" | b"STARTTLS" => self.send(REPLY_ALREADY_AUTH).await,
             _ => self.send(REPLY_UNRECOGNIZED).await,
         }
@@ -241,6 +277,8 @@ impl Receiving {
 
     fn reset(&mut self) {
         self.mail = None;
+        self.account = None;
+        self.rewrite = false;
         self.recipients.clear();
     }
 
@@ -252,7 +290,17 @@ impl Receiving {
             return self.send(REPLY_BAD_MAIL).await;
         };
         let address = String::from_utf8_lossy(address).into_owned();
-        if let Some(refusal) = self.sender_refusal(&address, "Sender") {
+        let (account, rewrite) = match &self.login {
+            Some(account) => (Arc::clone(account), false),
+            None => match trusted::account_for(&self.ctx, self.peer.ip(), &address) {
+                Ok(choice) => (choice.account, choice.rewrite),
+                Err(refusal) => return self.send(refusal.as_bytes()).await,
+            },
+        };
+        let refusal = (!rewrite)
+            .then(|| self.sender_refusal(&account, &address, "Sender"))
+            .flatten();
+        if let Some(refusal) = refusal {
             return self.send(refusal.as_bytes()).await;
         }
         let limits = self.ctx.spool_limits().cloned();
@@ -264,21 +312,23 @@ impl Receiving {
             return self.send(REPLY_NO_SPACE).await;
         }
         self.mail = Some(address);
+        self.account = Some(account);
+        self.rewrite = rewrite;
         self.send(REPLY_SENDER_OK).await
     }
 
-    /// The refusal of `address` as the message's sender or author, if the account may not use
+    /// The refusal of `address` as the message's sender or author, if `account` may not use
     /// it (README: the sender policy).
-    fn sender_refusal(&self, address: &str, what: &str) -> Option<String> {
-        let checked = super::sender::checks_sender(&self.account);
-        if !checked || self.account.may_send_as(address) {
+    fn sender_refusal(&self, account: &AccountConfig, address: &str, what: &str) -> Option<String> {
+        let checked = super::sender::checks_sender(account);
+        if !checked || account.may_send_as(address) {
             return None;
         }
         let address = crate::codec::line::sanitize_for_reply(address, 200);
         tracing::warn!(sender = %address, "message refused: not a sender this account may use");
         Some(format!(
             "550 5.7.60 {what} <{address}> is not the signed-in mailbox <{}>; change the device's address or add it to allowed_from\r\n",
-            self.account.mailbox
+            account.mailbox
         ))
     }
 
@@ -304,6 +354,12 @@ impl Receiving {
         if self.recipients.len() >= max {
             return self.send(REPLY_TOO_MANY_RCPT).await;
         }
+        let capped = self.account.as_ref().filter(|_| self.login.is_none());
+        if let Some(reply) =
+            capped.and_then(|a| trusted::over_cap(&self.ctx, a, self.recipients.len()))
+        {
+            return self.send(reply.as_bytes()).await;
+        }
         self.recipients
             .push(String::from_utf8_lossy(address).into_owned());
         self.send(REPLY_RCPT_OK).await
@@ -312,10 +368,19 @@ impl Receiving {
     /// A new spool file for the current transaction.
     async fn begin(&self) -> Option<(Incoming, MessageSink)> {
         let spool = self.ctx.spool.as_ref()?;
+        let account = self.account.as_ref()?;
+        let sender = self.mail.clone().unwrap_or_default();
+        let rewrite = self
+            .rewrite
+            .then(|| trusted::trace(&sender, self.peer.ip(), account));
         let envelope = Envelope {
             id: crate::spool::new_id(),
-            account: self.account.id.clone(),
-            sender: self.mail.clone().unwrap_or_default(),
+            account: account.id.clone(),
+            sender: if self.rewrite && !sender.is_empty() {
+                account.mailbox.clone()
+            } else {
+                sender
+            },
             recipients: self.recipients.clone(),
             arrived: crate::store::unix_now(),
             client: self.peer.ip().to_string(),
@@ -323,7 +388,12 @@ impl Receiving {
         };
         let incoming = spool.spool.begin(&envelope).await.ok()?;
         let max = spool.config.max_message_bytes;
-        Some((incoming, MessageSink::new(max, &envelope.id, &self.name)))
+        let authorship = Authorship {
+            mailbox: account.mailbox.clone(),
+            rewrite,
+        };
+        let sink = MessageSink::new(max, &envelope.id, &self.name).with_authorship(authorship);
+        Some((incoming, sink))
     }
 
     async fn data(&mut self) -> Result<(), End> {
@@ -423,9 +493,13 @@ impl Receiving {
                 return self.send(REPLY_TOO_BIG).await;
             }
         };
+        let Some(account) = self.account.clone() else {
+            self.reset();
+            return self.send(REPLY_SPOOL_FAILED).await;
+        };
         if let Some(refusal) = authors
             .iter()
-            .find_map(|a| self.sender_refusal(a, "Header From"))
+            .find_map(|a| self.sender_refusal(&account, a, "Header From"))
         {
             self.reset();
             return self.send(refusal.as_bytes()).await;
@@ -437,8 +511,16 @@ impl Receiving {
             incoming.commit().await
         }
         .await;
+        let recipients = self.recipients.len() as u32;
         self.reset();
         match stored {
+            Ok(()) if self.login.is_none() => {
+                self.ctx.shared.quota.record(&account.id, recipients);
+                self.ctx.shared.metrics.no_login(&account.id);
+                tracing::info!(queue_id = %id, account = %account.id, client = %self.peer.ip(), "message spooled without login");
+                let reply = format!("250 2.0.0 Ok: queued as {id}\r\n");
+                self.send(reply.as_bytes()).await
+            }
             Ok(()) => {
                 tracing::info!(queue_id = %id, "message spooled");
                 let reply = format!("250 2.0.0 Ok: queued as {id}\r\n");
