@@ -3,6 +3,8 @@
 # Configuration: config/container.toml (baked in) + AUTHRELAY__SECTION__NAME__KEY environment
 # variables + secret files; see docker-compose.yml.
 
+# Both images carry OpenSSL for the legacy-tls feature (TLS 1.0/1.1 device listeners): the
+# build image libssl-dev, distroless/cc libssl3.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 # Dependencies first, so that a source change does not rebuild them.

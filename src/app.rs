@@ -12,7 +12,6 @@ use crate::shared::Shared;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -234,9 +233,9 @@ pub(crate) fn listener_context(
     };
     let acceptor = match (config.tls, &config.cert, &config.key) {
         (LocalTls::None, _, _) => None,
-        (_, Some(cert), Some(key)) => Some(TlsAcceptor::from(
-            tls::server_config(cert, key).map_err(where_)?,
-        )),
+        (_, Some(cert), Some(key)) => {
+            Some(tls::Acceptor::new(cert, key, config.tls_min_version).map_err(where_)?)
+        }
         _ => {
             let missing = tls::TlsError::Config("local TLS needs cert and key".into());
             return Err(where_(missing));

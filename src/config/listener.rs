@@ -52,7 +52,7 @@ pub(super) fn read_listener(
 
     let listen = check_listen(&mut t, listen, tls, allow_remote, remote_plaintext_auth);
     if tls != LocalTls::None {
-        check_local_tls(&mut t, cert.as_deref(), key.as_deref());
+        check_local_tls(&mut t, cert.as_deref(), key.as_deref(), tls_min_version);
     }
     t.finish();
     let upstream = upstream?;
@@ -148,7 +148,7 @@ fn check_spool(t: &mut Table<'_>, protocol: Option<Protocol>, tilde_login: bool)
 }
 
 /// Local TLS needs a certificate chain and its key, which must load.
-fn check_local_tls(t: &mut Table<'_>, cert: Option<&Path>, key: Option<&Path>) {
+fn check_local_tls(t: &mut Table<'_>, cert: Option<&Path>, key: Option<&Path>, min: TlsVersion) {
     if cert.is_none() {
         t.problem(
             "cert",
@@ -159,7 +159,7 @@ fn check_local_tls(t: &mut Table<'_>, cert: Option<&Path>, key: Option<&Path>) {
         t.problem("key", "missing (a PEM private key is needed for local TLS)");
     }
     if let (Some(c), Some(k)) = (cert, key) {
-        if let Err(e) = crate::net::tls::server_config(c, k) {
+        if let Err(e) = crate::net::tls::Acceptor::new(c, k, min) {
             t.problem("cert", e.to_string());
         }
     }

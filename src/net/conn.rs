@@ -7,6 +7,7 @@
 
 use super::read_ahead::ReadAhead;
 use super::records::{self, RecordStream};
+use super::tls::Acceptor;
 use bytes::{Buf, BytesMut};
 use rustls::pki_types::ServerName;
 use std::io;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::{server, TlsAcceptor, TlsConnector};
+use tokio_rustls::{server, TlsConnector};
 
 /// Initial receive buffer capacity: pre-authentication lines are short.
 const INITIAL_BUFFER: usize = 4096;
@@ -28,6 +29,9 @@ pub enum Stream {
     ServerTls(Box<server::TlsStream<ReadAhead<TcpStream>>>),
     /// TLS as the client (towards upstream).
     ClientTls(Box<RecordStream>),
+    /// TLS 1.0-1.3 as the server through OpenSSL (a `tls_min_version` listener).
+    #[cfg(feature = "legacy-tls")]
+    LegacyTls(Box<tokio_openssl::SslStream<TcpStream>>),
     /// Only while a handshake is in progress.
     Detached,
 }
@@ -35,7 +39,12 @@ pub enum Stream {
 impl Stream {
     /// True once TLS is up.
     pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::ServerTls(_) | Stream::ClientTls(_))
+        match self {
+            Stream::ServerTls(_) | Stream::ClientTls(_) => true,
+            #[cfg(feature = "legacy-tls")]
+            Stream::LegacyTls(_) => true,
+            Stream::Plain(_) | Stream::Detached => false,
+        }
     }
 }
 
@@ -56,6 +65,8 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::ServerTls(s) => Pin::new(s).poll_read(cx, buf),
             Stream::ClientTls(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "legacy-tls")]
+            Stream::LegacyTls(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
@@ -71,6 +82,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::ServerTls(s) => Pin::new(s).poll_write(cx, buf),
             Stream::ClientTls(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "legacy-tls")]
+            Stream::LegacyTls(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
@@ -84,6 +97,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::ServerTls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::ClientTls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "legacy-tls")]
+            Stream::LegacyTls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
@@ -93,6 +108,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::ServerTls(s) => s.is_write_vectored(),
             Stream::ClientTls(s) => s.is_write_vectored(),
+            #[cfg(feature = "legacy-tls")]
+            Stream::LegacyTls(s) => s.is_write_vectored(),
             Stream::Detached => false,
         }
     }
@@ -102,6 +119,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::ServerTls(s) => Pin::new(s).poll_flush(cx),
             Stream::ClientTls(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "legacy-tls")]
+            Stream::LegacyTls(s) => Pin::new(s).poll_flush(cx),
             Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
@@ -111,6 +130,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::ServerTls(s) => Pin::new(s).poll_shutdown(cx),
             Stream::ClientTls(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "legacy-tls")]
+            Stream::LegacyTls(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Detached => Poll::Ready(Ok(())),
         }
     }
@@ -191,10 +212,24 @@ impl Conn {
 
     /// Runs the server side of a TLS handshake (implicit TLS, or after STARTTLS). The receive
     /// buffer must be empty: bytes that arrived before the handshake are never carried into TLS.
-    pub async fn accept_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+    pub async fn accept_tls(&mut self, acceptor: &Acceptor) -> io::Result<()> {
         let tcp = self.take_plain()?;
-        let tls = acceptor.accept(ReadAhead::new(tcp)).await?;
-        self.stream = Stream::ServerTls(Box::new(tls));
+        match acceptor {
+            Acceptor::Rustls(acceptor) => {
+                let tls = acceptor.accept(ReadAhead::new(tcp)).await?;
+                self.stream = Stream::ServerTls(Box::new(tls));
+            }
+            #[cfg(feature = "legacy-tls")]
+            Acceptor::Legacy(acceptor) => {
+                let ssl = openssl::ssl::Ssl::new(acceptor.context()).map_err(io::Error::other)?;
+                let mut tls = tokio_openssl::SslStream::new(ssl, tcp).map_err(io::Error::other)?;
+                Pin::new(&mut tls)
+                    .accept()
+                    .await
+                    .map_err(io::Error::other)?;
+                self.stream = Stream::LegacyTls(Box::new(tls));
+            }
+        }
         Ok(())
     }
 

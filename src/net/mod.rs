@@ -4,6 +4,8 @@
 pub mod cidr;
 pub mod conn;
 pub mod ktls;
+#[cfg(feature = "legacy-tls")]
+pub mod legacy_tls;
 pub mod pool;
 pub mod read_ahead;
 pub mod records;

@@ -41,6 +41,38 @@ pub enum TlsError {
     ServerName(String),
 }
 
+/// How a listener terminates its devices' TLS: rustls, or OpenSSL for a listener that takes
+/// TLS 1.0/1.1 ([`super::legacy_tls`]).
+#[derive(Clone)]
+pub enum Acceptor {
+    /// rustls (TLS 1.2 and 1.3): every listener but a legacy one.
+    Rustls(tokio_rustls::TlsAcceptor),
+    /// OpenSSL, from `tls_min_version` up.
+    #[cfg(feature = "legacy-tls")]
+    Legacy(Arc<openssl::ssl::SslAcceptor>),
+}
+
+impl Acceptor {
+    /// The acceptor of a listener with this certificate, key and oldest version.
+    pub fn new(
+        cert: &Path,
+        key: &Path,
+        min: crate::config::TlsVersion,
+    ) -> Result<Acceptor, TlsError> {
+        if !min.is_legacy() {
+            return Ok(Acceptor::Rustls(server_config(cert, key)?.into()));
+        }
+        #[cfg(feature = "legacy-tls")]
+        return Ok(Acceptor::Legacy(Arc::new(super::legacy_tls::acceptor(
+            cert, key, min,
+        )?)));
+        #[cfg(not(feature = "legacy-tls"))]
+        Err(TlsError::Config(
+            "this build has no TLS 1.0/1.1 (cargo feature legacy-tls)".into(),
+        ))
+    }
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(ring::default_provider())
 }

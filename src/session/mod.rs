@@ -19,10 +19,10 @@ pub mod smtp;
 pub mod upstream;
 
 use crate::config::{AccountConfig, ListenerConfig, UpstreamSpec};
+use crate::net::tls::Acceptor as TlsAcceptor;
 use crate::shared::Shared;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use tokio_rustls::TlsAcceptor;
 use upstream::Target;
 
 /// What the sessions of one listener share.

@@ -23,7 +23,7 @@ if [ -s "$RUN/pids/dovecot.pid" ] && healthy; then
   exit 0
 fi
 
-PKGS=(python3-selenium chromium chromium-driver haproxy redis-server docker-compose python3-venv python3-yaml dovecot-core dovecot-imapd dovecot-pop3d dovecot-submissiond dovecot-lmtpd postfix openssl python3 curl
+PKGS=(libssl-dev pkg-config python3-selenium chromium chromium-driver haproxy redis-server docker-compose python3-venv python3-yaml dovecot-core dovecot-imapd dovecot-pop3d dovecot-submissiond dovecot-lmtpd postfix openssl python3 curl
       swaks libnet-ssleay-perl libio-socket-ssl-perl msmtp fetchmail mutt isync s-nail tmux iproute2)
 if [ -z "${HARNESS_SKIP_INSTALL:-}" ]; then
   missing=()
