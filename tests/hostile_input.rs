@@ -49,8 +49,8 @@ fn cases() -> Vec<Case> {
     let flood = |line: &str, n: usize| line.repeat(n).into_bytes();
     let mut v: Vec<Case> = vec![
         // ---------------------------------------------------------------- SMTP
-        (Smtp, "EHLO without a domain", s("EHLO\r\n"), "501 5.5.4 Syntax: EHLO hostname\r\n", OPEN),
-        (Smtp, "HELO without a domain", s("HELO\r\n"), "501 5.5.4 Syntax: HELO hostname\r\n", OPEN),
+        // Old firmware sends a bare HELO: taken (tests/interop_quirks.rs).
+        (Smtp, "HELO without a domain", s("HELO\r\n"), "250 localhost\r\n", OPEN),
         (Smtp, "empty line", s("\r\n"), "500 5.5.2 Error: command not recognized\r\n", OPEN),
         (Smtp, "unknown verb", s("XYZZY\r\n"), "500 5.5.2 Error: command not recognized\r\n", OPEN),
         (Smtp, "verb with a NUL", s("NO\0OP\r\n"), "500 5.5.2 Error: command contains invalid characters\r\n", OPEN),

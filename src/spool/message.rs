@@ -21,6 +21,10 @@ pub enum Verdict {
     TooBig,
     /// A header section over [`MAX_HEADER_SECTION`] (`552 5.3.4` as well).
     HeaderTooBig,
+    /// DATA ended in `<LF>.<LF>` or `<LF>.<CR><LF>`, which RFC 5321 §4.1.1.4 says MUST NOT
+    /// end a message: where the sender meant it to end is unknown (the SMTP smuggling shape),
+    /// so the message is refused and the connection closed.
+    BareLfEnd,
 }
 
 /// Collects one message: the header section in memory until it is complete (then it goes out
@@ -39,6 +43,10 @@ pub struct MessageSink {
     authors: Vec<String>,
     header_too_big: bool,
     authorship: Authorship,
+    /// DATA: the previous line ended in CRLF (true at the start: `DATA` ended one).
+    after_crlf: bool,
+    /// DATA ended with a `.` line next to a bare LF.
+    bare_lf_end: bool,
 }
 
 /// Who the message is from, as far as the sink is concerned.
@@ -67,6 +75,8 @@ impl MessageSink {
             authors: Vec::new(),
             header_too_big: false,
             authorship: Authorship::default(),
+            after_crlf: true,
+            bare_lf_end: false,
         }
     }
 
@@ -99,11 +109,15 @@ impl MessageSink {
                 break;
             };
             let line = &rest[..lf];
+            let crlf = line.ends_with(b"\r");
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             used += lf + 1;
             if !self.mid_line && line == b"." {
+                // Lines may end in a bare LF (made CRLF here), but only CRLF . CRLF ends.
+                self.bare_lf_end = !(crlf && self.after_crlf);
                 return (used, true);
             }
+            self.after_crlf = crlf;
             let line = match (self.mid_line, line.first()) {
                 (false, Some(b'.')) => &line[1..],
                 _ => line,
@@ -181,6 +195,9 @@ impl MessageSink {
     /// The end of the message: what it needs; a header section without its blank line (a
     /// message of headers only) goes out now.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Verdict {
+        if self.bare_lf_end {
+            return Verdict::BareLfEnd;
+        }
         if self.size > self.max {
             return Verdict::TooBig;
         }
@@ -377,6 +394,28 @@ mod tests {
             text.ends_with("Subject: x\r\nTo: a@b\r\n\r\nbody\r\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn bare_lf_line_ends_are_taken_but_never_end_the_message() {
+        // Bare LF inside: made CRLF; the end is CRLF . CRLF.
+        let mut s = MessageSink::new(1 << 20, "id", "d");
+        let (mut out, end) = data(&mut s, b"Subject: x\n\nline one\nline two\r\n.\r\n");
+        assert!(end);
+        assert!(matches!(s.finish(&mut out), Verdict::Ready { .. }));
+        assert!(out.ends_with(b"Subject: x\r\n\r\nline one\r\nline two\r\n"));
+        // The smuggling shapes: refused, whatever follows.
+        for wire in [
+            &b"Subject: x\r\n\r\nbody\n.\nMAIL FROM:<ceo@x>\r\n"[..],
+            b"Subject: x\r\n\r\nbody\n.\r\n",
+            b"Subject: x\r\n\r\nbody\r\n.\n",
+        ] {
+            let mut s = MessageSink::new(1 << 20, "id", "d");
+            let mut out = Vec::new();
+            let (_, end) = s.feed_data(wire, false, &mut out);
+            assert!(end, "{wire:?}");
+            assert_eq!(s.finish(&mut out), Verdict::BareLfEnd, "{wire:?}");
+        }
     }
 
     #[test]

@@ -42,8 +42,6 @@ const REPLY_LINE_TOO_LONG: &[u8] = b"500 5.5.2 Line too long, closing connection
 const REPLY_AUTH_LINE_TOO_LONG: &[u8] = b"500 5.5.6 Authentication Exchange line is too long\r\n";
 const REPLY_BAD_CHARACTERS: &[u8] = b"500 5.5.2 Error: command contains invalid characters\r\n";
 const REPLY_UNRECOGNIZED: &[u8] = b"500 5.5.2 Error: command not recognized\r\n";
-const REPLY_EHLO_SYNTAX: &[u8] = b"501 5.5.4 Syntax: EHLO hostname\r\n";
-const REPLY_HELO_SYNTAX: &[u8] = b"501 5.5.4 Syntax: HELO hostname\r\n";
 const REPLY_HELO_FIRST: &[u8] = b"503 5.5.1 Error: send HELO/EHLO first\r\n";
 const REPLY_AUTH_REQUIRED: &[u8] = b"530 5.7.0 Authentication required\r\n";
 const REPLY_ENCRYPTION_REQUIRED: &[u8] =
@@ -91,6 +89,8 @@ impl Smtp {
         }
     }
 
+    /// EHLO or HELO. RFC 5321 §4.1.1.1 wants a domain; a bare EHLO is taken all the same (it
+    /// is unambiguous, and embedded SMTP libraries send it: gregington/SMTPClient#3).
     fn ehlo(&mut self, domain: &[u8], extended: bool, view: &View, caps: &[Vec<u8>]) -> Action {
         self.helo = Some(domain.to_vec());
         if !extended {
@@ -141,7 +141,12 @@ impl Dial for Smtp {
     /// gets EHLO, which the login needs).
     async fn dial(&self, target: &Target) -> Result<SmtpUpstream, UpstreamError> {
         let mut up = SmtpUpstream::connect(target).await?;
-        let domain = self.helo.as_deref().unwrap_or(target.ehlo_name.as_bytes());
+        // A bare EHLO (old firmware sends one) gives no domain to pass on: the relay's own name.
+        let domain = self
+            .helo
+            .as_deref()
+            .filter(|d| !d.is_empty())
+            .unwrap_or(target.ehlo_name.as_bytes());
         let r = up.ehlo(domain).await?;
         if r.code != 250 {
             return Err(UpstreamError::Protocol(format!(
@@ -188,8 +193,6 @@ impl Protocol for Smtp {
 
     fn command(&mut self, line: &[u8], view: &View, caps: &[Vec<u8>]) -> Action {
         match smtp::parse_command(line) {
-            Command::Ehlo(b"") => reply(REPLY_EHLO_SYNTAX),
-            Command::Helo(b"") => reply(REPLY_HELO_SYNTAX),
             Command::Ehlo(domain) => self.ehlo(domain, true, view, caps),
             Command::Helo(domain) => self.ehlo(domain, false, view, caps),
             Command::Auth {
