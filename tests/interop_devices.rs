@@ -404,3 +404,55 @@ fn check_refuses_open_ambiguous_and_too_wide_configurations() {
     );
     assert!(ok, "{said}");
 }
+
+/// The README's two examples ("Devices that cannot log in, or speak only old TLS"), completed
+/// with what every configuration needs, pass `authrelay check` with the warnings it promises.
+#[test]
+fn the_readme_examples_pass_check() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme
+        .split("## Devices that cannot log in, or speak only old TLS")
+        .nth(1)
+        .unwrap();
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .take(2)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = support::TestCert::new();
+    let hash = hash_password(LOCAL_PASSWORD);
+    let listener_needs = format!("upstream = \"{SUBMISSION}\"\nupstream_tls = \"starttls\"\n");
+    let lan = blocks[0]
+        .replace("[account.scanner]\n", &format!("[account.scanner]\nlogin = \"scanner\"\npassword_hash = \"{hash}\"\nauth = \"app_password\"\napp_password = \"x\"\n"))
+        .replace("trusted_networks =", &format!("{listener_needs}trusted_networks ="));
+    let old = blocks[1]
+        .replace("/etc/authrelay/rsa.pem", &cert.cert.display().to_string())
+        .replace(
+            "/etc/authrelay/rsa-key.pem",
+            &cert.key.display().to_string(),
+        )
+        .replace(
+            "tls_min_version =",
+            &format!("{listener_needs}tls_min_version ="),
+        );
+    let config = format!(
+        "{lan}\n{old}\n[store]\npath = \"{}\"\n\n[spool]\npath = \"{}\"\n",
+        dir.path().join("tokens.json").display(),
+        dir.path().join("spool").display()
+    );
+    let path = dir.path().join("authrelay.toml");
+    std::fs::write(&path, &config).unwrap();
+    let out = run(Command::new(env!("CARGO_BIN_EXE_authrelay"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path));
+    let said = text(&out);
+    assert!(out.status.success(), "{config}\n{said}");
+    assert!(said.contains("warning: listener.lan.trusted_networks: clients in 192.168.10.0/24, 10.1.2.3/32 may send without a login"), "{said}");
+    assert!(
+        said.contains("warning: listener.oldprinters.tls_min_version: accepts TLS 1.0 and 1.1"),
+        "{said}"
+    );
+}
