@@ -253,26 +253,7 @@ pub struct ListenerConfig {
     pub tls_min_version: TlsVersion,
 }
 
-/// A TLS protocol version a device-side listener accepts at the least.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-pub enum TlsVersion {
-    /// TLS 1.0 (RFC 2246), for devices from before about 2016.
-    #[serde(rename = "1.0")]
-    V1_0,
-    /// TLS 1.1 (RFC 4346).
-    #[serde(rename = "1.1")]
-    V1_1,
-    /// TLS 1.2 (RFC 5246), the default: what rustls speaks.
-    #[serde(rename = "1.2")]
-    V1_2,
-}
-
-impl TlsVersion {
-    /// True for the versions only the legacy (OpenSSL) listener speaks.
-    pub fn is_legacy(self) -> bool {
-        self < TlsVersion::V1_2
-    }
-}
+pub use crate::net::tls::TlsVersion;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -13,8 +13,7 @@
 //! the level is 0 on this listener alone (`@SECLEVEL=0`). An RSA certificate is what such
 //! devices know.
 
-use super::tls::TlsError;
-use crate::config::TlsVersion;
+use super::tls::{TlsError, TlsVersion};
 use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslOptions, SslVersion};
 use std::path::Path;
 

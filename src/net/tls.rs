@@ -41,6 +41,27 @@ pub enum TlsError {
     ServerName(String),
 }
 
+/// A TLS protocol version a device-side listener accepts at the least.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.0 (RFC 2246), for devices from before about 2016.
+    #[serde(rename = "1.0")]
+    V1_0,
+    /// TLS 1.1 (RFC 4346).
+    #[serde(rename = "1.1")]
+    V1_1,
+    /// TLS 1.2 (RFC 5246), the default: what rustls speaks.
+    #[serde(rename = "1.2")]
+    V1_2,
+}
+
+impl TlsVersion {
+    /// True for the versions only the legacy (OpenSSL) listener speaks.
+    pub fn is_legacy(self) -> bool {
+        self < TlsVersion::V1_2
+    }
+}
+
 /// How a listener terminates its devices' TLS: rustls, or OpenSSL for a listener that takes
 /// TLS 1.0/1.1 ([`super::legacy_tls`]).
 #[derive(Clone)]
@@ -54,11 +75,7 @@ pub enum Acceptor {
 
 impl Acceptor {
     /// The acceptor of a listener with this certificate, key and oldest version.
-    pub fn new(
-        cert: &Path,
-        key: &Path,
-        min: crate::config::TlsVersion,
-    ) -> Result<Acceptor, TlsError> {
+    pub fn new(cert: &Path, key: &Path, min: TlsVersion) -> Result<Acceptor, TlsError> {
         if !min.is_legacy() {
             return Ok(Acceptor::Rustls(server_config(cert, key)?.into()));
         }
