@@ -456,3 +456,51 @@ fn the_readme_examples_pass_check() {
         "{said}"
     );
 }
+
+/// The throttle holds for trusted clients too: a host on the trusted network that keeps trying
+/// senders no account may use is refused like one guessing passwords (30 failures from an
+/// address by default), and only that address.
+#[test]
+fn a_trusted_host_that_keeps_guessing_senders_is_throttled() {
+    let lan = lan("");
+    let script = r#"
+import smtplib, sys
+port, source, good = sys.argv[1:4]
+s = smtplib.SMTP('127.0.0.1', int(port), source_address=(source, 0), timeout=30)
+s.ehlo('device.local')
+codes = []
+for i in range(30):
+    code, _ = s.mail('guess%d@elsewhere.example' % i)
+    codes.append(code)
+print(' '.join(sorted(set(str(c) for c in codes))))
+code, text = s.mail(good)
+print(code, text.decode())
+"#;
+    let out = run(Command::new("python3").args([
+        "-c",
+        script,
+        &lan.relay.plain.to_string(),
+        "127.0.0.2",
+        &lan.scanner,
+    ]));
+    let said = text(&out);
+    let mut lines = said.lines();
+    assert_eq!(lines.next(), Some("550"), "{said}");
+    assert_eq!(
+        lines.next(),
+        Some("454 4.7.0 Too many refused messages or logins from this address, try again later"),
+        "{said}"
+    );
+    // Another trusted address is not affected.
+    let m = marker("after-throttle");
+    let msg = format!("From: {}\r\nSubject: {m}\r\n\r\nx\r\n", lan.copier);
+    let said = send(
+        lan.relay.plain,
+        "127.0.0.4",
+        None,
+        &lan.copier,
+        &[&lan.copier],
+        &msg,
+    );
+    assert!(said.starts_with("250 2.0.0 Ok: queued as"), "{said}");
+}
