@@ -21,8 +21,11 @@
 //! retry).
 
 pub mod dsn;
+mod files;
 pub mod message;
 mod own;
+
+use files::{envelopes, open_file, parse_header, read_head};
 
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -187,10 +190,7 @@ impl Spool {
             private(d)?;
         }
         if clean {
-            for entry in fs::read_dir(&dir.tmp).map_err(io_error(&dir.tmp))? {
-                let entry = entry.map_err(io_error(&dir.tmp))?;
-                fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
-            }
+            files::empty_tmp(&dir.tmp)?;
         }
         let (tx, rx) = mpsc::channel::<Ready>();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -337,13 +337,8 @@ impl Spool {
         } else {
             self.dir.failed.join(id)
         };
-        let mut raw = Vec::new();
-        File::open(&path)
-            .and_then(|f| f.take(256 * 1024).read_to_end(&mut raw))
-            .map_err(io_error(&path))?;
-        let (envelope, start) = parse_header(&raw, &path)?;
-        let body = &raw[start..];
-        let end = memchr::memmem::find(body, b"\r\n\r\n").map_or(body.len(), |e| e + 2);
+        let (envelope, body) = read_head(&path, 256 * 1024)?;
+        let end = memchr::memmem::find(&body, b"\r\n\r\n").map_or(body.len(), |e| e + 2);
         Ok((envelope, String::from_utf8_lossy(&body[..end]).into_owned()))
     }
 
@@ -351,7 +346,7 @@ impl Spool {
     pub fn read(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError> {
         let path = self.queued_path(id)?;
         let mut raw = Vec::new();
-        File::open(&path)
+        open_file(&path)
             .and_then(|mut f| f.read_to_end(&mut raw))
             .map_err(io_error(&path))?;
         let (envelope, start) = parse_header(&raw, &path)?;
@@ -555,41 +550,6 @@ pub fn new_id() -> String {
         .as_micros() as u64;
     let random: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
     format!("{micros:016x}-{random:012x}")
-}
-
-/// The envelopes of the spool files in `dir`, oldest first.
-fn envelopes(dir: &Path) -> Result<Vec<Envelope>, SpoolError> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
-        let path = entry.map_err(io_error(dir))?.path();
-        out.push(read_envelope(&path)?);
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
-}
-
-fn read_envelope(path: &Path) -> Result<Envelope, SpoolError> {
-    let mut head = Vec::with_capacity(1024);
-    let file = File::open(path).map_err(io_error(path))?;
-    // The header line is short; read until its newline, at most 64 KiB.
-    file.take(64 * 1024)
-        .read_to_end(&mut head)
-        .map_err(io_error(path))?;
-    parse_header(&head, path).map(|(e, _)| e)
-}
-
-/// The envelope of a spool file's bytes, and where the message starts.
-fn parse_header(raw: &[u8], path: &Path) -> Result<(Envelope, usize), SpoolError> {
-    let damaged = |reason: &str| SpoolError::Damaged {
-        path: path.display().to_string(),
-        reason: reason.to_owned(),
-    };
-    let end = memchr::memchr(b'\n', raw).ok_or_else(|| damaged("no header line"))?;
-    let line = raw[..end]
-        .strip_prefix(MAGIC.as_bytes())
-        .ok_or_else(|| damaged("not a spool file of this version"))?;
-    let envelope = serde_json::from_slice(line).map_err(|_| damaged("unreadable envelope"))?;
-    Ok((envelope, end + 1))
 }
 
 #[cfg(test)]

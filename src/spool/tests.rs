@@ -143,3 +143,66 @@ fn the_spool_is_private_and_one_that_others_can_enter_is_refused() {
         "{e}"
     );
 }
+
+/// Finding 11 of issue 26: 300 recipients of 250 bytes made a header line over 64 KiB, and the
+/// whole queue unreadable after a restart.
+#[tokio::test]
+async fn a_message_with_many_long_recipients_stays_readable_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let id = new_id();
+    let mut e = envelope(&id);
+    e.recipients = (0..500)
+        .map(|i| format!("{}{i:03}@example.com", "r".repeat(238)))
+        .collect();
+    let mut m = spool.begin(&e).await.unwrap();
+    m.write(b"Subject: many\r\n\r\nx\r\n").await.unwrap();
+    m.commit().await.unwrap();
+    let other = accept(&spool, b"Subject: other\r\n\r\ny\r\n").await;
+    drop(spool);
+    let spool = Spool::open(dir.path()).unwrap();
+    let queued: Vec<String> = spool.queued().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(queued, vec![id.clone(), other]);
+    let (read, body) = spool.read(&id).unwrap();
+    assert_eq!(read.recipients.len(), 500);
+    assert_eq!(body, b"Subject: many\r\n\r\nx\r\n");
+    let (shown, head) = spool.show(&id).unwrap();
+    assert_eq!(shown.recipients.len(), 500);
+    assert_eq!(head, "Subject: many\r\n");
+}
+
+/// Finding 12: garbage, a truncated file, a symlink, a directory and a misnamed copy in
+/// `queue/` are skipped (and never followed); the good message is still listed and read; a
+/// directory in `tmp/` does not stop the start.
+#[tokio::test]
+async fn foreign_and_damaged_entries_never_stop_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let good = accept(&spool, b"Subject: good\r\n\r\nbody\r\n").await;
+    drop(spool);
+    let queue = dir.path().join("queue");
+    let outside = dir.path().join("outside");
+    let copy = fs::read(queue.join(&good)).unwrap();
+    fs::write(&outside, &copy).unwrap();
+    fs::write(queue.join(new_id()), b"garbage without a header line").unwrap();
+    fs::write(queue.join(new_id()), &copy[..20]).unwrap();
+    std::os::unix::fs::symlink(&outside, queue.join(new_id())).unwrap();
+    fs::create_dir(queue.join(new_id())).unwrap();
+    fs::write(queue.join(new_id()), &copy).unwrap();
+    fs::create_dir(dir.path().join("tmp").join("left-behind")).unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let queued: Vec<String> = spool.queued().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(queued, vec![good.clone()]);
+    assert_eq!(
+        spool.read(&good).unwrap().1,
+        b"Subject: good\r\n\r\nbody\r\n"
+    );
+    let link = fs::read_dir(&queue)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_type().unwrap().is_symlink())
+        .unwrap();
+    let id = link.file_name().into_string().unwrap();
+    assert!(spool.read(&id).is_err(), "a symlink is never followed");
+    assert!(spool.show(&id).is_err());
+}
