@@ -178,6 +178,24 @@ impl GraphRelay {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// kill -9, then the same configuration started again (its log appended).
+    fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
+            .args(["run", "--log-level", "debug", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for_listeners(&[self.port], || self.log_text());
+    }
+
     fn assert_no_secrets(&self) {
         let log = self.log_text();
         if let Some(found) = find_secret(&log, &self.canaries) {
@@ -463,4 +481,50 @@ fn a_25_mb_scan_goes_through_a_draft_and_an_upload_session() {
     r.drained(Duration::from_secs(10));
     println!("graph: a {:.1} MB message sent as a draft plus an upload session of {chunks} ranges; the scan arrived byte for byte", message.len() as f64 / 1e6);
     r.assert_no_secrets();
+}
+
+/// Issue 26, finding 15: a kill -9 while Graph holds the answer of a send. Graph sent it; the
+/// relay never heard. After the restart the message must be looked up in Sent Items, found,
+/// and not sent again (before: sent again without the lookup, a duplicate).
+#[test]
+fn a_kill_during_a_send_is_looked_up_after_the_restart_and_not_sent_twice() {
+    // Graph takes 2 s to send; the relay's requests time out after 5 s, so after the restart
+    // the lookup waits until 5 s after the send began.
+    let mut r = GraphRelay::start("gkill", Grant::Delegated, "graph_timeout_secs = 5");
+    let mb = r.mailbox.clone();
+    graph(
+        "POST",
+        "/admin/delay",
+        &format!(r#"{{"mailbox":"{mb}","seconds":2}}"#),
+    );
+    let subject = format!("gkill-{}", free_port());
+    assert_eq!(
+        r.submit(&[&mb], &mail(&mb, &mb, &subject, "once")).trim(),
+        "ok"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stats()["max_concurrent"][&mb].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the send never reached Graph");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    r.kill_and_restart();
+    graph(
+        "POST",
+        "/admin/delay",
+        &format!(r#"{{"mailbox":"{mb}","seconds":0}}"#),
+    );
+    r.drained(Duration::from_secs(30));
+    let message_id = format!("<{subject}@graph.test>");
+    assert_eq!(sends(&message_id), 1, "sent twice:\n{}", r.log_text());
+    assert_eq!(
+        stats()["lookups"][&mb].as_u64(),
+        Some(1),
+        "no Sent Items lookup"
+    );
+    assert!(
+        r.log_text().contains("found in Sent Items"),
+        "{}",
+        r.log_text()
+    );
+    println!("graph: kill -9 while Graph held the answer: looked up after the restart, sent once");
 }

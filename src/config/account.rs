@@ -89,19 +89,21 @@ pub(super) fn read_account(
     })
 }
 
-/// `send`, `graph_url`, `graph_scopes` and `graph_max_mb`: SMTP (the default) or Microsoft Graph, which needs an
+/// `send`, `graph_url`, `graph_scopes`, `graph_max_mb` and `graph_timeout_secs`: SMTP (the default) or Microsoft Graph, which needs an
 /// OAuth account (a token with the Graph audience).
 fn read_sending(t: &mut Table<'_>, mode: &str) -> Sending {
     let send: String = t.optional("send").unwrap_or_else(|| "smtp".into());
     let url: Option<String> = t.optional("graph_url");
     let scopes: Option<Vec<String>> = t.optional("graph_scopes");
     let max_mb: Option<u32> = t.optional("graph_max_mb");
+    let timeout: Option<u64> = t.optional("graph_timeout_secs");
     match send.as_str() {
         "smtp" => {
             for (key, given) in [
                 ("graph_url", url.is_some()),
                 ("graph_scopes", scopes.is_some()),
                 ("graph_max_mb", max_mb.is_some()),
+                ("graph_timeout_secs", timeout.is_some()),
             ] {
                 if given {
                     t.problem(key, "only for send = \"graph\"");
@@ -128,10 +130,14 @@ fn read_sending(t: &mut Table<'_>, mode: &str) -> Sending {
             if max_mb == Some(0) {
                 t.problem("graph_max_mb", "must be at least 1");
             }
+            if timeout == Some(0) {
+                t.problem("graph_timeout_secs", "must be at least 1");
+            }
             Sending::Graph(GraphConfig {
                 url,
                 scopes,
                 max_request_bytes: max_mb.unwrap_or(4).max(1) as usize * 1024 * 1024,
+                request_timeout: std::time::Duration::from_secs(timeout.unwrap_or(120).max(1)),
             })
         }
         other => {

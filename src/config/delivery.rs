@@ -23,6 +23,9 @@ pub struct GraphConfig {
     /// sends with 413 per reports on Microsoft Q&A; the sendMail page states no limit).
     /// Larger messages fail at once with a reply naming the limit and SMTP.
     pub max_request_bytes: usize,
+    /// How long one Graph request may take (`graph_timeout_secs`, 120 by default) before its
+    /// outcome counts as unknown; an unanswered send is looked up in Sent Items after it.
+    pub request_timeout: std::time::Duration,
 }
 
 /// Microsoft Graph's global endpoint (learn.microsoft.com/graph/deployments lists the national

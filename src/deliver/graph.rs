@@ -27,8 +27,13 @@ use base64::Engine;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long one Graph request may take before its outcome counts as unknown.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest `Retry-After` obeyed: Graph asks for seconds to minutes; a larger figure (a
+/// broken or hostile endpoint) must not pause an account for years, or overflow a clock.
+const MAX_RETRY_AFTER_SECS: u64 = 3600;
+/// The most read of a successful answer (a draft's JSON echoes the message: up to Graph's
+/// 4 MB request, and more for an upload's draft) and of an error's body.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 /// One attempt to send `message` through Graph for `account`. `state.unsure` asks for a Sent
 /// Items lookup first.
@@ -56,6 +61,7 @@ pub(super) async fn deliver(
     let client = Client {
         http: ctx.shared.tokens.http(),
         url: user_url(graph, &account.mailbox),
+        timeout: graph.request_timeout,
     };
     let mut token = match token(ctx, account, None).await {
         Ok(t) => t,
@@ -68,6 +74,7 @@ pub(super) async fn deliver(
             Err(attempt) => return attempt,
         }
     }
+    mark_unsure(ctx, envelope, state, graph.request_timeout);
     let mut answer = how.send(&client, &token).await;
     if matches!(answer, Answer::Status(401, _, _)) {
         // The token was refused (revoked, or expired early): one more try with a new one.
@@ -78,6 +85,30 @@ pub(super) async fn deliver(
         answer = how.send(&client, &token).await;
     }
     outcome(answer, mime.len() * 4 / 3, limit)
+}
+
+/// Records, before the request goes out, that its outcome may become unknown: a kill -9 while
+/// Graph holds the answer must not lead to a second send without the Sent Items lookup, and
+/// that lookup waits until the request would have ended (`timeout`), when Graph has either
+/// sent the message or not. The attempt's own outcome replaces the record (or the message is
+/// gone).
+fn mark_unsure(
+    ctx: &ListenerContext,
+    envelope: &Envelope,
+    state: &DeliveryState,
+    timeout: Duration,
+) {
+    let Some(spool) = ctx.spool.as_ref() else {
+        return;
+    };
+    let marked = DeliveryState {
+        unsure: true,
+        next_try: crate::store::unix_now() + timeout.as_secs() + 1,
+        ..state.clone()
+    };
+    if let Err(e) = spool.spool.defer(&envelope.id, &marked) {
+        tracing::warn!(queue_id = %envelope.id, error = %e, "could not mark a Graph send as in flight");
+    }
 }
 
 /// How a message goes to Graph.
@@ -190,6 +221,8 @@ pub(super) struct Client<'a> {
     http: &'a reqwest::Client,
     /// `{graph_url}/v1.0/users/{mailbox}`.
     url: String,
+    /// How long one request may take before its outcome counts as unknown.
+    timeout: Duration,
 }
 
 impl Client<'_> {
@@ -205,7 +238,7 @@ impl Client<'_> {
             .post(format!("{}/{path}", self.url))
             .bearer_auth(token.secret.expose())
             .header(reqwest::header::CONTENT_TYPE, "text/plain")
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(self.timeout)
             .body(body);
         success(request.send().await).await
     }
@@ -222,7 +255,7 @@ impl Client<'_> {
             .post(format!("{}/{path}", self.url))
             .bearer_auth(token.secret.expose())
             .json(json)
-            .timeout(REQUEST_TIMEOUT);
+            .timeout(self.timeout);
         success(request.send().await).await
     }
 
@@ -239,7 +272,7 @@ impl Client<'_> {
             .put(url)
             .header(reqwest::header::CONTENT_RANGE, range)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(self.timeout)
             .body(chunk);
         success(request.send().await).await.map(|_| ())
     }
@@ -250,7 +283,7 @@ impl Client<'_> {
             .http
             .delete(format!("{}/{path}", self.url))
             .bearer_auth(token.secret.expose())
-            .timeout(REQUEST_TIMEOUT);
+            .timeout(self.timeout);
         if let Err(e) = request.send().await {
             tracing::debug!(error = %e.without_url(), "the draft could not be deleted");
         }
@@ -262,7 +295,7 @@ impl Client<'_> {
             .post(format!("{}/sendMail", self.url))
             .bearer_auth(token.secret.expose())
             .header(reqwest::header::CONTENT_TYPE, "text/plain")
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(self.timeout)
             .body(body.to_vec());
         answer(request.send().await).await
     }
@@ -282,13 +315,16 @@ impl Client<'_> {
                 ("$select", "internetMessageId"),
             ])
             .bearer_auth(token.secret.expose())
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(self.timeout)
             .send()
             .await;
         match response {
             Ok(r) if r.status().is_success() => {
-                let found: serde_json::Value = r.json().await.map_err(|e| {
-                    Answer::Unknown(format!("Sent Items lookup: {}", e.without_url()))
+                let body = read_body(r, MAX_ANSWER_BYTES)
+                    .await
+                    .map_err(|e| Answer::Unknown(format!("Sent Items lookup: {e}")))?;
+                let found: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
+                    Answer::Unknown("Sent Items lookup: the answer is not JSON".into())
                 })?;
                 Ok(found["value"].as_array().is_some_and(|v| !v.is_empty()))
             }
@@ -300,12 +336,9 @@ impl Client<'_> {
 /// The body of a 2xx answer, or the [`Answer`] otherwise.
 async fn success(response: Result<reqwest::Response, reqwest::Error>) -> Result<Vec<u8>, Answer> {
     match response {
-        Ok(r) if r.status().is_success() => r.bytes().await.map(|b| b.to_vec()).map_err(|e| {
-            Answer::Unknown(format!(
-                "no complete answer from Graph: {}",
-                e.without_url()
-            ))
-        }),
+        Ok(r) if r.status().is_success() => read_body(r, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| Answer::Unknown(format!("no complete answer from Graph: {e}"))),
         other => Err(answer(other).await),
     }
 }
@@ -325,12 +358,37 @@ async fn answer(response: Result<reqwest::Response, reqwest::Error>) -> Answer {
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
-    let error = match r.bytes().await {
-        Ok(body) => graph_error(&body),
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|secs| secs.min(MAX_RETRY_AFTER_SECS));
+    // An error's code and message are at its start: the rest is not read.
+    let error = match read_start(r, MAX_ERROR_BYTES).await {
+        Ok((body, _)) => graph_error(&body),
         Err(_) => String::new(),
     };
     Answer::Status(status, retry_after, error)
+}
+
+/// A response's body, read as it streams and refused past `limit` bytes: an endless or huge
+/// body from a broken or hostile endpoint never fills the memory.
+async fn read_body(r: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let (body, whole) = read_start(r, limit).await?;
+    match whole {
+        true => Ok(body),
+        false => Err(format!("the answer is over {} MiB", limit >> 20)),
+    }
+}
+
+/// Up to `limit` bytes of a response's body, and whether that was all of it.
+async fn read_start(mut r: reqwest::Response, limit: usize) -> Result<(Vec<u8>, bool), String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = r.chunk().await.map_err(|e| e.without_url().to_string())? {
+        if out.len() + chunk.len() > limit {
+            out.extend_from_slice(&chunk[..limit - out.len()]);
+            return Ok((out, false));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, true))
 }
 
 /// `code: message` of Graph's error body (`{"error": {"code", "message"}}`), bounded.
@@ -390,6 +448,11 @@ fn outcome(sent: Answer, bytes: usize, limit: usize) -> Attempt {
         Answer::Status(401, _, why) => {
             Attempt::Deferred(format!("401 Graph refused the token: {why}"))
         }
+        // The client follows no redirect (a bearer token must never go to another host): a 3xx
+        // is a misconfigured `graph_url` or an endpoint in trouble, which may be fixed in time.
+        Answer::Status(status @ 300..=399, _, _) => Attempt::Deferred(format!(
+            "{status} Graph answered with a redirect, which the relay does not follow with a token; check graph_url"
+        )),
         Answer::Status(403, _, why) => Attempt::Failed(format!(
             "403 Graph refused to send as this mailbox ({why}); the app needs the Mail.Send \
              permission for it (and, with RBAC for Applications, a scope that includes it)"
@@ -488,6 +551,7 @@ mod tests {
             url: "https://graph.microsoft.com".into(),
             scopes: vec![],
             max_request_bytes: 4 << 20,
+            request_timeout: Duration::from_secs(120),
         };
         assert_eq!(
             user_url(&graph, "a b/c@x.example"),
