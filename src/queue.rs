@@ -118,8 +118,8 @@ fn list(spool: &Spool, as_json: bool) -> Result<(), SpoolError> {
                 "{} {what} arrived {} account={} from=<{}> to={} attempts={} next try {} last={:?}",
                 e.id,
                 relative(e.arrived, now),
-                e.account,
-                e.sender,
+                printable(&e.account),
+                printable(&e.sender),
                 e.recipients.len(),
                 state.attempts,
                 next_try(&state, what, now),
@@ -141,24 +141,47 @@ fn show(spool: &Spool, id: &str, as_json: bool) -> Result<(), SpoolError> {
         println!("{}", json(&e, &state, what, Some(&header)));
         return Ok(());
     }
-    let now = unix_now();
-    println!(
-        "id: {}\nstate: {what}\naccount: {}\nfrom: <{}>",
-        e.id, e.account, e.sender
+    print!("{}", show_text(&e, &state, what, &header, unix_now()));
+    Ok(())
+}
+
+/// `queue show` as text. Everything in it came from a device or a server: control characters
+/// (a terminal's escape sequences in a Subject, a CR that rewrites the line) are shown as `?`,
+/// so what the operator's terminal does is never the device's to decide.
+fn show_text(e: &Envelope, state: &DeliveryState, what: &str, header: &str, now: u64) -> String {
+    let mut out = format!(
+        "id: {}\nstate: {what}\naccount: {}\nfrom: <{}>\n",
+        e.id,
+        printable(&e.account),
+        printable(&e.sender)
     );
     for r in &e.recipients {
-        println!("to: <{r}>");
+        out.push_str(&format!("to: <{}>\n", printable(r)));
     }
-    println!(
-        "client: {}\narrived: {} ({})\nattempts: {}\nnext try: {}\nlast reply: {}\n\n{header}",
-        e.client,
+    out.push_str(&format!(
+        "client: {}\narrived: {} ({})\nattempts: {}\nnext try: {}\nlast reply: {}\n\n",
+        printable(&e.client),
         relative(e.arrived, now),
         rfc3339(unix(e.arrived)),
         state.attempts,
-        next_try(&state, what, now),
-        state.last_reply
-    );
-    Ok(())
+        next_try(state, what, now),
+        printable(&state.last_reply)
+    ));
+    for line in header.lines() {
+        // A folded header line keeps its leading tab.
+        let (indent, rest) = match line.strip_prefix('\t') {
+            Some(rest) => ("\t", rest),
+            None => ("", line),
+        };
+        out.push_str(indent);
+        out.push_str(&printable(rest));
+        out.push('\n');
+    }
+    out
+}
+
+fn printable(text: &str) -> String {
+    authrelay::codec::line::sanitize_for_reply(text, usize::MAX)
 }
 
 fn retry(spool: &Spool, id: &str) -> Result<(), SpoolError> {
@@ -174,4 +197,41 @@ fn flush(spool: &Spool) -> Result<(), SpoolError> {
     }
     println!("{} queued messages will be tried again now", queued.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 26, finding 17: a device's Subject with terminal escape codes reached the
+    /// operator's terminal through `queue show`.
+    #[test]
+    fn show_never_prints_a_control_character() {
+        let e = Envelope {
+            id: "0001-ab".into(),
+            account: "scanner".into(),
+            sender: "a@b.example".into(),
+            recipients: vec!["c@d.example".into()],
+            arrived: 0,
+            client: "127.0.0.1".into(),
+            bounce: false,
+        };
+        let state = DeliveryState {
+            last_reply: "550 no\u{1b}[2J".into(),
+            ..Default::default()
+        };
+        let header = "Subject: \u{1b}]0;owned\u{7}\u{1b}[31mred\r\nX-Long: one\r\n\ttwo\r\n";
+        let text = show_text(&e, &state, "queued", header, 10);
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("Subject: ?]0;owned??[31mred\nX-Long: one\n\ttwo\n"),
+            "{text:?}"
+        );
+        assert!(text.contains("last reply: 550 no?[2J\n"), "{text:?}");
+    }
 }
