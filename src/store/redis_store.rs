@@ -42,11 +42,14 @@ const RELEASE: &str =
 
 /// Takes a session slot of a mailbox if fewer than ARGV[1] are held: slots are members of a
 /// sorted set scored by their expiry (the server's clock, so replicas' clocks do not matter);
-/// expired ones are dropped first. Returns 1 when taken.
+/// expired ones are dropped first, and so is any slot scored beyond one `ttl` from now (no
+/// replica writes one: a Redis others can write must not hold a mailbox's slots forever).
+/// Returns 1 when taken.
 const TAKE_SLOT: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. (now + tonumber(ARGV[2])), '+inf')
 if redis.call('ZSCORE', KEYS[1], ARGV[3]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
@@ -57,10 +60,12 @@ return 0
 
 /// Takes a start within ARGV[1] starts per minute (a sliding window of the last minute's
 /// starts, on the server's clock): -1 when taken, else the milliseconds until one frees up.
+/// Starts dated in the future (none is written so) are dropped.
 const TAKE_START: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now, ARGV[2])
   redis.call('PEXPIRE', KEYS[1], 60000)
@@ -68,6 +73,21 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return tonumber(oldest[2]) + 60000 - now
+"#;
+
+/// Takes a refresh lease (ARGV[1] the owner, ARGV[2] its time in ms): 1 when taken. A lease
+/// held without an expiry or for longer than that (none is set so) is cut to it, so no key
+/// planted in Redis can stop an account's refreshes for good.
+const TAKE_LEASE: &str = r#"
+local ttl = tonumber(ARGV[2])
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ttl) then
+  return 1
+end
+local left = redis.call('PTTL', KEYS[1])
+if left == -1 or left > ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 0
 "#;
 
 /// A connection to the store's Redis server, re-established after an error.
@@ -231,11 +251,18 @@ impl RedisStore {
             .map_err(|e| self.error(e))?;
         let mut accounts = BTreeMap::new();
         for (account, json) in &fields {
-            let entry: Entry = serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
-                path: self.describe.clone(),
-                message: format!("the entry of {account}: {:?} error", e.classify()),
-            })?;
-            accounts.insert(account.clone(), entry);
+            // One field that is no entry (written by someone else, or damaged) is skipped: it
+            // must not make the store unusable for every other account. Saving that account's
+            // entry again replaces it.
+            match serde_json::from_str::<Entry>(json) {
+                Ok(entry) => {
+                    accounts.insert(account.clone(), entry);
+                }
+                Err(e) => {
+                    let field = crate::codec::line::sanitize_for_reply(account, 100);
+                    tracing::warn!(store = %self.describe, field = %field, error = ?e.classify(), "a store entry in Redis is unreadable and is skipped");
+                }
+            }
         }
         let file = StoreFile {
             version: VERSION,
@@ -290,18 +317,17 @@ impl RedisStore {
     pub fn lease(&self, account: &str, ttl: Duration) -> Lease {
         let owner = super::random_owner();
         let key = self.key(&format!("lease:{account}"));
+        let script = redis::Script::new(TAKE_LEASE);
         let taken = self.call(|c| {
-            redis::cmd("SET")
-                .arg(&key)
+            script
+                .key(&key)
                 .arg(&owner)
-                .arg("NX")
-                .arg("PX")
                 .arg(ttl.as_millis() as u64)
-                .query::<Option<String>>(c)
+                .invoke::<i64>(c)
         });
         match taken {
-            Ok(Some(_)) => Lease::Acquired(owner),
-            Ok(None) => Lease::Busy,
+            Ok(1) => Lease::Acquired(owner),
+            Ok(_) => Lease::Busy,
             Err(e) => Lease::Unavailable(Some(e.to_string())),
         }
     }
