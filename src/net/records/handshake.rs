@@ -44,23 +44,32 @@ pub async fn connect(
 ) -> io::Result<Finished> {
     let mut conn = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
     let (mut incoming, mut used) = (vec![0u8; 16 * 1024], 0usize);
+    // rustls sees one record more at a time, only when it asks: records after the handshake's
+    // end are left to [`super::RecordStream`]. (rustls would take a key update that came with
+    // the server's last flight, queue its reply, and the hand-over would lose it: RFC 8446
+    // §4.6.3 allows one there.)
+    let mut window = 0usize;
     let mut outgoing = Vec::new();
     let mut early_plaintext = Vec::new();
     loop {
         let (discard, step) = handle(
-            conn.process_tls_records(&mut incoming[..used]),
+            conn.process_tls_records(&mut incoming[..window]),
             &mut outgoing,
             &mut early_plaintext,
         )?;
         if discard > 0 {
             incoming.copy_within(discard..used, 0);
             used -= discard;
+            window -= discard;
         }
         match step {
             Step::Again => {}
             Step::Transmit => {
                 tcp.write_all(&outgoing).await?;
                 outgoing.clear();
+            }
+            Step::Read if window < used && record_end(&incoming[window..used]).is_some() => {
+                window += record_end(&incoming[window..used]).expect("checked");
             }
             Step::Read => {
                 if used == incoming.len() {
@@ -74,6 +83,9 @@ pub async fn connect(
                     ));
                 }
                 used += n;
+                if let Some(n) = record_end(&incoming[window..used]) {
+                    window += n;
+                }
             }
             Step::Done => break,
         }
@@ -89,6 +101,13 @@ pub async fn connect(
         unread: incoming,
         early_plaintext,
     })
+}
+
+/// The length of the first complete TLS record in `buf` (RFC 8446 §5.1: a 5-byte header with
+/// the length last), if it is all there.
+fn record_end(buf: &[u8]) -> Option<usize> {
+    let len = usize::from(u16::from_be_bytes([*buf.get(3)?, *buf.get(4)?]));
+    (buf.len() >= 5 + len).then_some(5 + len)
 }
 
 /// Handles one state: encodes what rustls has to send into `outgoing`, collects application

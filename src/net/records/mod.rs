@@ -14,7 +14,10 @@
 //! limit; TLS 1.2 AES-GCM and ChaCha20-Poly1305 records. Idle connections hold no buffer.
 
 mod cipher;
+mod control;
 mod handshake;
+
+use control::{fatal, Fatal, Idle, MAX_EMPTY_RECORDS};
 
 use self::cipher::{Keys, Version, ALERT, APPLICATION_DATA, HANDSHAKE, HEADER, MAX_FRAGMENT};
 use super::pool;
@@ -36,10 +39,14 @@ const NEW_SESSION_TICKET: u8 = 4;
 const KEY_UPDATE: u8 = 24;
 /// Alert descriptions (RFC 8446 §6).
 const CLOSE_NOTIFY: u8 = 0;
+const UNEXPECTED_MESSAGE: u8 = 10;
+const BAD_RECORD_MAC: u8 = 20;
+const RECORD_OVERFLOW: u8 = 22;
+const DECODE_ERROR: u8 = 50;
 const USER_CANCELED: u8 = 90;
-/// Alert level "warning" (RFC 5246 §7.2).
+/// Alert levels (RFC 5246 §7.2).
 const WARNING: u8 = 1;
-
+const FATAL: u8 = 2;
 /// A client TLS connection past its handshake. Its `Debug` shows no key material.
 pub struct RecordStream {
     tcp: TcpStream,
@@ -66,6 +73,12 @@ pub struct RecordStream {
     /// Key updates the server made, and ours (TLS 1.3).
     key_updates: u32,
     keys_sent: u32,
+    /// The server asked for our key update (§4.6.3): one reply, before our next data record,
+    /// however many requests came.
+    owe_key_update: bool,
+    idle: Idle,
+    /// A fatal error ended the connection (its alert was sent): no more reads or writes.
+    dead: bool,
 }
 
 impl std::fmt::Debug for RecordStream {
@@ -122,6 +135,9 @@ pub async fn connect(
         close_sent: false,
         key_updates: 0,
         keys_sent: 0,
+        owe_key_update: false,
+        idle: Idle::default(),
+        dead: false,
     };
     if !done.unread.is_empty() {
         let mut buf = pool::take();
@@ -140,7 +156,7 @@ fn invalid(what: impl Into<String>) -> io::Error {
 
 impl RecordStream {
     /// The length of the complete record at `next`, if one is there.
-    fn complete_record(&self) -> io::Result<Option<usize>> {
+    fn complete_record(&self) -> Result<Option<usize>, Fatal> {
         let Some(input) = &self.input else {
             return Ok(None);
         };
@@ -149,102 +165,79 @@ impl RecordStream {
             return Ok(None);
         }
         let len = usize::from(u16::from_be_bytes([have[3], have[4]]));
-        if len > MAX_FRAGMENT {
-            return Err(invalid("TLS record too large (record_overflow)"));
+        // RFC 8446 §5.2: at most 2^14 + 256 octets of ciphertext; RFC 5246 §6.2.3: 2^14 + 2048.
+        let max = match self.version {
+            Version::Tls13 => cipher::MAX_PLAINTEXT + 256,
+            Version::Tls12 => MAX_FRAGMENT,
+        };
+        if len > max {
+            return Err(fatal(
+                RECORD_OVERFLOW,
+                "TLS record too large (record_overflow)",
+            ));
         }
         Ok((have.len() >= HEADER + len).then_some(HEADER + len))
     }
 
-    /// Opens the complete record at `next`, if any: `true` if one was consumed.
-    fn open_next(&mut self) -> io::Result<bool> {
+    /// Opens the complete record at `next`, if any: `true` if one was consumed. After the
+    /// server's close_notify every record is discarded unread (RFC 8446 §6.1).
+    fn open_next(&mut self) -> Result<bool, Fatal> {
+        if self.peer_closed {
+            (self.next, self.plain) = (self.end, 0..0);
+            return Ok(false);
+        }
         let Some(len) = self.complete_record()? else {
             return Ok(false);
         };
         let at = self.next;
         let input = self.input.as_mut().expect("a record is buffered");
-        let (typ, content) = self.rx.open(&mut input[at..at + len])?;
+        let (typ, content) = self
+            .rx
+            .open(&mut input[at..at + len])
+            .map_err(|e| fatal(BAD_RECORD_MAC, e.to_string()))?;
         self.next += len;
+        if content.len() > cipher::MAX_PLAINTEXT {
+            return Err(fatal(
+                RECORD_OVERFLOW,
+                "TLS record content over 2^14 octets (record_overflow)",
+            ));
+        }
+        if !self.partial_handshake.is_empty() && typ != HANDSHAKE {
+            // RFC 8446 §5.1: a fragmented handshake message must not be interleaved.
+            return Err(fatal(
+                UNEXPECTED_MESSAGE,
+                "a TLS record inside a fragmented handshake message",
+            ));
+        }
         let content = at + content.start..at + content.end;
         match typ {
-            APPLICATION_DATA => self.plain = content,
+            APPLICATION_DATA if content.is_empty() => {
+                self.idle.empty += 1;
+                if self.idle.empty > MAX_EMPTY_RECORDS {
+                    return Err(fatal(UNEXPECTED_MESSAGE, "too many empty TLS records"));
+                }
+            }
+            APPLICATION_DATA => {
+                self.plain = content;
+                self.idle = Idle::default();
+            }
             ALERT => self.alert(content)?,
+            HANDSHAKE if content.is_empty() => {
+                // RFC 8446 §5.1: no zero-length fragments of handshake messages.
+                return Err(fatal(UNEXPECTED_MESSAGE, "an empty TLS handshake record"));
+            }
             HANDSHAKE => {
                 let bytes = self.input.as_ref().expect("buffered")[content].to_vec();
                 self.handshake(&bytes)?;
             }
-            other => return Err(invalid(format!("unexpected TLS record type {other}"))),
+            other => {
+                return Err(fatal(
+                    UNEXPECTED_MESSAGE,
+                    format!("unexpected TLS record type {other}"),
+                ))
+            }
         }
         Ok(true)
-    }
-
-    fn alert(&mut self, content: Range<usize>) -> io::Result<()> {
-        let input = self.input.as_ref().expect("buffered");
-        let [level, description] = input[content] else {
-            return Err(invalid("malformed TLS alert"));
-        };
-        match description {
-            CLOSE_NOTIFY => {
-                self.peer_closed = true;
-                Ok(())
-            }
-            USER_CANCELED => Ok(()),
-            // TLS 1.2 warnings (such as no_renegotiation) may be ignored (RFC 5246 §7.2).
-            _ if level == WARNING && self.version == Version::Tls12 => Ok(()),
-            d => Err(invalid(format!(
-                "received fatal alert: {:?}",
-                rustls::AlertDescription::from(d)
-            ))),
-        }
-    }
-
-    /// Handshake messages after the handshake: session tickets, key updates (TLS 1.3) and a
-    /// TLS 1.2 server's request to renegotiate, which is ignored (RFC 5246 §7.4.1.1).
-    fn handshake(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.partial_handshake.extend_from_slice(bytes);
-        loop {
-            let m = &self.partial_handshake;
-            if m.len() < 4 {
-                return Ok(());
-            }
-            let len = u32::from_be_bytes([0, m[1], m[2], m[3]]) as usize;
-            if len > 64 * 1024 {
-                return Err(invalid("TLS handshake message too large"));
-            }
-            if m.len() < 4 + len {
-                return Ok(());
-            }
-            let message: Vec<u8> = self.partial_handshake.drain(..4 + len).collect();
-            let (typ, body) = (message[0], &message[4..]);
-            match (self.version, typ) {
-                (Version::Tls13, NEW_SESSION_TICKET) => self
-                    .kernel
-                    .handle_new_session_ticket(body)
-                    .map_err(handshake::tls_error)?,
-                (Version::Tls13, KEY_UPDATE) => self.key_update(body)?,
-                (Version::Tls12, HELLO_REQUEST) => {}
-                _ => return Err(invalid(format!("unexpected TLS handshake message {typ}"))),
-            }
-        }
-    }
-
-    /// The server's key update: new receive keys; if it asks, ours follows (sent under the old
-    /// keys, then they change).
-    fn key_update(&mut self, body: &[u8]) -> io::Result<()> {
-        let requested = match body {
-            [0] => false,
-            [1] => true,
-            _ => return Err(invalid("malformed TLS key_update")),
-        };
-        let (seq, secrets) = self
-            .kernel
-            .update_rx_secret()
-            .map_err(handshake::tls_error)?;
-        self.rx = Keys::new(secrets, seq, self.version)?;
-        self.key_updates += 1;
-        if requested {
-            self.send_key_update()?;
-        }
-        Ok(())
     }
 
     /// Queues a KeyUpdate (update_not_requested) and switches to the next sending keys.
@@ -275,6 +268,7 @@ impl RecordStream {
     /// Seals as much of `data` as fits into the output buffer, in records of up to 16 KiB; the
     /// bytes taken (at least one when `data` is not empty).
     fn seal_data(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.pay_key_update()?;
         let overhead = self.tx.overhead();
         let mut taken = 0;
         // Room stays for a key update and a close_notify.
@@ -353,6 +347,7 @@ impl AsyncRead for RecordStream {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        this.check_alive()?;
         let start = out.filled().len();
         if out.remaining() == 0 {
             return Poll::Ready(Ok(()));
@@ -368,8 +363,10 @@ impl AsyncRead for RecordStream {
                 }
                 continue;
             }
-            if this.open_next()? {
-                continue;
+            match this.open_next() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(f) => return Poll::Ready(Err(this.fail(f, cx))),
             }
             if this.next == this.end {
                 // Every byte read is consumed: the buffer goes back now, not at the next read,
@@ -379,7 +376,8 @@ impl AsyncRead for RecordStream {
             if out.filled().len() > start || this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
-            // A key update's reply, if one waits, goes out before we wait for more.
+            // A key update's reply, if one is owed or waits, goes out before we wait for more.
+            this.pay_key_update()?;
             if this.sent < this.sealed {
                 let _ = this.poll_send(cx)?;
             }
@@ -402,6 +400,7 @@ impl AsyncWrite for RecordStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        this.check_alive()?;
         ready!(this.poll_send(cx))?;
         if data.is_empty() {
             return Poll::Ready(Ok(0));
@@ -421,9 +420,11 @@ impl AsyncWrite for RecordStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.close_sent {
+        // After a fatal alert no close_notify follows (RFC 8446 §6.2).
+        if !this.close_sent && !this.dead {
             ready!(this.poll_send(cx))?;
-            this.seal(ALERT, &[1, CLOSE_NOTIFY])?;
+            this.pay_key_update()?;
+            this.seal(ALERT, &[WARNING, CLOSE_NOTIFY])?;
             this.close_sent = true;
         }
         ready!(this.poll_send(cx))?;
@@ -440,5 +441,7 @@ impl Drop for RecordStream {
     }
 }
 
+#[cfg(test)]
+mod hostile;
 #[cfg(test)]
 mod tests;
