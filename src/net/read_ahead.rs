@@ -23,6 +23,8 @@ pub struct ReadAhead<S> {
     buf: Option<Box<[u8]>>,
     pos: usize,
     end: usize,
+    /// How far `buf` was ever filled: what the pool wipes when it comes back.
+    used: usize,
 }
 
 impl<S> ReadAhead<S> {
@@ -33,6 +35,7 @@ impl<S> ReadAhead<S> {
             buf: None,
             pos: 0,
             end: 0,
+            used: 0,
         }
     }
 
@@ -43,9 +46,9 @@ impl<S> ReadAhead<S> {
 
     fn release(&mut self) {
         if let Some(buf) = self.buf.take() {
-            pool::give_back(buf);
+            pool::give_back(buf, self.used);
         }
-        (self.pos, self.end) = (0, 0);
+        (self.pos, self.end, self.used) = (0, 0, 0);
     }
 }
 
@@ -72,6 +75,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
                 Poll::Ready(Ok(())) => {
                     (this.pos, this.end) = (0, read.filled().len());
+                    this.used = this.used.max(this.end);
                     if this.end == 0 {
                         this.release();
                         return Poll::Ready(Ok(()));

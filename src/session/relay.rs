@@ -25,24 +25,82 @@ pub struct Transferred {
     pub upstream_to_client: u64,
 }
 
+/// Why a pipe ended before both sides closed.
+#[derive(Debug)]
+pub enum Broken {
+    /// No byte either way for the idle timeout.
+    Idle,
+    /// Reading from or writing to the device failed: its own doing, or its network's.
+    Device(io::Error),
+    /// Reading from or writing to the server failed: a reset, a TLS record that does not open,
+    /// a fatal alert, a protocol violation. The device was told, in its protocol's words.
+    Upstream(io::Error),
+    /// The relay is shutting down.
+    Shutdown,
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::Idle => f.write_str("idle timeout"),
+            Broken::Device(e) => write!(f, "device connection failed: {e}"),
+            Broken::Upstream(e) => write!(f, "server connection failed: {e}"),
+            Broken::Shutdown => f.write_str("closed at shutdown"),
+        }
+    }
+}
+
 /// Copies `client` ⇄ `upstream` until both directions are finished or the pipe is idle for
-/// `idle`. Bytes already buffered on either side are delivered first, in order.
-pub async fn pipe(client: Conn, upstream: Conn, idle: Duration) -> io::Result<Transferred> {
+/// `idle`. Bytes already buffered on either side are delivered first, in order. When the
+/// server's side fails, the device gets `lost` (its protocol's "connection lost" line) before
+/// its connection is closed, so it reports a server fault instead of a silent close. A server
+/// that just closes its connection (with or without TLS `close_notify`) is not a fault: the
+/// device sees the close, as it would without the relay.
+pub async fn pipe(
+    client: Conn,
+    upstream: Conn,
+    idle: Duration,
+    lost: &[u8],
+) -> Result<Transferred, Broken> {
     let (mut client, client_pending) = client.into_parts();
     let (mut upstream, upstream_pending) = upstream.into_parts();
     if !client_pending.is_empty() {
-        upstream.write_all(&client_pending).await?;
-        upstream.flush().await?;
+        let sent = upstream.write_all(&client_pending).await;
+        sent.and(upstream.flush().await).map_err(Broken::Upstream)?;
     }
     if !upstream_pending.is_empty() {
-        client.write_all(&upstream_pending).await?;
-        client.flush().await?;
+        let sent = client.write_all(&upstream_pending).await;
+        sent.and(client.flush().await).map_err(Broken::Device)?;
     }
     drop((client_pending, upstream_pending));
 
     // Bytes read either way so far: the idle watchdog below looks for a change.
     let activity = AtomicU64::new(0);
-    let copy = copy_both_ways(&mut client, &mut upstream, &activity);
+    let result = {
+        let copy = copy_both_ways(&mut client, &mut upstream, &activity);
+        watch_idle(copy, &activity, idle).await
+    };
+    if let Err(Broken::Upstream(e)) = &result {
+        if e.kind() != io::ErrorKind::UnexpectedEof {
+            let farewell = async {
+                client.write_all(lost).await?;
+                client.shutdown().await
+            };
+            let _ = tokio::time::timeout(FAREWELL, farewell).await;
+        }
+    }
+    result
+}
+
+/// How long the device's "connection lost" line may take to leave.
+const FAREWELL: Duration = Duration::from_secs(5);
+
+/// Runs `copy` until it ends, or until `activity` has not changed for `idle`.
+async fn watch_idle(
+    copy: impl std::future::Future<Output = Result<(u64, u64), Broken>>,
+    activity: &AtomicU64,
+    idle: Duration,
+) -> Result<Transferred, Broken> {
     tokio::pin!(copy);
     let tick = (idle / 4).max(Duration::from_millis(50));
     let mut last_seen = activity.load(Ordering::Relaxed);
@@ -58,7 +116,7 @@ pub async fn pipe(client: Conn, upstream: Conn, idle: Duration) -> io::Result<Tr
                 if now == last_seen {
                     quiet += tick;
                     if quiet >= idle {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                        return Err(Broken::Idle);
                     }
                 } else {
                     last_seen = now;
@@ -67,6 +125,12 @@ pub async fn pipe(client: Conn, upstream: Conn, idle: Duration) -> io::Result<Tr
             }
         }
     }
+}
+
+/// Which end of one direction failed.
+enum Failed {
+    Reading(io::Error),
+    Writing(io::Error),
 }
 
 /// One direction of the pipe. Its buffer is taken from the pool when the reader has data and
@@ -78,6 +142,8 @@ struct Direction {
     buf: Option<Box<[u8]>>,
     pos: usize,
     cap: usize,
+    /// How far `buf` was ever filled: what the pool wipes when it comes back.
+    used: usize,
     read_done: bool,
     need_flush: bool,
     amt: u64,
@@ -111,8 +177,17 @@ impl Direction {
             }
         }
         let n = read.filled().len();
+        self.used = self.used.max(n);
         activity.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// Gives the buffer back to the pool (which wipes what was written into it).
+    fn release(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            pool::give_back(buf, self.used);
+        }
+        self.used = 0;
     }
 
     fn poll_copy<R, W>(
@@ -120,20 +195,19 @@ impl Direction {
         cx: &mut Context<'_>,
         (mut reader, mut writer): (Pin<&mut R>, Pin<&mut W>),
         activity: &AtomicU64,
-    ) -> Poll<io::Result<u64>>
+    ) -> Poll<Result<u64, Failed>>
     where
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
     {
         loop {
             if self.pos == self.cap && !self.read_done {
-                let n = self.gather(cx, reader.as_mut(), activity)?;
+                let n = (self.gather(cx, reader.as_mut(), activity)).map_err(Failed::Reading)?;
                 if n == 0 && !self.read_done {
-                    if let Some(buf) = self.buf.take() {
-                        pool::give_back(buf);
-                    }
+                    self.release();
                     if self.need_flush {
-                        std::task::ready!(writer.as_mut().poll_flush(cx))?;
+                        std::task::ready!(writer.as_mut().poll_flush(cx))
+                            .map_err(Failed::Writing)?;
                         self.need_flush = false;
                     }
                     return Poll::Pending;
@@ -142,33 +216,38 @@ impl Direction {
             }
             while self.pos < self.cap {
                 let buf = self.buf.as_ref().expect("data is in the buffer");
-                let n =
-                    std::task::ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap]))?;
+                let written =
+                    std::task::ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap]));
+                let n = written.map_err(Failed::Writing)?;
                 if n == 0 {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "the other side took no bytes",
-                    )));
+                    let e =
+                        io::Error::new(io::ErrorKind::WriteZero, "the other side took no bytes");
+                    return Poll::Ready(Err(Failed::Writing(e)));
                 }
                 self.pos += n;
                 self.amt += n as u64;
                 self.need_flush = true;
             }
             if self.read_done {
-                if let Some(buf) = self.buf.take() {
-                    pool::give_back(buf);
-                }
-                std::task::ready!(writer.as_mut().poll_flush(cx))?;
-                std::task::ready!(writer.as_mut().poll_shutdown(cx))?;
+                self.release();
+                let flushed = std::task::ready!(writer.as_mut().poll_flush(cx));
+                flushed.map_err(Failed::Writing)?;
+                let shut = std::task::ready!(writer.as_mut().poll_shutdown(cx));
+                shut.map_err(Failed::Writing)?;
                 return Poll::Ready(Ok(self.amt));
             }
         }
     }
 }
 
-/// Copies `a` ⇄ `b` until both directions have ended (each end shuts the other side's writing
-/// half down); the bytes moved each way. Every byte read is added to `activity`.
-async fn copy_both_ways<A, B>(a: &mut A, b: &mut B, activity: &AtomicU64) -> io::Result<(u64, u64)>
+/// Copies `a` (the device) ⇄ `b` (the server) until both directions have ended (each end
+/// shuts the other side's writing half down); the bytes moved each way. Every byte read is
+/// added to `activity`.
+async fn copy_both_ways<A, B>(
+    a: &mut A,
+    b: &mut B,
+    activity: &AtomicU64,
+) -> Result<(u64, u64), Broken>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -179,7 +258,10 @@ where
             if let Poll::Ready(r) =
                 up.poll_copy(cx, (Pin::new(&mut *a), Pin::new(&mut *b)), activity)
             {
-                r?;
+                r.map_err(|f| match f {
+                    Failed::Reading(e) => Broken::Device(e),
+                    Failed::Writing(e) => Broken::Upstream(e),
+                })?;
                 up.done = true;
             }
         }
@@ -187,7 +269,10 @@ where
             if let Poll::Ready(r) =
                 down.poll_copy(cx, (Pin::new(&mut *b), Pin::new(&mut *a)), activity)
             {
-                r?;
+                r.map_err(|f| match f {
+                    Failed::Reading(e) => Broken::Upstream(e),
+                    Failed::Writing(e) => Broken::Device(e),
+                })?;
                 down.done = true;
             }
         }
@@ -198,24 +283,26 @@ where
         }
     })
     .await;
-    for buf in [up.buf.take(), down.buf.take()].into_iter().flatten() {
-        pool::give_back(buf);
-    }
+    up.release();
+    down.release();
     result
 }
 
 /// Runs the pipe for an authenticated session until it ends or `close` is cancelled (shutdown),
-/// and logs how it ended (byte counts only).
+/// and logs how it ended (byte counts only): a server fault at WARN, since it is the server's
+/// (or its network's) to fix and every session of the account may meet it; anything else at
+/// INFO. `lost` is the line the device gets when the server's side fails.
 pub async fn run_authenticated(
     ctx: &crate::session::ListenerContext,
     client: Conn,
     upstream: Conn,
     account: &str,
+    lost: &[u8],
 ) -> crate::session::Outcome {
     let close = &ctx.shared.close_sessions;
     let result = tokio::select! {
-        r = pipe(client, upstream, ctx.config.idle_timeout) => r,
-        _ = close.cancelled() => Err(io::Error::other("closed at shutdown")),
+        r = pipe(client, upstream, ctx.config.idle_timeout, lost) => r,
+        _ = close.cancelled() => Err(Broken::Shutdown),
     };
     if let Ok(t) = &result {
         ctx.shared.metrics.relayed(
@@ -231,6 +318,9 @@ pub async fn run_authenticated(
             bytes_down = t.upstream_to_client,
             "session relayed"
         ),
+        Err(Broken::Upstream(e)) if e.kind() != io::ErrorKind::UnexpectedEof => {
+            tracing::warn!(account, error = %e, "the server broke the session; the device was told")
+        }
         Err(e) => tracing::info!(account, error = %e, "relay ended"),
     }
     crate::session::Outcome::Relayed

@@ -14,7 +14,9 @@
 use ring::aead;
 use rustls::ConnectionTrafficSecrets;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::ops::Range;
+use zeroize::Zeroize;
 
 /// Record header: type, version, length (RFC 8446 §5.1).
 pub const HEADER: usize = 5;
@@ -42,9 +44,11 @@ pub enum Version {
     Tls13,
 }
 
-/// One direction's key, IV and sequence number.
+/// One direction's key, IV and sequence number. Dropping it (a key update replaces it, the
+/// stream ends) wipes the key schedule and the IV where they lay; rustls wipes the traffic
+/// secrets they came from.
 pub struct Keys {
-    key: aead::LessSafeKey,
+    key: ManuallyDrop<aead::LessSafeKey>,
     iv: [u8; aead::NONCE_LEN],
     version: Version,
     /// TLS 1.2 AES-GCM: records carry an explicit nonce.
@@ -85,7 +89,7 @@ impl Keys {
         let key = aead::UnboundKey::new(algorithm, key)
             .map_err(|_| io::Error::other("the traffic key has the wrong length"))?;
         Ok(Keys {
-            key: aead::LessSafeKey::new(key),
+            key: ManuallyDrop::new(aead::LessSafeKey::new(key)),
             iv,
             version,
             explicit_nonce: algorithm != &aead::CHACHA20_POLY1305 && version == Version::Tls12,
@@ -235,9 +239,45 @@ fn aad_len(version: Version) -> usize {
     }
 }
 
+// ring's key owns no other memory and has no destructor: overwriting its bytes is all there is
+// to erase, and nothing runs on it afterwards.
+const _: () = assert!(!std::mem::needs_drop::<aead::LessSafeKey>());
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        erase(&mut self.key);
+        self.iv.zeroize();
+    }
+}
+
+/// Overwrites the bytes of a value that is never used again with zeros, with volatile writes
+/// the compiler cannot drop as dead stores (as `zeroize` does for types it knows).
+fn erase<T>(value: &mut ManuallyDrop<T>) {
+    let start = (value as *mut ManuallyDrop<T>).cast::<u8>();
+    for i in 0..std::mem::size_of::<T>() {
+        // SAFETY: `start + i` lies inside `value`, which is borrowed mutably, and writing u8s
+        // asserts nothing about T. The value is in a ManuallyDrop its owner never reads or
+        // drops again (it is only called from Keys' drop), so no invalid T is ever observed.
+        unsafe { start.add(i).write_volatile(0) };
+    }
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dropped_key_leaves_no_key_schedule_behind() {
+        let key = aead::UnboundKey::new(&aead::AES_128_GCM, &[7; 16]).unwrap();
+        let mut key = ManuallyDrop::new(aead::LessSafeKey::new(key));
+        erase(&mut key);
+        let bytes = (&key as *const ManuallyDrop<aead::LessSafeKey>).cast::<u8>();
+        let size = std::mem::size_of::<aead::LessSafeKey>();
+        // SAFETY: every byte of `key` was just written by `erase`.
+        let bytes = unsafe { std::slice::from_raw_parts(bytes, size) };
+        assert!(size > 16 && bytes.iter().all(|&b| b == 0));
+    }
 
     fn keys(suite: u8, version: Version, seq: u64) -> Keys {
         let (algorithm, len) = match suite {

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use zeroize::Zeroize;
 
 /// Handshake message types handled after the handshake (RFC 8446 §4).
 const HELLO_REQUEST: u8 = 0;
@@ -62,6 +63,8 @@ pub struct RecordStream {
     plain: Range<usize>,
     next: usize,
     end: usize,
+    /// How far `input` was ever filled: what the pool wipes when it comes back.
+    input_used: usize,
     /// A handshake message split over records (rare): its first part.
     partial_handshake: Vec<u8>,
     peer_closed: bool,
@@ -127,6 +130,7 @@ pub async fn connect(
         plain: 0..0,
         next: 0,
         end: 0,
+        input_used: 0,
         partial_handshake: Vec::new(),
         peer_closed: false,
         output: None,
@@ -146,6 +150,7 @@ pub async fn connect(
         }
         buf[..done.unread.len()].copy_from_slice(&done.unread);
         (stream.input, stream.end) = (Some(buf), done.unread.len());
+        stream.input_used = stream.end;
     }
     Ok((stream, done.early_plaintext))
 }
@@ -307,7 +312,7 @@ impl RecordStream {
             self.sent += n;
         }
         if let Some(buf) = self.output.take() {
-            pool::give_back(buf);
+            pool::give_back(buf, self.sealed);
         }
         (self.sent, self.sealed) = (0, 0);
         Poll::Ready(Ok(()))
@@ -329,14 +334,15 @@ impl RecordStream {
         }
         ready!(result)?;
         self.end += n;
+        self.input_used = self.input_used.max(self.end);
         Poll::Ready(Ok(n))
     }
 
     fn release_input(&mut self) {
         if let Some(buf) = self.input.take() {
-            pool::give_back(buf);
+            pool::give_back(buf, self.input_used);
         }
-        (self.next, self.end, self.plain) = (0, 0, 0..0);
+        (self.next, self.end, self.plain, self.input_used) = (0, 0, 0..0, 0);
     }
 }
 
@@ -436,8 +442,9 @@ impl Drop for RecordStream {
     fn drop(&mut self) {
         self.release_input();
         if let Some(buf) = self.output.take() {
-            pool::give_back(buf);
+            pool::give_back(buf, self.sealed);
         }
+        self.partial_handshake.zeroize();
     }
 }
 

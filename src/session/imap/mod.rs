@@ -31,6 +31,8 @@ const CONTINUE: &[u8] = b"+ Ready for literal data\r\n";
 const BYE_TIMEOUT: &[u8] = b"* BYE [UNAVAILABLE] Timeout before authentication\r\n";
 const BYE_TOO_MUCH: &[u8] = b"* BYE [TOOBIG] Too much data before authentication\r\n";
 const BYE_TOO_MANY_FAILURES: &[u8] = b"* BYE Too many failed logins\r\n";
+/// What a device hears when the server's side of a relayed session fails (RFC 5530).
+const LOST: &[u8] = b"* BYE [UNAVAILABLE] The connection to the mail server was lost\r\n";
 const BYE_SHUTTING_DOWN: &[u8] = b"* BYE [UNAVAILABLE] Server shutting down\r\n";
 const BYE_LINE_TOO_LONG: &[u8] = b"* BYE [TOOBIG] Line too long\r\n";
 const BAD_NO_TAG: &[u8] = b"* BAD Invalid tag\r\n";
@@ -266,7 +268,7 @@ impl Protocol for Imap {
         upstream: ImapUpstream,
         account: Arc<AccountConfig>,
     ) -> Outcome {
-        relay::run_authenticated(&ctx, client.conn, upstream.conn, &account.id).await
+        relay::run_authenticated(&ctx, client.conn, upstream.conn, &account.id, LOST).await
     }
 }
 

@@ -39,6 +39,8 @@ const REPLY_APOP: &[u8] = b"-ERR APOP is not supported; log in with USER/PASS or
 /// The reply to a wrong password.
 pub const REPLY_AUTH_FAILED: &[u8] = b"-ERR [AUTH] Authentication failed\r\n";
 const REPLY_THROTTLED: &[u8] = b"-ERR [SYS/TEMP] Too many failed logins from this address or for this user, try again later\r\n";
+/// What a device hears when the server's side of a relayed session fails (RFC 3206).
+const LOST: &[u8] = b"-ERR [SYS/TEMP] The connection to the mail server was lost\r\n";
 const REPLY_NEEDS_AUTH: &[u8] = b"-ERR [AUTH] Authenticate first\r\n";
 const REPLY_UNKNOWN: &[u8] = b"-ERR Unknown command\r\n";
 const REPLY_MALFORMED: &[u8] = b"-ERR Invalid command\r\n";
@@ -255,7 +257,7 @@ impl Protocol for Pop3 {
         upstream: Pop3Upstream,
         account: Arc<AccountConfig>,
     ) -> Outcome {
-        relay::run_authenticated(&ctx, client.conn, upstream.conn, &account.id).await
+        relay::run_authenticated(&ctx, client.conn, upstream.conn, &account.id, LOST).await
     }
 }
 

@@ -36,6 +36,9 @@ mod trusted;
 const REPLY_TIMEOUT: &[u8] = b"421 4.4.2 Timeout before authentication, closing connection\r\n";
 const REPLY_TOO_MUCH: &[u8] =
     b"421 4.7.0 Too much data before authentication, closing connection\r\n";
+/// What a device hears when the server's side of a relayed session fails (RFC 3463 4.4.2:
+/// bad connection).
+const LOST: &[u8] = b"421 4.4.2 The connection to the mail server was lost, closing connection\r\n";
 const REPLY_SHUTTING_DOWN: &[u8] = b"421 4.3.2 Service shutting down, closing connection\r\n";
 const REPLY_TOO_MANY_FAILURES: &[u8] = b"421 4.7.0 Too many failed logins, closing connection\r\n";
 const REPLY_LINE_TOO_LONG: &[u8] = b"500 5.5.2 Line too long, closing connection\r\n";
@@ -310,7 +313,7 @@ impl Protocol for Smtp {
             session.client.conn.shutdown().await;
             return outcome;
         }
-        relay::run_authenticated(&ctx, client.conn, upstream.conn, &account.id).await
+        relay::run_authenticated(&ctx, client.conn, upstream.conn, &account.id, LOST).await
     }
 }
 
