@@ -32,7 +32,7 @@ pub(super) struct Idle {
     pub(super) hello_requests: u32,
 }
 
-impl RecordStream {
+impl<T: AsyncRead + AsyncWrite + Unpin, K: Secrets> RecordStream<T, K> {
     pub(super) fn alert(&mut self, content: Range<usize>) -> Result<(), Fatal> {
         let input = self.input.as_ref().expect("buffered");
         let [level, description] = input[content] else {
@@ -88,7 +88,7 @@ impl RecordStream {
             match (self.version, typ) {
                 (Version::Tls13, NEW_SESSION_TICKET) => self
                     .kernel
-                    .handle_new_session_ticket(body)
+                    .new_session_ticket(body)
                     .map_err(|e| fatal(DECODE_ERROR, e.to_string()))?,
                 (Version::Tls13, KEY_UPDATE) => {
                     // RFC 8446 §5.1: a key change must fall on a record boundary.
@@ -138,7 +138,7 @@ impl RecordStream {
         }
         let (seq, secrets) = self
             .kernel
-            .update_rx_secret()
+            .next_rx()
             .map_err(|e| fatal(UNEXPECTED_MESSAGE, e.to_string()))?;
         self.rx = Keys::new(secrets, seq, self.version).map_err(|e| Fatal(0, e.to_string()))?;
         self.key_updates += 1;

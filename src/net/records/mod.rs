@@ -15,6 +15,8 @@
 
 mod cipher;
 mod control;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 mod handshake;
 
 use control::{fatal, Fatal, Idle, MAX_EMPTY_RECORDS};
@@ -24,7 +26,7 @@ use super::pool;
 use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ProtocolVersion, SupportedCipherSuite};
+use rustls::{ClientConfig, ConnectionTrafficSecrets, ProtocolVersion, SupportedCipherSuite};
 use std::io;
 use std::ops::Range;
 use std::pin::Pin;
@@ -48,13 +50,38 @@ const USER_CANCELED: u8 = 90;
 /// Alert levels (RFC 5246 §7.2).
 const WARNING: u8 = 1;
 const FATAL: u8 = 2;
-/// A client TLS connection past its handshake. Its `Debug` shows no key material.
-pub struct RecordStream {
-    tcp: TcpStream,
+/// What the record layer asks of the TLS library once the handshake is done: to take a session
+/// ticket, and the next traffic keys each way (RFC 8446 §7.2). rustls' kernel connection in
+/// the relay; a stand-in with a fixed key schedule in the fuzz target ([`fuzz`]).
+pub trait Secrets: Unpin {
+    /// Takes a TLS 1.3 NewSessionTicket's body (RFC 8446 §4.6.1).
+    fn new_session_ticket(&mut self, body: &[u8]) -> Result<(), rustls::Error>;
+    /// The server's next traffic keys, after its KeyUpdate, and their first sequence number.
+    fn next_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error>;
+    /// Our next traffic keys, after our KeyUpdate.
+    fn next_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error>;
+}
+
+impl Secrets for KernelConnection<ClientConnectionData> {
+    fn new_session_ticket(&mut self, body: &[u8]) -> Result<(), rustls::Error> {
+        self.handle_new_session_ticket(body)
+    }
+    fn next_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        self.update_rx_secret()
+    }
+    fn next_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        self.update_tx_secret()
+    }
+}
+
+/// A client TLS connection past its handshake. Its `Debug` shows no key material. Generic
+/// over its socket and its [`Secrets`] only so that the fuzz target can run it in memory.
+pub struct RecordStream<T = TcpStream, K = KernelConnection<ClientConnectionData>> {
+    tcp: T,
     version: Version,
     rx: Keys,
     tx: Keys,
-    kernel: KernelConnection<ClientConnectionData>,
+    kernel: K,
     /// Records sealed with one key at most, less a margin for the key update itself.
     tx_limit: u64,
     /// Received bytes: opened content not yet read at `plain`, unopened records at
@@ -84,7 +111,7 @@ pub struct RecordStream {
     dead: bool,
 }
 
-impl std::fmt::Debug for RecordStream {
+impl<T, K> std::fmt::Debug for RecordStream<T, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordStream")
             .field("version", &self.version)
@@ -159,7 +186,7 @@ fn invalid(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
-impl RecordStream {
+impl<T: AsyncRead + AsyncWrite + Unpin, K: Secrets> RecordStream<T, K> {
     /// The length of the complete record at `next`, if one is there.
     fn complete_record(&self) -> Result<Option<usize>, Fatal> {
         let Some(input) = &self.input else {
@@ -248,10 +275,7 @@ impl RecordStream {
     /// Queues a KeyUpdate (update_not_requested) and switches to the next sending keys.
     fn send_key_update(&mut self) -> io::Result<()> {
         self.seal(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0])?;
-        let (seq, secrets) = self
-            .kernel
-            .update_tx_secret()
-            .map_err(handshake::tls_error)?;
+        let (seq, secrets) = self.kernel.next_tx().map_err(handshake::tls_error)?;
         self.tx = Keys::new(secrets, seq, self.version)?;
         self.keys_sent += 1;
         Ok(())
@@ -337,7 +361,9 @@ impl RecordStream {
         self.input_used = self.input_used.max(self.end);
         Poll::Ready(Ok(n))
     }
+}
 
+impl<T, K> RecordStream<T, K> {
     fn release_input(&mut self) {
         if let Some(buf) = self.input.take() {
             pool::give_back(buf, self.input_used);
@@ -346,7 +372,7 @@ impl RecordStream {
     }
 }
 
-impl AsyncRead for RecordStream {
+impl<T: AsyncRead + AsyncWrite + Unpin, K: Secrets> AsyncRead for RecordStream<T, K> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -399,7 +425,7 @@ impl AsyncRead for RecordStream {
     }
 }
 
-impl AsyncWrite for RecordStream {
+impl<T: AsyncRead + AsyncWrite + Unpin, K: Secrets> AsyncWrite for RecordStream<T, K> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -438,7 +464,7 @@ impl AsyncWrite for RecordStream {
     }
 }
 
-impl Drop for RecordStream {
+impl<T, K> Drop for RecordStream<T, K> {
     fn drop(&mut self) {
         self.release_input();
         if let Some(buf) = self.output.take() {
