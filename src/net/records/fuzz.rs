@@ -51,8 +51,9 @@ fn play(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let (content, after) = more.split_at(len);
         rest = after;
         if *kind >= 0x80 {
+            // Raw bytes end what the stream may hand out; none (an empty chunk) change nothing.
             wire.extend_from_slice(content);
-            tracking = false;
+            tracking &= content.is_empty();
             continue;
         }
         let typ = match kind {
@@ -307,6 +308,16 @@ mod tests {
         input.extend(record(0, b"after the close"));
         input.extend(record(0x80, b"\x17\x03\x03\x00\x05hello"));
         assert_eq!(play(&input), (b"kept".to_vec(), b"kept".to_vec()));
+    }
+
+    /// The fuzzer's first finding, a fault in this harness: an empty raw chunk put nothing on
+    /// the wire but stopped counting the data sealed after it.
+    #[test]
+    fn an_empty_raw_chunk_is_no_raw_byte() {
+        let mut input = vec![0u8];
+        input.extend(record(0x80, b""));
+        input.extend(record(0, b"counted"));
+        assert_eq!(play(&input), (b"counted".to_vec(), b"counted".to_vec()));
     }
 
     #[test]
