@@ -358,14 +358,29 @@ async fn answer(response: Result<reqwest::Response, reqwest::Error>) -> Answer {
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|secs| secs.min(MAX_RETRY_AFTER_SECS));
+        .and_then(|v| retry_after(v, std::time::SystemTime::now()));
     // An error's code and message are at its start: the rest is not read.
     let error = match read_start(r, MAX_ERROR_BYTES).await {
         Ok((body, _)) => graph_error(&body),
         Err(_) => String::new(),
     };
     Answer::Status(status, retry_after, error)
+}
+
+/// The seconds a `Retry-After` value asks for: a number of seconds or an HTTP date (RFC 9110
+/// §10.2.3), at most [`MAX_RETRY_AFTER_SECS`]. Anything else (negative, a fraction, text) is
+/// no figure, and the spool's own backoff applies.
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<u64> {
+    let value = value.trim();
+    let secs = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        value.parse::<u64>().unwrap_or(u64::MAX)
+    } else {
+        httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .map_or(0, |d| d.as_secs())
+    };
+    Some(secs.min(MAX_RETRY_AFTER_SECS))
 }
 
 /// A response's body, read as it streams and refused past `limit` bytes: an endless or huge
@@ -433,7 +448,14 @@ async fn sent_already(
 /// The attempt's outcome from Graph's answer to a send of `bytes` bytes (`limit` for a 413).
 fn outcome(sent: Answer, bytes: usize, limit: usize) -> Attempt {
     match sent {
-        Answer::Status(200..=299, _, _) => Attempt::Delivered,
+        // Graph's only success for a send is `202 Accepted` ("user: sendMail", "message: send",
+        // learn.microsoft.com/graph/api). Any other 2xx is not Graph (a web server or proxy
+        // behind a wrong `graph_url` answering `200 OK` to everything): the message waits
+        // rather than counting as sent and being deleted.
+        Answer::Status(202, _, _) => Attempt::Delivered,
+        Answer::Status(status @ 200..=299, _, _) => Attempt::Deferred(format!(
+            "{status} is not Graph's answer to a send (202 Accepted): the message was probably not sent; check graph_url"
+        )),
         Answer::Status(413, _, _) => Attempt::Failed(too_large(bytes, limit)),
         Answer::Status(504, _, why) => Attempt::Unsure(format!("504 Graph gateway timeout {why}")),
         Answer::Status(status @ (429 | 500..=599), after, why) => {
@@ -498,12 +520,33 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_seconds_or_a_date_and_nothing_else() {
+        let now = httpdate::parse_http_date("Sun, 06 Dec 2026 10:00:00 GMT").unwrap();
+        let at = |v| retry_after(v, now);
+        assert_eq!(at("7"), Some(7));
+        assert_eq!(at(" 0 "), Some(0));
+        assert_eq!(at("18446744073709551616"), Some(MAX_RETRY_AFTER_SECS));
+        assert_eq!(at("Sun, 06 Dec 2026 10:01:30 GMT"), Some(90));
+        assert_eq!(at("Sun, 06 Dec 2026 09:00:00 GMT"), Some(0));
+        assert_eq!(
+            at("Sun, 06 Dec 2099 10:00:00 GMT"),
+            Some(MAX_RETRY_AFTER_SECS)
+        );
+        for bad in ["-5", "1.5", "soon", "", "0x10", "+3"] {
+            assert_eq!(at(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn answers_map_to_outcomes_as_graph_documents_them() {
         let s = |status, after| Answer::Status(status, after, "Code: text".into());
         assert!(matches!(
             outcome(s(202, None), 1, 4 << 20),
             Attempt::Delivered
         ));
+        assert!(
+            matches!(outcome(s(200, None), 1, 4 << 20), Attempt::Deferred(r) if r.contains("graph_url"))
+        );
         assert!(
             matches!(outcome(s(429, Some(7)), 1, 4 << 20), Attempt::Throttled(r, d) if r.starts_with("429") && d == Duration::from_secs(7))
         );
