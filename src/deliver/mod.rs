@@ -11,6 +11,7 @@
 //! kept in the spool's `failed/` for inspection, the sender told by a DSN).
 
 mod graph;
+mod graph_answer;
 mod graph_upload;
 mod shared;
 mod smtp;
