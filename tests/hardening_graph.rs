@@ -9,7 +9,7 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,28 +117,15 @@ impl Relay {
             d = dir.path().display(),
             hash = hash_password(LOCAL_PASSWORD),
         );
-        let path = dir.path().join("authrelay.toml");
-        std::fs::write(&path, config).unwrap();
-        let log = dir.path().join("authrelay.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
-            .args(["run", "--log-level", "debug", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let r = Relay {
+        let (child, config, log) = spawn_relay(dir.path(), &config, &[port]);
+        Relay {
             child,
             port,
-            config: path,
-            log: log.clone(),
+            config,
+            log,
             mailbox,
             _dir: dir,
-        };
-        wait_for_listeners(&[port], || {
-            std::fs::read_to_string(&log).unwrap_or_default()
-        });
-        r
+        }
     }
 
     fn submit(&self, subject: &str) {

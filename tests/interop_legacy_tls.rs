@@ -93,27 +93,16 @@ fn relay() -> Relay {
         key_file.display(),
         hash_password(LOCAL_PASSWORD),
     ));
-    let path = dir.path().join("authrelay.toml");
-    std::fs::write(&path, config).unwrap();
-    let log = dir.path().join("authrelay.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
-        .args(["run", "--log-level", "debug", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let r = Relay {
+    let all: Vec<u16> = ports.iter().map(|(_, p)| *p).collect();
+    let (child, config, log) = spawn_relay(dir.path(), &config, &all);
+    Relay {
         child,
         ports,
-        config: path,
-        log: log.clone(),
+        config,
+        log,
         user,
         _dir: dir,
-    };
-    let all: Vec<u16> = r.ports.iter().map(|(_, p)| *p).collect();
-    wait_for_listeners(&all, || std::fs::read_to_string(&log).unwrap_or_default());
-    r
+    }
 }
 
 fn auth_plain() -> String {

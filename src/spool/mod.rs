@@ -99,6 +99,27 @@ pub enum SpoolError {
     /// The committer thread is gone (the process is shutting down).
     #[error("the spool is closed")]
     Closed,
+    /// A device's message would eat into the free space kept for delivery records and
+    /// notifications (`min_free_mb`).
+    #[error("the spool's file system is down to {free_mb} MB free, and {keep_mb} MB are kept for delivery records and notifications (min_free_mb)")]
+    Full {
+        /// Megabytes free.
+        free_mb: u64,
+        /// Megabytes kept free.
+        keep_mb: u64,
+    },
+}
+
+/// Bytes free for unprivileged use on the file system holding `path`.
+fn free_bytes(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs writes only into the struct it is given; the path is NUL-terminated.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
@@ -229,15 +250,7 @@ impl Spool {
 
     /// Bytes free for unprivileged use on the spool's file system.
     pub fn free_bytes(&self) -> io::Result<u64> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(self.dir.queue.as_os_str().as_bytes())
-            .map_err(io::Error::other)?;
-        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: statvfs writes only into the struct it is given; the path is NUL-terminated.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+        free_bytes(&self.dir.queue)
     }
 
     /// Directory syncs made so far by the committer (each covers one or more messages).
@@ -274,6 +287,7 @@ impl Spool {
             tmp,
             file: Some(file),
             pending: Vec::new(),
+            keep_free: 0,
         })
     }
 
@@ -410,6 +424,8 @@ pub struct Incoming {
     file: Option<BufWriter<File>>,
     /// Bytes not yet handed to the blocking writer.
     pending: Vec<u8>,
+    /// Free bytes this message's data must leave on the file system (0: no check).
+    keep_free: u64,
 }
 
 impl Incoming {
@@ -427,11 +443,32 @@ impl Incoming {
         Ok(())
     }
 
+    /// Makes every write of this message's data first check that `bytes` stay free after it:
+    /// a device's message, so that parallel messages, each let in by the free-space check at
+    /// `MAIL FROM`, cannot together fill the disk and leave no room for the delivery records
+    /// and notifications the spool writes later (those are written without the check).
+    pub fn keeping_free(mut self, bytes: u64) -> Self {
+        self.keep_free = bytes;
+        self
+    }
+
     async fn flush_pending(&mut self) -> Result<(), SpoolError> {
         let mut file = self.file.take().ok_or(SpoolError::Closed)?;
         let chunk = std::mem::take(&mut self.pending);
         let tmp = self.tmp.clone();
+        let keep = self.keep_free;
         let file = blocking(move || {
+            if keep > 0 {
+                // What the writer holds besides `chunk` is at most its capacity.
+                let free = free_bytes(&tmp).map_err(io_error(&tmp))?;
+                let needed = (chunk.len() + file.capacity()) as u64;
+                if free < keep.saturating_add(needed) {
+                    return Err(SpoolError::Full {
+                        free_mb: free >> 20,
+                        keep_mb: keep >> 20,
+                    });
+                }
+            }
             file.write_all(&chunk).map_err(io_error(&tmp))?;
             Ok(file)
         })

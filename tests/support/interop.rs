@@ -890,9 +890,32 @@ pub fn finish(mut child: Child) -> (bool, String) {
     }
 }
 
-/// The user signs in as `user` at the harness identity provider's authorization page and
-/// consents; returns the redirect address the browser lands on (curl posts the consent form and
-/// reads where it redirects).
+/// Writes `toml` to `dir/authrelay.toml` and runs `authrelay run --log-level debug` with it,
+/// its log in `dir/authrelay.log`; returns once each of `ports` accepts: the child, the
+/// configuration's path and the log's.
+pub fn spawn_relay(dir: &Path, toml: &str, ports: &[u16]) -> (Child, PathBuf, PathBuf) {
+    let config = dir.join("authrelay.toml");
+    std::fs::write(&config, toml).unwrap();
+    let log = dir.join("authrelay.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authrelay"))
+        .args(["run", "--log-level", "debug", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // A relay that never listens is stopped before the panic goes on.
+    let ready = std::panic::catch_unwind(|| {
+        wait_for_listeners(ports, || std::fs::read_to_string(&log).unwrap_or_default())
+    });
+    if let Err(e) = ready {
+        let _ = child.kill();
+        let _ = child.wait();
+        std::panic::resume_unwind(e);
+    }
+    (child, config, log)
+}
+
 /// Waits up to 20 s until each of `ports` on 127.0.0.1 accepts; `log` says why not.
 pub fn wait_for_listeners(ports: &[u16], log: impl Fn() -> String) {
     for &port in ports {
@@ -908,6 +931,9 @@ pub fn wait_for_listeners(ports: &[u16], log: impl Fn() -> String) {
     }
 }
 
+/// The user signs in as `user` at the harness identity provider's authorization page and
+/// consents; returns the redirect address the browser lands on (curl posts the consent form and
+/// reads where it redirects).
 pub fn consent_at_idp(authorize_url: &str, user: &str) -> String {
     let page = String::from_utf8_lossy(
         &run(Command::new("curl").args(["-s", "--max-time", "10", authorize_url])).stdout,

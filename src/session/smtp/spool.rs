@@ -388,6 +388,7 @@ impl Receiving {
             bounce: false,
         };
         let incoming = spool.spool.begin(&envelope).await.ok()?;
+        let incoming = incoming.keeping_free(spool.config.min_free_bytes);
         let max = spool.config.max_message_bytes;
         let authorship = Authorship {
             mailbox: account.mailbox.clone(),
@@ -521,17 +522,20 @@ impl Receiving {
         let recipients = self.recipients.len() as u32;
         self.reset();
         match stored {
-            Ok(()) if self.login.is_none() => {
-                self.ctx.shared.quota.record(&account.id, recipients);
-                self.ctx.shared.metrics.no_login(&account.id);
-                tracing::info!(queue_id = %id, account = %account.id, client = %self.peer.ip(), "message spooled without login");
+            Ok(()) => {
+                if self.login.is_none() {
+                    self.ctx.shared.quota.record(&account.id, recipients);
+                    self.ctx.shared.metrics.no_login(&account.id);
+                    tracing::info!(queue_id = %id, account = %account.id, client = %self.peer.ip(), "message spooled without login");
+                } else {
+                    tracing::info!(queue_id = %id, "message spooled");
+                }
                 let reply = format!("250 2.0.0 Ok: queued as {id}\r\n");
                 self.send(reply.as_bytes()).await
             }
-            Ok(()) => {
-                tracing::info!(queue_id = %id, "message spooled");
-                let reply = format!("250 2.0.0 Ok: queued as {id}\r\n");
-                self.send(reply.as_bytes()).await
+            Err(e @ crate::spool::SpoolError::Full { .. }) => {
+                tracing::error!(error = %e, "message refused: the spool is full");
+                self.send(REPLY_NO_SPACE).await
             }
             Err(e) => {
                 tracing::error!(error = %e, "message could not be spooled");
