@@ -75,6 +75,34 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return tonumber(oldest[2]) + 60000 - now
 "#;
 
+/// Reads the store's hash (KEYS[1]) and its counter (KEYS[2]) on the server, keeping only
+/// fields whose name is at most ARGV[1] bytes and whose value is at most ARGV[2] bytes, and at
+/// most ARGV[3] of them: a Redis others can write may hold a field of 512 MB or millions of
+/// fields, and none of that must reach the relay's memory. Returns the kept fields (flat), the
+/// skipped ones (name cut to 100 bytes, then its value's size; flat), and the counter.
+const READ_STORE: &str = r#"
+local kept, skipped, count = {}, {}, 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local k, v = all[i], all[i + 1]
+  if #k <= tonumber(ARGV[1]) and #v <= tonumber(ARGV[2]) and count < tonumber(ARGV[3]) then
+    kept[#kept + 1] = k
+    kept[#kept + 1] = v
+    count = count + 1
+  else
+    skipped[#skipped + 1] = string.sub(k, 1, 100)
+    skipped[#skipped + 1] = #v
+  end
+end
+return {kept, skipped, redis.call('GET', KEYS[2])}
+"#;
+
+/// The longest account name and entry read from Redis (an entry holds a few sealed tokens:
+/// a few KiB), and the most entries.
+const MAX_NAME_BYTES: usize = 256;
+const MAX_ENTRY_BYTES: usize = 256 * 1024;
+const MAX_ENTRIES: usize = 10_000;
+
 /// Takes a refresh lease (ARGV[1] the owner, ARGV[2] its time in ms): 1 when taken. A lease
 /// held without an expiry or for longer than that (none is set so) is cut to it, so no key
 /// planted in Redis can stop an account's refreshes for good.
@@ -89,6 +117,9 @@ if left == -1 or left > ttl then
 end
 return 0
 "#;
+
+/// What [`READ_STORE`] returns.
+type Stored = (BTreeMap<String, String>, Vec<(String, u64)>, Option<u64>);
 
 /// A connection to the store's Redis server, re-established after an error.
 pub struct RedisStore {
@@ -244,11 +275,18 @@ impl RedisStore {
         c: &mut redis::Connection,
     ) -> Result<(u64, StoreFile, BTreeMap<String, String>), StoreError> {
         let (store, version) = (self.key("store"), self.key("store:version"));
-        let (fields, counter): (BTreeMap<String, String>, Option<u64>) = redis::pipe()
-            .hgetall(&store)
-            .get(&version)
-            .query(c)
+        let (fields, skipped, counter): Stored = redis::Script::new(READ_STORE)
+            .key(&store)
+            .key(&version)
+            .arg(MAX_NAME_BYTES)
+            .arg(MAX_ENTRY_BYTES)
+            .arg(MAX_ENTRIES)
+            .invoke(c)
             .map_err(|e| self.error(e))?;
+        for (field, bytes) in &skipped {
+            let field = crate::codec::line::sanitize_for_reply(field, 100);
+            tracing::warn!(store = %self.describe, field = %field, bytes, "a store field in Redis is too large, or one too many, and is skipped");
+        }
         let mut accounts = BTreeMap::new();
         for (account, json) in &fields {
             // One field that is no entry (written by someone else, or damaged) is skipped: it
