@@ -73,15 +73,6 @@ impl Drop for Tmpfs {
     }
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `senders` devices at once (Python's smtplib), each sending one message of
 /// `MESSAGE_BYTES`; each one's final reply (to `MAIL FROM` or to the data) as `code text`.
 fn send_all(port: u16, mailbox: &str, senders: usize) -> Vec<String> {
@@ -138,7 +129,7 @@ fn parallel_messages_stop_at_the_margin_and_the_spool_keeps_room_for_its_records
         hash = hash_password(LOCAL_PASSWORD),
     );
     let (child, config, log) = spawn_relay(dir.path(), &toml, &[port]);
-    let _relay = Killed(child);
+    let _relay = KillOnDrop(child);
 
     // One message alone fits; it stays queued and is retried every second from now on.
     assert_eq!(send_all(port, &mailbox, 1), ["250 queued"]);

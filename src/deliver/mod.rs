@@ -431,10 +431,28 @@ fn settle(
             }
         }
     };
-    if let Err(e) = result {
-        tracing::error!(queue_id = %id, error = %e, "the spool could not record a delivery");
+    recorded(result, envelope, settled)
+}
+
+/// What is left to do once the spool recorded an attempt (or could not).
+fn recorded(
+    result: Result<(), crate::spool::SpoolError>,
+    envelope: &Envelope,
+    settled: Settled,
+) -> Settled {
+    match result {
+        Err(crate::spool::SpoolError::NotQueued { .. }) => {
+            // `authrelay queue delete` or the account page took it during the attempt: what
+            // upstream was told stands, and nothing is retried or bounced.
+            tracing::info!(queue_id = %envelope.id, account = %envelope.account, "the message was deleted while it was being delivered");
+            Settled::Done
+        }
+        Err(e) => {
+            tracing::error!(queue_id = %envelope.id, error = %e, "the spool could not record a delivery");
+            settled
+        }
+        Ok(()) => settled,
     }
-    settled
 }
 
 /// One delivery attempt of one message: by Graph, or on the session's SMTP connection `up`

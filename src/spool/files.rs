@@ -2,9 +2,9 @@
 //! `tmp/` (a damaged or truncated file, a foreign one, a symlink, a directory) is skipped and
 //! named in the log, never followed and never allowed to stop the rest of the queue.
 
-use super::{io_error, Envelope, SpoolError, MAGIC};
+use super::{io_error, DeliveryState, Envelope, SpoolError, MAGIC};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -98,4 +98,64 @@ pub(super) fn empty_tmp(tmp: &Path) -> Result<(), SpoolError> {
         }
     }
     Ok(())
+}
+
+/// The longest delivery state read: a few numbers and the last reply (bounded when received).
+const MAX_STATE: u64 = 64 * 1024;
+
+/// A delivery state, read without following a link and bounded. What cannot be read as a state
+/// (a planted link, a damaged file) counts as none, with a warning: it never stops a scan.
+pub(super) fn read_state(path: &Path) -> DeliveryState {
+    let mut raw = Vec::new();
+    let read = open_file(path).and_then(|f| f.take(MAX_STATE).read_to_end(&mut raw));
+    match read.map(|_| serde_json::from_slice(&raw)) {
+        Ok(Ok(state)) => state,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => DeliveryState::default(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "delivery state skipped");
+            DeliveryState::default()
+        }
+        Ok(Err(_)) => {
+            tracing::warn!(path = %path.display(), "delivery state skipped: unreadable");
+            DeliveryState::default()
+        }
+    }
+}
+
+/// Writes `id`'s state in `dir` atomically: into a new file of its own (`O_EXCL`, so nothing
+/// found in place, a link or another process's file, is followed or written through), then
+/// renamed over the old state.
+pub(super) fn write_state(dir: &Path, id: &str, state: &DeliveryState) -> Result<(), SpoolError> {
+    let tmp = dir.join(format!(".{id}.{:012x}.tmp", rand::random::<u64>() >> 16));
+    let raw = serde_json::to_vec(state).expect("a delivery state serializes");
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&raw))
+        .and_then(|()| fs::rename(&tmp, dir.join(id)));
+    written.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_error(&tmp)(e)
+    })
+}
+
+/// At start: removes states left half-written by a crash, links (the relay writes none), and
+/// states whose message is gone (deleted while it was being delivered).
+pub(super) fn tidy_states(state: &Path, queue: &Path, failed: &Path) {
+    let Ok(entries) = fs::read_dir(state) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let half_written = name
+            .to_str()
+            .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"));
+        let link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        let orphan = !(queue.join(&name).exists() || failed.join(&name).exists());
+        if half_written || link || orphan {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }

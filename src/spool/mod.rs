@@ -22,10 +22,13 @@
 
 pub mod dsn;
 mod files;
+mod id;
 pub mod message;
 mod own;
 
 use files::{envelopes, open_file, parse_header, read_head};
+use id::checked_id;
+pub use id::new_id;
 
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -33,7 +36,6 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The first bytes of every spool file, and its format version.
 const MAGIC: &str = "authrelay-spool 1 ";
@@ -99,6 +101,13 @@ pub enum SpoolError {
     /// The committer thread is gone (the process is shutting down).
     #[error("the spool is closed")]
     Closed,
+    /// The message is neither queued nor failed: delivered, or deleted (by `authrelay queue
+    /// delete` or the account page, perhaps while it was being delivered).
+    #[error("{id} is not in the queue: delivered or deleted")]
+    NotQueued {
+        /// The queue ID.
+        id: String,
+    },
     /// A device's message would eat into the free space kept for delivery records and
     /// notifications (`min_free_mb`).
     #[error("the spool's file system is down to {free_mb} MB free, and {keep_mb} MB are kept for delivery records and notifications (min_free_mb)")]
@@ -212,6 +221,7 @@ impl Spool {
         }
         if clean {
             files::empty_tmp(&dir.tmp)?;
+            files::tidy_states(&dir.state, &dir.queue, &dir.failed);
         }
         let (tx, rx) = mpsc::channel::<Ready>();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -318,9 +328,12 @@ impl Spool {
     /// Makes a message due now: a failed one goes back to the queue, a deferred one loses its
     /// wait. Returns its state for [`Spool::retried`] (a running deliverer learns of it there).
     pub fn retry_now(&self, id: &str) -> Result<DeliveryState, SpoolError> {
-        if self.failed()?.iter().any(|e| e.id == id) {
+        if fs::symlink_metadata(self.dir.failed.join(checked_id(id)?)).is_ok_and(|m| m.is_file()) {
             self.requeue(id)?;
             return Ok(DeliveryState::default());
+        }
+        if !self.is_queued(id) {
+            return Err(SpoolError::NotQueued { id: id.to_owned() });
         }
         let mut state = self.state(id)?;
         state.next_try = 0;
@@ -368,37 +381,35 @@ impl Spool {
         Ok((envelope, raw))
     }
 
-    /// What delivery attempts learned about `id` (default when none was recorded).
+    /// What delivery attempts learned about `id` (default when none was recorded, or when
+    /// what is there cannot be read as a state).
     pub fn state(&self, id: &str) -> Result<DeliveryState, SpoolError> {
-        let path = self.dir.state.join(checked_id(id)?);
-        match fs::read(&path) {
-            Ok(raw) => Ok(serde_json::from_slice(&raw).unwrap_or_default()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(DeliveryState::default()),
-            Err(e) => Err(io_error(&path)(e)),
-        }
+        Ok(files::read_state(&self.dir.state.join(checked_id(id)?)))
     }
 
-    /// Records a deferral (atomically: a temporary file renamed over the old state).
+    /// Records a deferral (atomically: a temporary file of its own renamed over the old state).
+    /// A message deleted meanwhile keeps no state: [`SpoolError::NotQueued`].
     pub fn defer(&self, id: &str, state: &DeliveryState) -> Result<(), SpoolError> {
-        let path = self.dir.state.join(checked_id(id)?);
-        let tmp = self.dir.state.join(format!(".{id}.tmp"));
-        let raw = serde_json::to_vec(state).expect("a delivery state serializes");
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&raw))
-            .map_err(io_error(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_error(&path))
+        files::write_state(&self.dir.state, checked_id(id)?, state)?;
+        let kept = [&self.dir.queue, &self.dir.failed].map(|d| d.join(id).exists());
+        if kept == [false, false] {
+            let _ = fs::remove_file(self.dir.state.join(id));
+            return Err(SpoolError::NotQueued { id: id.to_owned() });
+        }
+        Ok(())
     }
 
     /// Removes a delivered message, durably: a crash right after must not deliver it again.
     pub fn delivered(&self, id: &str) -> Result<(), SpoolError> {
         let path = self.queued_path(id)?;
-        fs::remove_file(&path).map_err(io_error(&path))?;
+        let removed = fs::remove_file(&path);
         let _ = fs::remove_file(self.dir.state.join(id));
+        match removed {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(SpoolError::NotQueued { id: id.to_owned() })
+            }
+            other => other.map_err(io_error(&path)),
+        }?;
         sync_dir(&self.dir.queue)
     }
 
@@ -406,7 +417,13 @@ impl Spool {
     pub fn fail(&self, id: &str) -> Result<(), SpoolError> {
         let path = self.queued_path(id)?;
         let target = self.dir.failed.join(id);
-        fs::rename(&path, &target).map_err(io_error(&target))?;
+        match fs::rename(&path, &target) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let _ = fs::remove_file(self.dir.state.join(id));
+                Err(SpoolError::NotQueued { id: id.to_owned() })
+            }
+            other => other.map_err(io_error(&target)),
+        }?;
         sync_dir(&self.dir.queue)
     }
 
@@ -562,31 +579,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|_| SpoolError::Closed)?
-}
-
-/// A queue ID as it appears in file names: hex digits and a hyphen only, so no path can be
-/// named through it.
-fn checked_id(id: &str) -> Result<&str, SpoolError> {
-    let ok =
-        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-    if ok {
-        Ok(id)
-    } else {
-        Err(SpoolError::Damaged {
-            path: id.chars().take(64).collect(),
-            reason: "not a queue ID".into(),
-        })
-    }
-}
-
-/// A new queue ID: the time in microseconds (so IDs sort by arrival) and 48 random bits.
-pub fn new_id() -> String {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as u64;
-    let random: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
-    format!("{micros:016x}-{random:012x}")
 }
 
 #[cfg(test)]

@@ -206,3 +206,88 @@ async fn foreign_and_damaged_entries_never_stop_the_queue() {
     assert!(spool.read(&id).is_err(), "a symlink is never followed");
     assert!(spool.show(&id).is_err());
 }
+
+/// Planted links (issue 26: the spool attacked): symlinks and hard links at the names the
+/// spool writes or reads (a state, the temporary name a state was once written under, a failed
+/// message) are never followed or written through; at start, links and half-written states go.
+/// Before, a deferral truncated and wrote whatever `state/.ID.tmp` pointed to, and a linked
+/// state was read.
+#[tokio::test]
+async fn planted_links_are_never_followed_or_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("spool");
+    let spool = Spool::open(&root).unwrap();
+    let (a, b) = (
+        accept(&spool, b"a\r\n").await,
+        accept(&spool, b"b\r\n").await,
+    );
+    let state = root.join("state");
+    let outside = dir.path().join("outside");
+    let planted = br#"{"attempts":99,"next_try":99999999999,"last_reply":"planted"}"#;
+    fs::write(&outside, planted).unwrap();
+    std::os::unix::fs::symlink(&outside, state.join(format!(".{a}.tmp"))).unwrap();
+    fs::hard_link(&outside, state.join(format!(".{b}.tmp"))).unwrap();
+    std::os::unix::fs::symlink(&outside, state.join(&a)).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("failed").join(&b)).unwrap();
+
+    assert_eq!(
+        spool.state(&a).unwrap(),
+        DeliveryState::default(),
+        "not read through a link"
+    );
+    let deferred = DeliveryState {
+        attempts: 1,
+        next_try: 5,
+        last_reply: "451 later".into(),
+        unsure: false,
+    };
+    spool.defer(&a, &deferred).unwrap();
+    spool.defer(&b, &deferred).unwrap();
+    assert_eq!(spool.state(&a).unwrap(), deferred);
+    spool.fail(&b).unwrap();
+    assert_eq!(spool.retry_now(&b).unwrap(), DeliveryState::default());
+    spool.delivered(&b).unwrap();
+    assert_eq!(
+        fs::read(&outside).unwrap(),
+        planted,
+        "nothing written outside the spool"
+    );
+    assert!(fs::symlink_metadata(state.join(&a)).unwrap().is_file());
+    drop(spool);
+
+    fs::write(state.join(format!(".{a}.0123456789ab.tmp")), b"{").unwrap();
+    fs::write(state.join(new_id()), b"{}").unwrap();
+    fs::remove_file(state.join(&a)).unwrap();
+    std::os::unix::fs::symlink(&outside, state.join(&a)).unwrap();
+    let _spool = Spool::open(&root).unwrap();
+    let left: Vec<_> = fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(fs::read(&outside).unwrap(), planted);
+}
+
+/// A message deleted while it is being delivered (`authrelay queue delete` from another
+/// process): each way an attempt ends says so, and leaves no state behind; a retry of a
+/// message that is not there is refused instead of writing a state for it.
+#[tokio::test]
+async fn a_message_deleted_during_its_delivery_is_gone_for_every_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let not_queued = |r: Result<_, SpoolError>| matches!(r, Err(SpoolError::NotQueued { .. }));
+    for end in 0..3 {
+        let id = accept(&spool, b"x\r\n").await;
+        spool.delete(&id).unwrap();
+        let outcome = match end {
+            0 => spool.delivered(&id),
+            1 => spool.defer(&id, &DeliveryState::default()),
+            _ => spool.fail(&id),
+        };
+        assert!(not_queued(outcome), "outcome {end}");
+        assert!(not_queued(spool.retry_now(&id).map(|_| ())));
+    }
+    let states = fs::read_dir(dir.path().join("state")).unwrap().count();
+    assert_eq!(states, 0);
+}
