@@ -139,10 +139,13 @@ async fn f02_every_transaction_has_its_sender_checked() {
     assert_eq!(log.messages.len(), 2, "{:?}", log.commands);
 }
 
-/// A bare LF before the end line cannot smuggle a second message past the check: the relay and
-/// the server see the same end (line ends leave as CRLF).
+/// A bare LF next to the end line cannot smuggle a second message past the check, and is not
+/// taken as an end (RFC 5321 §4.1.1.4): the message is refused with 521 and the connection
+/// closed, as a spooling listener does; the server never gets the end line, so it discards the
+/// message, and nothing after it reaches the server. (Before: the relay ended the message there
+/// and delivered it; the server saw the same end, so no second message passed.)
 #[tokio::test]
-async fn f02_a_smuggled_end_of_data_is_seen_by_both_sides_alike() {
+async fn f02_a_smuggled_end_of_data_is_refused_and_reaches_no_one() {
     let w = world().await;
     let mut c = ehloed_from(w.relay.addr, "127.0.0.1").await;
     assert_eq!(auth(&mut c, "user@example.com", PASSWORD).await, OK);
@@ -153,13 +156,20 @@ async fn f02_a_smuggled_end_of_data_is_seen_by_both_sides_alike() {
     assert!(c.reply().await.starts_with("354 "));
     c.send("Subject: s\r\n\r\nbody\n.\nMAIL FROM:<bob@example.com>\r\n")
         .await;
-    assert_eq!(c.reply().await, "250 2.0.0 Ok: queued as FAKE\r\n");
-    assert!(c
-        .reply()
-        .await
-        .starts_with("550 5.7.60 Sender <bob@example.com>"));
+    assert_eq!(
+        c.reply().await,
+        "521 5.5.2 Error: <LF>.<LF> does not end a message (RFC 5321 4.1.1.4); end lines with CRLF\r\n"
+    );
+    assert!(c.closed().await);
+    // The server's session ends without the end line: no message, and no MAIL FROM after it.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let log = w.upstream.log.lock().unwrap();
-    assert_eq!(log.messages, vec![b"Subject: s\r\n\r\nbody\r\n".to_vec()]);
+    assert!(log.messages.is_empty(), "{:?}", log.messages);
+    assert!(
+        !log.commands.iter().any(|c| c.contains("bob@")),
+        "{:?}",
+        log.commands
+    );
 }
 
 // 5 --------------------------------------------------------------------------------------------

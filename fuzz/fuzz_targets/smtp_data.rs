@@ -1,14 +1,15 @@
 //! The end of a DATA message: however the input is cut into reads, the scanner finds the same
 //! end, its output has only CRLF line ends, and the output ends with the end line exactly when
 //! it found one; the zero-copy path (`scan`, with `feed` for one byte on `Fix`) gives the same
-//! output as the copying one. This agreement is what keeps a smuggled second message from the
-//! server.
+//! output as the copying one, and both say alike whether the end was next to a bare line end
+//! (refused, RFC 5321 §4.1.1.4). This agreement is what keeps a smuggled second message from
+//! the server.
 #![no_main]
 
 use authrelay::codec::smtp_data::{parse_bdat, DataScanner, Scan};
 use libfuzzer_sys::fuzz_target;
 
-fn scan(data: &[u8], step: usize) -> (Vec<u8>, Option<usize>) {
+fn scan(data: &[u8], step: usize) -> (Vec<u8>, Option<(usize, bool)>) {
     let mut scanner = DataScanner::default();
     let mut out = Vec::new();
     let mut at = 0;
@@ -18,7 +19,7 @@ fn scan(data: &[u8], step: usize) -> (Vec<u8>, Option<usize>) {
         assert!(fed.consumed <= piece.len());
         at += fed.consumed;
         if fed.done {
-            return (out, Some(at));
+            return (out, Some((at, scanner.ended_bare())));
         }
         assert_eq!(fed.consumed, piece.len());
     }
@@ -26,7 +27,7 @@ fn scan(data: &[u8], step: usize) -> (Vec<u8>, Option<usize>) {
 }
 
 /// The session's zero-copy driver over reads of `step` bytes: the output and the bytes used.
-fn zero_copy(data: &[u8], step: usize) -> (Vec<u8>, Option<usize>) {
+fn zero_copy(data: &[u8], step: usize) -> (Vec<u8>, Option<(usize, bool)>) {
     let mut scanner = DataScanner::default();
     let mut out = Vec::new();
     let (mut start, mut end) = (0, 0);
@@ -55,7 +56,7 @@ fn zero_copy(data: &[u8], step: usize) -> (Vec<u8>, Option<usize>) {
         };
         start += used;
         if done {
-            return (out, Some(start));
+            return (out, Some((start, scanner.ended_bare())));
         }
     }
 }
@@ -81,8 +82,12 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(i.checked_sub(1).map(|j| whole[j]), Some(b'\r'));
         }
     }
-    if end.is_some() {
+    if let Some((used, bare)) = end {
         assert!(whole == b".\r\n" || whole.ends_with(b"\r\n.\r\n"));
+        // Bare exactly when the input's end line is not `.` between CRLFs.
+        let input = &data[..used];
+        let clean = input == b".\r\n" || input.ends_with(b"\r\n.\r\n");
+        assert_eq!(bare, !clean, "{input:?}");
     }
     let _ = parse_bdat(data);
 });

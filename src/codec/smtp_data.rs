@@ -8,6 +8,12 @@
 //! on the way through: a bare CR, a bare LF and CRLF all leave as CRLF (RFC 5321 §2.3.8 forbids
 //! the bare ones), and the end is the line `.` in that canonical stream. A well-formed message
 //! passes byte for byte.
+//!
+//! An end line next to a bare line end (`<LF>.<LF>`, `<CR><LF>.<LF>`, `<LF>.<CR><LF>`, and the
+//! same with a bare CR) MUST NOT end a message (RFC 5321 §4.1.1.4): where the sender meant the
+//! message to end is unknown. The scanner stops there all the same, so that nothing after it
+//! reaches the server as message text, and says so ([`DataScanner::ended_bare`]): the session
+//! then refuses the message without sending its end, and closes.
 
 /// Finds the end of one message and writes the message on, with canonical line ends.
 #[derive(Debug, Clone)]
@@ -20,6 +26,10 @@ pub struct DataScanner {
     after_cr: bool,
     /// The end line `.` ended with a CR; an LF right after it still belongs to it.
     ended_at_cr: bool,
+    /// The last line end in the input was a bare CR or LF (a CR until its LF shows otherwise).
+    bare: bool,
+    /// The end found was next to a bare line end.
+    ended_bare: bool,
 }
 
 impl Default for DataScanner {
@@ -29,6 +39,8 @@ impl Default for DataScanner {
             dot_only: false,
             after_cr: false,
             ended_at_cr: false,
+            bare: false,
+            ended_bare: false,
         }
     }
 }
@@ -57,6 +69,12 @@ pub struct Fed {
 }
 
 impl DataScanner {
+    /// The end found was next to a bare line end: not an end RFC 5321 allows, so the message
+    /// must be refused, not ended.
+    pub fn ended_bare(&self) -> bool {
+        self.ended_bare
+    }
+
     /// The zero-copy path: how much of `input` can be sent as it is (a well-formed message is
     /// all of it), or that the next byte needs [`Self::feed`]. The state moves past exactly the
     /// bytes it reports, so the two may be mixed freely: the output is the same.
@@ -74,6 +92,7 @@ impl DataScanner {
             i = plain_lines(input, self.line_start);
             if i > 0 {
                 self.line_start = true;
+                self.bare = false;
             }
         }
         while i < input.len() {
@@ -83,9 +102,11 @@ impl DataScanner {
                     Some(b'\n') => {
                         i += 2;
                         if self.dot_only {
+                            self.ended_bare = self.bare;
                             return Scan::End(i);
                         }
                         self.line_start = true;
+                        self.bare = false;
                     }
                     Some(_) => return stop(i, Scan::Fix),
                 },
@@ -107,7 +128,9 @@ impl DataScanner {
         let mut i = 0;
         while i < input.len() {
             if self.ended_at_cr {
-                let consumed = if input[i] == b'\n' { i + 1 } else { i };
+                let crlf = input[i] == b'\n';
+                self.ended_bare = self.bare || !crlf;
+                let consumed = if crlf { i + 1 } else { i };
                 return Fed {
                     consumed,
                     done: true,
@@ -116,6 +139,7 @@ impl DataScanner {
             match input[i] {
                 b'\n' if self.after_cr => {
                     self.after_cr = false;
+                    self.bare = false;
                     i += 1;
                 }
                 b @ (b'\r' | b'\n') => {
@@ -123,6 +147,7 @@ impl DataScanner {
                     i += 1;
                     if self.dot_only {
                         if b == b'\n' {
+                            self.ended_bare = true;
                             return Fed {
                                 consumed: i,
                                 done: true,
@@ -132,6 +157,7 @@ impl DataScanner {
                         continue;
                     }
                     self.after_cr = b == b'\r';
+                    self.bare = true;
                     self.line_start = true;
                     self.dot_only = false;
                 }
@@ -241,6 +267,12 @@ mod tests {
 
     /// Feeds `input` in pieces of `step` bytes; returns the output and the bytes left over.
     fn run(input: &[u8], step: usize) -> (Vec<u8>, Vec<u8>) {
+        let (out, rest, _) = run_with(input, step);
+        (out, rest)
+    }
+
+    /// [`run`], and whether the end was next to a bare line end.
+    fn run_with(input: &[u8], step: usize) -> (Vec<u8>, Vec<u8>, bool) {
         let mut s = DataScanner::default();
         let mut out = Vec::new();
         let mut at = 0;
@@ -249,7 +281,7 @@ mod tests {
             let fed = s.feed(piece, &mut out);
             at += fed.consumed;
             if fed.done {
-                return (out, input[at..].to_vec());
+                return (out, input[at..].to_vec(), s.ended_bare());
             }
             assert_eq!(fed.consumed, piece.len());
         }
@@ -283,10 +315,24 @@ mod tests {
         ] {
             for step in [1, 2, 100] {
                 assert_eq!(
-                    run(input, step),
-                    (out.to_vec(), b"MAIL".to_vec()),
-                    "{input:?}"
+                    run_with(input, step),
+                    (out.to_vec(), b"MAIL".to_vec(), true),
+                    "{input:?}: stops here, and says the end is not one"
                 );
+                assert_eq!(run_scan_with(input, step), Some(run_with(input, step)));
+            }
+        }
+        // Bare line ends elsewhere are fixed; an end between CRLFs is an end.
+        for input in [
+            &b"a\rb\nc\r\n.\r\n"[..],
+            b".\r\n",
+            b"a\r\n.\r\n",
+            b"x\r\r\n.\r\n",
+        ] {
+            for step in [1, 2, 100] {
+                let (_, _, bare) = run_with(input, step);
+                assert!(!bare, "{input:?}");
+                assert_eq!(run_scan_with(input, step), Some(run_with(input, step)));
             }
         }
         assert_eq!(run(b"a\rb\nc\r\n.\r\n", 1).0, b"a\r\nb\r\nc\r\n.\r\n");
@@ -295,6 +341,11 @@ mod tests {
     /// Drives [`DataScanner::scan`] as the session does (feeding one byte on `Fix`), in pieces
     /// of `step` bytes; returns the output and the bytes left over.
     fn run_scan(input: &[u8], step: usize) -> Option<(Vec<u8>, Vec<u8>)> {
+        run_scan_with(input, step).map(|(out, rest, _)| (out, rest))
+    }
+
+    /// [`run_scan`], and whether the end was next to a bare line end.
+    fn run_scan_with(input: &[u8], step: usize) -> Option<(Vec<u8>, Vec<u8>, bool)> {
         let mut s = DataScanner::default();
         let mut out = Vec::new();
         let mut buf = Vec::new();
@@ -318,14 +369,14 @@ mod tests {
                     out.extend_from_slice(&buf[..n]);
                     buf.drain(..n);
                     buf.extend_from_slice(&input[fed_to..]);
-                    return Some((out, buf));
+                    return Some((out, buf, s.ended_bare()));
                 }
                 Scan::Fix => {
                     let fed = s.feed(&buf[..1], &mut out);
                     buf.drain(..fed.consumed);
                     if fed.done {
                         buf.extend_from_slice(&input[fed_to..]);
-                        return Some((out, buf));
+                        return Some((out, buf, s.ended_bare()));
                     }
                 }
                 Scan::NeedMore => unreachable!(),
@@ -379,7 +430,7 @@ mod tests {
         ) {
             let mut input: Vec<u8> = pieces.concat();
             input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
-            proptest::prop_assert_eq!(run_scan(&input, step), Some(run(&input, step)));
+            proptest::prop_assert_eq!(run_scan_with(&input, step), Some(run_with(&input, step)));
         }
     }
 

@@ -47,6 +47,8 @@ const REPLY_BAD_CHARACTERS: &[u8] = b"500 5.5.2 Error: command contains invalid 
 const REPLY_UNRECOGNIZED: &[u8] = b"500 5.5.2 Error: command not recognized\r\n";
 const REPLY_HELO_FIRST: &[u8] = b"503 5.5.1 Error: send HELO/EHLO first\r\n";
 const REPLY_AUTH_REQUIRED: &[u8] = b"530 5.7.0 Authentication required\r\n";
+/// A DATA end line next to a bare line end: refused, spooled or relayed alike.
+const REPLY_BARE_END: &[u8] = b"521 5.5.2 Error: <LF>.<LF> does not end a message (RFC 5321 4.1.1.4); end lines with CRLF\r\n";
 const REPLY_ENCRYPTION_REQUIRED: &[u8] =
     b"538 5.7.11 Encryption required for requested authentication mechanism\r\n";
 const REPLY_AUTH_SYNTAX: &[u8] = b"501 5.5.4 Syntax: AUTH mechanism\r\n";

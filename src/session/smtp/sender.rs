@@ -213,6 +213,13 @@ impl Session {
                     continue;
                 }
             };
+            if done && scanner.ended_bare() {
+                // The end line is not sent: the server discards the unfinished message when
+                // the connection closes (RFC 5321 §4.1.1.4; as a spooled message is refused).
+                tracing::warn!("message refused: DATA ended with a bare line end next to its dot (RFC 5321 4.1.1.4); closing");
+                let _ = self.client.conn.send(super::REPLY_BARE_END).await;
+                return Err(Outcome::Refused);
+            }
             if !send.is_empty() {
                 if let Err(e) = self.upstream.conn.send(send).await {
                     return Err(self.upstream_failed(&e.to_string()).await);

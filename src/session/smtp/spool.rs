@@ -45,7 +45,6 @@ const REPLY_LINE_TOO_LONG: &[u8] = b"500 5.5.2 Line too long, closing connection
 const REPLY_IDLE: &[u8] = b"421 4.4.2 Idle timeout, closing connection\r\n";
 const REPLY_SHUTTING_DOWN: &[u8] = b"421 4.3.2 Service shutting down, closing connection\r\n";
 const REPLY_ACCEPTED: &[u8] = b"235 2.7.0 Authentication successful\r\n";
-const REPLY_BARE_LF_END: &[u8] = b"521 5.5.2 Error: <LF>.<LF> does not end a message (RFC 5321 4.1.1.4); end lines with CRLF\r\n";
 const REPLY_AUTH_FIRST: &[u8] = b"503 5.5.1 Error: AUTH comes before the first MAIL\r\n";
 
 /// Runs one SMTP session of a spool listener to its end.
@@ -493,7 +492,7 @@ impl Receiving {
             Verdict::BareLfEnd => {
                 self.reset();
                 tracing::warn!("message refused: DATA ended with a bare LF next to its dot (RFC 5321 4.1.1.4); closing");
-                let _ = self.send(REPLY_BARE_LF_END).await;
+                let _ = self.send(super::REPLY_BARE_END).await;
                 return Err(Outcome::Refused);
             }
             Verdict::TooBig | Verdict::HeaderTooBig => {
