@@ -6,29 +6,6 @@ mod support;
 use support::spool::*;
 use support::*;
 
-struct AdminWorld {
-    w: World,
-    admin: std::net::SocketAddr,
-    spool: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-/// A spool listener (retries after a second) and the admin server on ephemeral ports.
-async fn admin_world() -> AdminWorld {
-    let SpoolWorld { w, _dir, spool } = spool_world_with(
-        "",
-        "first_retry_secs = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .await;
-    let admin = w.relay.admin_addr();
-    AdminWorld {
-        w,
-        admin,
-        spool,
-        _dir,
-    }
-}
-
 /// A device's AUTH against an account whose grant the provider refuses.
 async fn refused_auth(addr: std::net::SocketAddr) -> String {
     let mut d = Client::connect(addr).await;

@@ -26,7 +26,7 @@ use crate::secret::Secret;
 use crate::shared::Shared;
 use crate::store::Key;
 use axum::extract::{ConnectInfo, Form, Path, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -127,6 +127,15 @@ async fn guard(State(admin): AdminState, request: Request, next: Next) -> Respon
         return (
             StatusCode::MISDIRECTED_REQUEST,
             "this admin server answers only to its own address (see [admin] public_url)\n",
+        )
+            .into_response();
+    }
+    let reads = [Method::GET, Method::HEAD].contains(request.method());
+    if !reads && !probes::same_origin(&admin, request.headers()) {
+        tracing::warn!(origin = ?request.headers().get(header::ORIGIN), "admin form refused: posted from another site");
+        return (
+            StatusCode::FORBIDDEN,
+            "this form was sent from another site: use the account page of this admin server\n",
         )
             .into_response();
     }

@@ -68,6 +68,23 @@ pub(super) fn own_host(admin: &Admin, headers: &HeaderMap) -> bool {
     admin.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
 }
 
+/// A form posted from this server's own pages: its `Origin` (RFC 6454 §7, sent with every
+/// POST by today's browsers) names one of this server's addresses, and `Sec-Fetch-Site` (W3C
+/// Fetch Metadata) does not say another site or port sent it. Neither header present (curl, an
+/// old browser) is let through: the CSRF token and the account's password still decide.
+pub(super) fn same_origin(admin: &Admin, headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("?"));
+    let from_site = !matches!(text("sec-fetch-site"), Some("cross-site" | "same-site"));
+    let origin_ok = match text("origin") {
+        None => true,
+        Some(origin) => origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|host| admin.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))),
+    };
+    from_site && origin_ok
+}
+
 pub(super) async fn metrics(State(admin): AdminState, headers: HeaderMap) -> Response {
     let now = crate::store::unix_now() as f64;
     let tokens = &admin.shared.tokens;

@@ -38,6 +38,29 @@ pub async fn spool_world_with(account_extra: &str, tail: &str) -> SpoolWorld {
     }
 }
 
+pub struct AdminWorld {
+    pub w: World,
+    pub admin: std::net::SocketAddr,
+    pub spool: std::path::PathBuf,
+    pub _dir: tempfile::TempDir,
+}
+
+/// A spool listener (retries after a second) and the admin server on ephemeral ports.
+pub async fn admin_world() -> AdminWorld {
+    let SpoolWorld { w, _dir, spool } = spool_world_with(
+        "",
+        "first_retry_secs = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    let admin = w.relay.admin_addr();
+    AdminWorld {
+        w,
+        admin,
+        spool,
+        _dir,
+    }
+}
+
 pub async fn logged_in(addr: std::net::SocketAddr) -> Client {
     let mut c = Client::connect(addr).await;
     assert_eq!(c.reply().await, "220 localhost ESMTP ready\r\n");
