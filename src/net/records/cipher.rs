@@ -57,6 +57,34 @@ pub struct Keys {
     pub seq: u64,
 }
 
+#[cfg(test)]
+impl Keys {
+    /// TLS 1.3 AES-128-GCM keys from a traffic secret (RFC 8446 §7.3: key and IV by
+    /// HKDF-Expand-Label with SHA-256), for a test server sending a record before rustls hands
+    /// over its keys.
+    pub fn from_tls13_secret(secret: &[u8], seq: u64) -> io::Result<Keys> {
+        struct Len(usize);
+        impl ring::hkdf::KeyType for Len {
+            fn len(&self) -> usize {
+                self.0
+            }
+        }
+        let prk = ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, secret);
+        let expand = |label: &[u8], out: &mut [u8]| {
+            let length = (out.len() as u16).to_be_bytes();
+            let label_len = [6 + label.len() as u8];
+            let info: [&[u8]; 5] = [&length, &label_len, b"tls13 ", label, &[0]];
+            prk.expand(&info, Len(out.len()))
+                .and_then(|okm| okm.fill(out))
+                .map_err(|_| io::Error::other("HKDF-Expand-Label"))
+        };
+        let (mut key, mut iv) = ([0u8; 16], [0u8; aead::NONCE_LEN]);
+        expand(b"key", &mut key)?;
+        expand(b"iv", &mut iv)?;
+        Keys::with(&aead::AES_128_GCM, &key, iv, seq, Version::Tls13)
+    }
+}
+
 impl Keys {
     /// Keys for one direction from rustls' secrets, starting at sequence number `seq`.
     pub fn new(secrets: ConnectionTrafficSecrets, seq: u64, version: Version) -> io::Result<Keys> {

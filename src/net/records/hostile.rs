@@ -52,8 +52,36 @@ fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     (Arc::new(server), Arc::new(client))
 }
 
-/// The server's side of the handshake, by rustls' unbuffered API.
-async fn accept(config: Arc<ServerConfig>, mut tcp: TcpStream) -> Hostile {
+/// Catches the server's first application traffic secret as rustls derives it (right after
+/// its Finished), so a record can follow the handshake flight in the same write.
+#[derive(Debug, Default)]
+struct ServerSecret(std::sync::Mutex<Option<Vec<u8>>>);
+
+impl rustls::KeyLog for ServerSecret {
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        if label == "SERVER_TRAFFIC_SECRET_0" {
+            *self.0.lock().unwrap() = Some(secret.to_vec());
+        }
+    }
+}
+
+/// The server's side of the handshake, by rustls' unbuffered API. With
+/// `key_update_in_flight`, a KeyUpdate(update_requested) follows the server's Finished in the
+/// same flight and write (legal, RFC 8446 §4.6.3), which rustls itself never sends.
+async fn accept(
+    config: Arc<ServerConfig>,
+    mut tcp: TcpStream,
+    key_update_in_flight: bool,
+) -> Hostile {
+    let secret = Arc::new(ServerSecret::default());
+    let config = if key_update_in_flight {
+        let mut c = (*config).clone();
+        c.key_log = secret.clone();
+        Arc::new(c)
+    } else {
+        config
+    };
+    let mut updated = false;
     let mut conn = UnbufferedServerConnection::new(config).unwrap();
     let (mut incoming, mut used) = (vec![0u8; 64 * 1024], 0usize);
     let mut outgoing = Vec::new();
@@ -75,6 +103,14 @@ async fn accept(config: Arc<ServerConfig>, mut tcp: TcpStream) -> Hostile {
             }
             ConnectionState::TransmitTlsData(t) => {
                 t.done();
+                if let Some(secret) = secret.0.lock().unwrap().take() {
+                    let mut keys = Keys::from_tls13_secret(&secret, 0).unwrap();
+                    let mut record = vec![0u8; 64];
+                    let update = [KEY_UPDATE, 0, 0, 1, 1];
+                    let n = keys.seal_any(HANDSHAKE, &update, &mut record).unwrap();
+                    outgoing.extend_from_slice(&record[..n]);
+                    updated = true;
+                }
                 tcp.write_all(&outgoing).await.unwrap();
                 outgoing.clear();
             }
@@ -95,8 +131,12 @@ async fn accept(config: Arc<ServerConfig>, mut tcp: TcpStream) -> Hostile {
             used += n;
         }
     }
-    let (secrets, kernel) = conn.dangerous_into_kernel_connection().unwrap();
-    let (tx_seq, tx) = secrets.tx;
+    let (secrets, mut kernel) = conn.dangerous_into_kernel_connection().unwrap();
+    let (mut tx_seq, mut tx) = secrets.tx;
+    if updated {
+        // rustls does not know of the KeyUpdate this side sent: move on to the next secret.
+        (tx_seq, tx) = kernel.update_tx_secret().unwrap();
+    }
     let (rx_seq, rx) = secrets.rx;
     Hostile {
         tcp,
@@ -170,15 +210,31 @@ impl Hostile {
     }
 }
 
-/// A connected pair: the relay's stream and the hostile server.
-async fn pair() -> (RecordStream, Hostile) {
+/// A hostile server listening on loopback, and the client configuration that trusts it.
+async fn listen(
+    key_update_in_flight: bool,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<Hostile>,
+    Arc<ClientConfig>,
+) {
     let (server_config, client_config) = configs();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        accept(server_config, tcp).await
+        accept(server_config, tcp, key_update_in_flight).await
     });
+    (addr, server, client_config)
+}
+
+/// A connected pair: the relay's stream and the hostile server.
+async fn pair() -> (RecordStream, Hostile) {
+    pair_with(false).await
+}
+
+async fn pair_with(key_update_in_flight: bool) -> (RecordStream, Hostile) {
+    let (addr, server, client_config) = listen(key_update_in_flight).await;
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("localhost").unwrap();
     let (stream, early) = connect(client_config, name, tcp).await.unwrap();
@@ -434,4 +490,51 @@ async fn a_hundred_thousand_session_tickets_and_tiny_records_are_taken() {
     let mut tiny = [0u8; 4];
     stream.read_exact(&mut tiny).await.unwrap();
     assert_eq!(&tiny, b"tiny");
+}
+
+/// Finding 3: a KeyUpdate(update_requested) in the server's last handshake flight, in the same
+/// write as its Finished (legal, RFC 8446 §4.6.3: the receiver MUST answer it before its next
+/// application data). Before the fix rustls took it inside the handshake and queued the reply,
+/// which was lost on the way to the record layer while the key had moved on: the server could
+/// not read the relay's first record. Now the handshake hands the record to the record layer
+/// unread, which answers it once it reads it. tokio-rustls, in the same conversation, is the
+/// reference: it too reads the request with the server's first data and answers before its
+/// next record. Both: the server reads everything, one reply.
+#[tokio::test]
+async fn a_key_update_in_the_last_handshake_flight_is_answered_as_tokio_rustls_does() {
+    async fn converse<S: AsyncReadExt + AsyncWriteExt + Unpin>(
+        mut client: S,
+        server: &mut Hostile,
+    ) {
+        for (ask, answer) in [
+            (&b"a001 CAPABILITY\r\n"[..], &b"a001 OK\r\n"[..]),
+            (b"a002 NOOP\r\n", b"a002 OK\r\n"),
+        ] {
+            client.write_all(ask).await.unwrap();
+            client.flush().await.unwrap();
+            let got =
+                tokio::time::timeout(std::time::Duration::from_secs(10), server.data(ask.len()))
+                    .await
+                    .expect("the server reads the client's data within 10 s");
+            assert_eq!(got, ask);
+            let wire = server.record(APPLICATION_DATA, answer);
+            server.send(&wire).await;
+            let mut read = vec![0u8; answer.len()];
+            client.read_exact(&mut read).await.unwrap();
+            assert_eq!(read, answer);
+        }
+        assert_eq!(server.client_key_updates, 1, "one reply");
+    }
+    let (stream, mut server) = pair_with(true).await;
+    converse(stream, &mut server).await;
+
+    let (addr, server, client_config) = listen(true).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let reference = tokio_rustls::TlsConnector::from(client_config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut server = server.await.unwrap();
+    converse(reference, &mut server).await;
 }
