@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use support::interop::*;
 
@@ -303,30 +303,8 @@ fn the_hourly_recipient_cap_holds_for_mail_without_login() {
 #[test]
 fn through_haproxy_with_proxy_v2_the_clients_own_address_decides() {
     let lan = lan("proxy_protocol = true\nproxy_trusted = [\"127.0.0.1/32\"]\n");
-    let front = free_port();
-    let cfg = format!(
-        "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend smtp\n  bind 127.0.0.1:{front}\n  default_backend relay\nbackend relay\n  server r1 127.0.0.1:{} send-proxy-v2\n",
-        lan.relay.plain
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("haproxy.cfg"), cfg).unwrap();
-    let _haproxy = KillOnDrop(
-        Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(dir.path().join("haproxy.cfg"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", front)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "haproxy did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let proxy = support::haproxy::haproxy(&[lan.relay.plain]);
+    let front = proxy.port;
     let m = marker("via-haproxy");
     let msg = format!("From: {}\r\nSubject: {m}\r\n\r\nx\r\n", lan.scanner);
     let said = send(

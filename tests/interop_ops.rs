@@ -571,25 +571,8 @@ fn haproxy_with_proxy_v2_in_front_of_two_relays() {
     let proxy = "proxy_protocol = true\nproxy_trusted = [\"127.0.0.1/32\"]";
     let r1 = FullRelay::start_with(&oauth_account("scanner", &user, &rt), &extra, proxy);
     let r2 = FullRelay::start_with(&oauth_account("scanner", &user, &rt), &extra, proxy);
-    let front = free_port();
-    let cfg = format!(
-        "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend smtp\n  bind 127.0.0.1:{front}\n  default_backend relays\nbackend relays\n  balance roundrobin\n  server r1 127.0.0.1:{} send-proxy-v2\n  server r2 127.0.0.1:{} send-proxy-v2\n",
-        r1.smtp, r2.smtp
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("haproxy.cfg"), cfg).unwrap();
-    let _haproxy = KillOnDrop(
-        Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(dir.path().join("haproxy.cfg"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("haproxy", || {
-        std::net::TcpStream::connect(("127.0.0.1", front)).is_ok()
-    });
+    let proxy = support::haproxy::haproxy(&[r1.smtp, r2.smtp]);
+    let front = proxy.port;
     let send = |marker: &str| {
         let script = "import smtplib, sys\nport, user, pw, frm, marker = sys.argv[1:6]\ns = smtplib.SMTP('127.0.0.1', int(port), source_address=('127.0.0.7', 0), timeout=60)\ns.login(user, pw)\ns.sendmail(frm, [frm], ('Subject: %s\\r\\n\\r\\nvia haproxy\\r\\n' % marker).encode())\ns.quit()\nprint('OK')";
         let out = run(Command::new("python3").args([

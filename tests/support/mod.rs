@@ -6,7 +6,11 @@
 
 pub mod fake_imap;
 pub mod fake_pop3;
+pub mod full_relay;
+pub mod haproxy;
 pub mod hook;
+pub mod maildir;
+pub mod raw;
 pub mod redis;
 pub mod spool;
 
