@@ -45,6 +45,14 @@ pub fn give_back(mut buf: Box<[u8]>, used: usize) {
     }
 }
 
+/// True when a kept buffer holds `needle` (for tests elsewhere: what was wiped).
+#[cfg(test)]
+pub fn any_holds(needle: &[u8]) -> bool {
+    let pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    pool.iter()
+        .any(|b| b.windows(needle.len()).any(|w| w == needle))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -144,7 +144,8 @@ impl Keys {
 
     /// Writes one record of content type `typ` holding `plaintext` (at most
     /// [`MAX_PLAINTEXT`]) into `out`, which must hold `plaintext.len() + overhead()` bytes;
-    /// returns the record's length.
+    /// returns the record's length. The plaintext is encrypted where it was copied, so `out`
+    /// never keeps it, also when sealing fails.
     pub fn seal(&mut self, typ: u8, plaintext: &[u8], out: &mut [u8]) -> io::Result<usize> {
         debug_assert!(plaintext.len() <= MAX_PLAINTEXT);
         self.seal_any(typ, plaintext, out)
@@ -186,14 +187,16 @@ impl Keys {
         };
         let aad = self.aad(header, typ, plaintext.len());
         let (data, tag_out) = body.split_at_mut(sealed_len);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
-                aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(&aad[..aad_len(self.version)]),
-                data,
-            )
-            .map_err(|_| io::Error::other("TLS record encryption failed"))?;
+        let sealed = self.key.seal_in_place_separate_tag(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(&aad[..aad_len(self.version)]),
+            data,
+        );
+        let Ok(tag) = sealed else {
+            // What `out` holds is only ever sealed records: no plaintext stays behind.
+            data.fill(0);
+            return Err(io::Error::other("TLS record encryption failed"));
+        };
         tag_out[..TAG].copy_from_slice(tag.as_ref());
         self.seq += 1;
         Ok(total)

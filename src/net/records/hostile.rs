@@ -538,3 +538,21 @@ async fn a_key_update_in_the_last_handshake_flight_is_answered_as_tokio_rustls_d
     let mut server = server.await.unwrap();
     converse(reference, &mut server).await;
 }
+
+/// Finding 10's pooled buffers: after a session that sent and received plaintext, no buffer in
+/// the pool holds either. The output buffer is given back unwiped (it only ever holds sealed
+/// records); the input buffer, where records are opened in place, is wiped.
+#[tokio::test]
+async fn no_pooled_buffer_keeps_a_sessions_plaintext() {
+    let (mut stream, mut server) = pair().await;
+    let (up, down) = (b"a001 LOGIN canary-up-7f3e1d", b"* canary-down-2b9c4a");
+    stream.write_all(up).await.unwrap();
+    stream.flush().await.unwrap();
+    assert_eq!(server.data(up.len()).await, up);
+    let wire = server.record(APPLICATION_DATA, down);
+    server.send(&wire).await;
+    let mut got = vec![0u8; down.len()];
+    stream.read_exact(&mut got).await.unwrap();
+    drop(stream);
+    assert!(!crate::net::pool::any_holds(up) && !crate::net::pool::any_holds(down));
+}

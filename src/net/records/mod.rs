@@ -336,7 +336,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin, K: Secrets> RecordStream<T, K> {
             self.sent += n;
         }
         if let Some(buf) = self.output.take() {
-            pool::give_back(buf, self.sealed);
+            // Only sealed records were written into it (see `Keys::seal`): nothing to wipe, and
+            // no memset of every byte sent (4-5 % of the relay's CPU towards the server).
+            pool::give_back(buf, 0);
         }
         (self.sent, self.sealed) = (0, 0);
         Poll::Ready(Ok(()))
@@ -468,7 +470,7 @@ impl<T, K> Drop for RecordStream<T, K> {
     fn drop(&mut self) {
         self.release_input();
         if let Some(buf) = self.output.take() {
-            pool::give_back(buf, self.sealed);
+            pool::give_back(buf, 0); // sealed records only
         }
         self.partial_handshake.zeroize();
     }
