@@ -198,6 +198,9 @@ pub async fn fill(conn: &mut Conn) -> Result<(), UpstreamError> {
     match conn.fill().await {
         Ok(0) => Err(UpstreamError::Closed),
         Ok(_) => Ok(()),
+        // A server that hangs up with the relay's last command unread sends a reset instead of
+        // a FIN; which of the two the kernel reports is timing. Both are the server closing.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Err(UpstreamError::Closed),
         Err(e) => Err(UpstreamError::Io(e)),
     }
 }
