@@ -4,8 +4,9 @@
 #   2. starts the loopback interop stack (tests/harness/start.sh)
 #   3. formatting and clippy, unit tests, in-process integration tests, real-server interop tests,
 #      and the short form of the benchmarks (figures printed, not asserted)
-#   4. every fuzz target for FUZZ_SECONDS (default 20) each, from the committed seed corpora
-# Env: FUZZ_SECONDS=N, SKIP_FUZZ=1, KEEP_STACK=1 (leave Dovecot/Postfix running afterwards),
+#   4. the container image built with podman and run against the stack (tests/container.rs)
+#   5. every fuzz target for FUZZ_SECONDS (default 20) each, from the committed seed corpora
+# Env: FUZZ_SECONDS=N, SKIP_FUZZ=1, SKIP_CONTAINER=1, KEEP_STACK=1 (leave Dovecot/Postfix running afterwards),
 #      SOAK_SECS=N (the soak test's length, default 20).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -31,6 +32,12 @@ cargo deny check licenses bans sources
 
 step "cargo test (unit, integration, interop, fault matrix, hostile input, soak ${SOAK_SECS:-20}s)"
 cargo test --all-targets --locked
+
+if [ -z "${SKIP_CONTAINER:-}" ]; then
+  step "container image: podman build of the Dockerfile, then the image run against the stack"
+  # Base images pulled or made locally (tests/container/build.sh); state in /var/tmp/authrelay-container.
+  AUTHRELAY_CONTAINER_TESTS=1 cargo test --locked --test container -- --nocapture
+fi
 
 step "benchmarks, short form (benches/run.sh --quick; the full run: bash benches/run.sh)"
 bash benches/run.sh --quick
