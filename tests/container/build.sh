@@ -45,7 +45,7 @@ export CONTAINERS_CONF="$WORK/containers.conf"
 # Pulled where it can be; a stand-in otherwise (or always with STANDINS=1).
 have() {
   podman image exists "$1" && [ -z "${FRESH:-}" ] && return 0
-  [ -z "${STANDINS:-}" ] && timeout 60 podman pull -q "$1" >/dev/null 2>&1
+  [ -z "${STANDINS:-}" ] && timeout 20 podman pull -q "$1" >/dev/null 2>&1
 }
 
 base() {
