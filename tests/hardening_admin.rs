@@ -59,12 +59,7 @@ async fn every_change_needs_this_site_the_token_and_the_password_and_nothing_is_
         !page.contains("<nobody>") && !page.contains("<script"),
         "{page}"
     );
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|t| t.split('"').next())
-        .unwrap()
-        .to_owned();
+    let csrf = csrf_of(&page);
     let password = PASSWORD.replace(' ', "+");
     let forms = [
         (

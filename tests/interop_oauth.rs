@@ -11,6 +11,7 @@ use std::io::{BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::csrf_of;
 use support::interop::FullRelay;
 use support::interop::*;
 
@@ -45,15 +46,6 @@ fn assert_clean(what: &str, text: &str, canaries: &[String]) {
             );
         }
     }
-}
-
-/// The CSRF token an account page's forms carry.
-fn csrf_of(page: &str) -> String {
-    page.split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .expect("a form with a CSRF token")
-        .to_owned()
 }
 
 #[test]

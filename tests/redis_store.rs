@@ -604,12 +604,7 @@ async fn the_account_page_writes_to_the_shared_store() {
     let (a, b) = (Relay::start(&toml).await, Relay::start(&toml).await);
     let admin = |r: &Relay| r.admin_addr();
     let page = support::spool::http_get(admin(&a), "/account/user").await;
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|t| t.split('"').next())
-        .unwrap()
-        .to_owned();
+    let csrf = csrf_of(&page);
     let secret = "page-secret-canary-6262";
     let form = format!(
         "csrf={csrf}&password={}&client_id=page-client-7&client_secret={secret}",

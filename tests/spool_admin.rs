@@ -167,12 +167,7 @@ async fn the_account_page_retries_and_deletes_under_its_rules() {
         page.contains(&format!("name=\"retry\" value=\"{}\"", ids[0])),
         "{page}"
     );
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|t| t.split('"').next())
-        .unwrap()
-        .to_owned();
+    let csrf = csrf_of(&page);
     let post = |form: String| async move {
         http_post(admin, "/account/user/spool", &form.replace(' ', "+")).await
     };

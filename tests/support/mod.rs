@@ -398,6 +398,15 @@ pub fn b64(s: &[u8]) -> String {
     STANDARD.encode(s)
 }
 
+/// The CSRF token an account page's forms carry.
+pub fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no form with a CSRF token: {page}"))
+        .to_owned()
+}
+
 pub fn plain(user: &str, pass: &str) -> String {
     b64(format!("\0{user}\0{pass}").as_bytes())
 }

@@ -221,12 +221,7 @@ impl Newcomer {
         let page = text(&run(
             Command::new("curl").args(["-s", &format!("{base}/account/scanner")])
         ));
-        let csrf = page
-            .split("name=\"csrf\" value=\"")
-            .nth(1)
-            .and_then(|t| t.split('"').next())
-            .unwrap_or_else(|| panic!("no form: {page}"))
-            .to_owned();
+        let csrf = super::csrf_of(&page);
         let to_idp = text(&run(Command::new("curl").args([
             "-s",
             "-o",
