@@ -160,10 +160,9 @@ fn parallel_messages_stop_at_the_margin_and_the_spool_keeps_room_for_its_records
         in_queue, queued,
         "every 250 is in the queue, nothing else: {listed}\n{said}"
     );
-    assert!(
-        said.contains("message refused: the spool is full"),
-        "{said}"
-    );
+    // Refused at MAIL FROM or at the end of the data (which one depends on how the senders
+    // interleave); either way the log says why.
+    assert!(said.contains("the spool is full"), "{said}");
     assert!(!said.contains("could not record a delivery"), "{said}");
     assert!(!said.contains("message could not be spooled"), "{said}");
     // Parallel writers each check before they write: the margin can shrink by at most one

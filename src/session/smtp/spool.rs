@@ -309,6 +309,7 @@ impl Receiving {
             return self.send(REPLY_TOO_BIG).await;
         }
         if !self.has_space(max) {
+            tracing::warn!("MAIL FROM refused: the spool is full (less free than max_message_bytes plus min_free_mb)");
             return self.send(REPLY_NO_SPACE).await;
         }
         self.mail = Some(address);
